@@ -1,0 +1,1 @@
+"""Core: slicing, codecs, exits, profiles, plans. torch + numpy + stdlib only: no network, no clocks."""

@@ -1,0 +1,1 @@
+"""Test tools that ship with the product: codec conformance, fakes, tiny models."""
