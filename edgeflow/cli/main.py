@@ -21,6 +21,11 @@ DEFAULT_ACTIVATION_CODECS = ("lossless", "fp16", "int8", "int8c", "int4", "int2"
 DEFAULT_INPUT_CODECS = ("lossless", "png", "jpeg")
 
 
+@app.callback()
+def _main() -> None:
+    """Edge-cloud split inference: cut a PyTorch model, run its slices on device, edge and cloud agents."""
+
+
 def _fail(msg: str) -> None:
     console.print(f"[bold red]error:[/] {msg}")
     raise typer.Exit(2)
