@@ -7,9 +7,16 @@
     ├── PlanError          a plan is malformed or infeasible
     ├── ConfigError        a config file is invalid (message names the field path)
     ├── ScenarioError      a scenario cannot run
+    ├── RequestRejected    an agent refuses a request; the subclass says whose fault
+    │   ├── InvalidRequest       the caller's: malformed, wrong dtype/shape/position, unknown codec (INVALID_ARGUMENT)
+    │   ├── RequestTooLarge      the caller's: over this agent's limits (RESOURCE_EXHAUSTED)
+    │   ├── FingerprintMismatch  the deployment's: peers run different models (FAILED_PRECONDITION)
+    │   ├── Overloaded           nobody's: the bounded queue is full, retry later (RESOURCE_EXHAUSTED)
+    │   └── ShuttingDown         nobody's: the agent is draining after SIGTERM (UNAVAILABLE)
     └── TransportError     talking to a peer failed
         ├── PeerUnavailable
-        └── DeadlineExceeded
+        ├── DeadlineExceeded
+        └── RemoteError    the peer answered with an error status
 
 OS and library errors are translated into these once, at the edge (transport for gRPC).
 """
@@ -27,6 +34,13 @@ __all__ = [
     "TransportError",
     "PeerUnavailable",
     "DeadlineExceeded",
+    "RequestRejected",
+    "InvalidRequest",
+    "RequestTooLarge",
+    "FingerprintMismatch",
+    "Overloaded",
+    "ShuttingDown",
+    "RemoteError",
 ]
 
 
@@ -68,3 +82,44 @@ class PeerUnavailable(TransportError):
 
 class DeadlineExceeded(TransportError):
     """The call did not complete within its deadline."""
+
+
+class RequestRejected(EdgeflowError):
+    """A request this agent refuses to serve; the subclass says why."""
+
+
+class InvalidRequest(RequestRejected):
+    """The request is malformed or does not fit the model (the caller's fault). gRPC: INVALID_ARGUMENT."""
+
+
+class RequestTooLarge(RequestRejected):
+    """A message, payload or decoded tensor exceeds this agent's limits. gRPC: RESOURCE_EXHAUSTED."""
+
+
+class FingerprintMismatch(RequestRejected):
+    """Caller and agent serve different models. gRPC: FAILED_PRECONDITION."""
+
+
+class Overloaded(RequestRejected):
+    """The agent's bounded queue is full; retry later. gRPC: RESOURCE_EXHAUSTED."""
+
+
+class ShuttingDown(RequestRejected):
+    """The agent is draining and takes no new requests. gRPC: UNAVAILABLE."""
+
+
+class RemoteError(TransportError):
+    """A peer answered with an error status.
+
+    Attributes:
+        code: gRPC status name, e.g. ``"INVALID_ARGUMENT"``.
+        details: the peer's message.
+        peer: the peer's address.
+    """
+
+    def __init__(self, code: str, details: str, peer: str = ""):
+        self.code = code
+        self.details = details
+        self.peer = peer
+        where = f" from {peer}" if peer else ""
+        super().__init__(f"{code}{where}: {details}")

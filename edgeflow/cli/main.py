@@ -137,10 +137,8 @@ def _print_profile(prof, codec_names: list[str], all_positions: bool) -> None:
 
 def _mount_subcommands() -> None:
     """Sub-command groups from the outer layers register themselves here."""
-    try:
-        from edgeflow.cli import agent_cmds
-    except ImportError:  # not every layer exists in every build of the package
-        return
+    from edgeflow.cli import agent_cmds
+
     agent_cmds.register(app)
 
 

@@ -1,0 +1,400 @@
+"""The agent: runs its tier's range of the model and forwards the rest upstream.
+
+A request carries the live values at position ``start``. The agent
+
+1. checks the fingerprint, the position and the declared tensors (before decoding anything),
+2. decodes the payloads (bounded by the declared shapes),
+3. waits for its turn on the single compute unit and runs the range ``[start:stop]``, evaluating the plan's exits on the way,
+4. answers if an exit was confident or the range reached the model output, else encodes the values at
+   ``stop`` with the plan's hop codec and forwards them upstream; the reply comes back down unchanged,
+   with this tier's timing prepended to the breakdown.
+
+``stop`` is this tier's stage end in the plan (a tier absent from the plan relays payloads untouched). A
+request with an explicit ``stop`` runs just ``[start:stop]`` here and returns the values (range calls, e.g.
+for profiling by a planner). Inputs from the device's own caller enter at :meth:`Agent.submit_local`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from edgeflow.agent.runtime import ModelRuntime
+from edgeflow.agent.upstream import Upstream
+from edgeflow.agent.compute import ComputeUnit, MemoryBudget
+from edgeflow.config import NodeConfig
+from edgeflow.core.codecs import CODEC_NAMES, Codec, DecodeLimits, codec_from_spec, decode, get_codec, read_header
+from edgeflow.core.plan import Plan
+from edgeflow.errors import ConfigError
+from edgeflow.transport import (
+    Breakdown,
+    Description,
+    FingerprintMismatch,
+    InferCall,
+    InferReply,
+    InvalidRequest,
+    RangeProfile,
+    ShuttingDown,
+    TierTiming,
+    WireLimits,
+    WireTensor,
+    datatype_of,
+)
+from edgeflow.transport.messages import encode_request
+
+__all__ = ["Agent", "LocalAnswer", "wire_limits"]
+
+
+
+def wire_limits(config: NodeConfig) -> WireLimits:
+    """The message limits a node file asks for."""
+    return WireLimits(max_message_bytes=int(config.limits.max_message_mb * 2**20), max_tensors=config.limits.max_tensors)
+
+
+@dataclass
+class LocalAnswer:
+    """A result as the device's caller gets it: decoded values and the breakdown."""
+
+    request_id: str
+    values: list[torch.Tensor]
+    position: int
+    breakdown: Breakdown
+
+
+@dataclass
+class _Answer:
+    """Internal: either decoded values computed here, or payloads relayed from upstream."""
+
+    position: int
+    breakdown: Breakdown
+    values: list[torch.Tensor] | None = None
+    wire: list[WireTensor] | None = None
+
+
+class Agent:
+    """One tier's agent. Serve it with :class:`~edgeflow.transport.AgentServer`, or call it in process.
+
+    Args:
+        config: the node configuration.
+        runtime: the loaded model.
+        upstream: link to the next tier (required when the plan continues past this tier).
+        profile_repeats: timed runs per segment for the compute profile in :meth:`describe` (0: none).
+    """
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        runtime: ModelRuntime,
+        *,
+        upstream: Upstream | None = None,
+        profile_repeats: int = 3,
+    ):
+        self.config = config
+        self.role = config.role
+        self.runtime = runtime
+        self.fingerprint = runtime.fingerprint
+        n = runtime.num_positions
+        plan = config.parsed_plan
+        plan.check(n, runtime.cuts, codecs=CODEC_NAMES, exit_positions=set(runtime.exits))
+        self.plan: Plan = plan.resolved(n)
+        self.stage = self.plan.stage(self.role)
+        hop = self.stage.codec if self.stage is not None else None
+        self.hop_codec: Codec = codec_from_spec(hop) if hop else get_codec("lossless")
+        self.upstream = upstream
+        if self.plan.upstream_of(self.role) is not None or self.stage is None:
+            if upstream is None:
+                raise ConfigError(f"upstream: plan {self.plan} continues past {self.role}, but no upstream is given")
+        self.limits = wire_limits(config)
+        self.compute = ComputeUnit(config.queues.compute, slowdown_factor=config.compute.slowdown_factor)
+        cap = config.compute.memory_cap_mb
+        self.memory = MemoryBudget(int(cap * 2**20) if cap else None)
+        self._codecs: dict[str, Codec] = {}
+        self._inflight = 0
+        self._draining = False
+        self._idle = threading.Condition()
+        self.profile = self._measure_profile(profile_repeats) if profile_repeats else []
+
+    # ------------------------------------------------------------------------------------ handshake
+    def describe(self, caller_fingerprint: str = "", caller_role: str = "") -> Description:
+        """Answer the handshake (see ``DescribeResponse`` in agent.proto).
+
+        Raises:
+            FingerprintMismatch: ``caller_fingerprint`` is set and differs from this agent's.
+        """
+        if caller_fingerprint and caller_fingerprint != self.fingerprint:
+            who = caller_role or "caller"
+            raise FingerprintMismatch(
+                f"model fingerprint mismatch: {who} has {caller_fingerprint}, this {self.role} agent serves "
+                f"{self.fingerprint}; deploy the same artifact on every tier"
+            )
+        c = self.config
+        inputs = [(t.name, datatype_of(t.dtype), t.shape) for t in self.runtime.cut_info(0).tensors]
+        from edgeflow import __version__
+
+        return Description(
+            role=self.role,
+            fingerprint=self.fingerprint,
+            num_positions=self.runtime.num_positions,
+            cuts=self.runtime.cuts,
+            codecs=list(CODEC_NAMES),
+            plan=str(self.plan),
+            profile=self.profile,
+            slowdown_factor=c.compute.slowdown_factor,
+            power_w=(c.power.idle_w, c.power.active_w, c.power.transmit_w),
+            torch_device=str(self.runtime.device),
+            threads=torch.get_num_threads(),
+            max_message_bytes=self.limits.max_message_bytes,
+            max_batch=self.runtime.max_batch,
+            upstream=self.upstream.address if self.upstream else "",
+            version=__version__,
+            inputs=inputs,
+        )
+
+    def _measure_profile(self, repeats: int) -> list[RangeProfile]:
+        """Median compute seconds of each segment between consecutive boundaries, slowdown included."""
+        from edgeflow.core.profile import profile_compute
+
+        node_s, _, _ = profile_compute(self.runtime.partition, self.runtime.example_input, repeats=repeats, warmup=1)
+        bounds = [0, *self.runtime.cuts, self.runtime.num_positions]
+        f = self.config.compute.slowdown_factor
+        return [RangeProfile(a, b, f * sum(node_s[a:b])) for a, b in zip(bounds, bounds[1:])]
+
+    # ------------------------------------------------------------------------------------ entry points
+    def infer(self, call: InferCall, deadline: float) -> InferReply:
+        """Serve a request from downstream (the transport calls this; see the module doc).
+
+        Raises:
+            FingerprintMismatch, InvalidRequest, RequestTooLarge, CodecError, Overloaded, ShuttingDown,
+            DeadlineExceeded, and upstream failures as TransportError.
+        """
+        t0 = time.monotonic()
+        with self._request():
+            if call.fingerprint != self.fingerprint:
+                got = call.fingerprint or "none"
+                raise FingerprintMismatch(
+                    f"model fingerprint mismatch: request {call.request_id!r} carries {got}, this {self.role} agent "
+                    f"serves {self.fingerprint}"
+                )
+            start, stop, forward = self._local_range(call.start, call.stop)
+            out_codec = self._codec(call.output_codec or "lossless")  # refuse a bad one before computing
+            timing = TierTiming(self.role, start, stop, bytes_in=call.wire_nbytes)
+            if forward and start == stop:  # not our range: relay the payloads untouched
+                answer = self._forward(call.request_id, start, call.tensors, timing, deadline)
+            else:
+                self.runtime.check_wire_tensors(start, call.tensors)
+                nbytes = sum(_declared_nbytes(t) for t in call.tensors)
+                self.memory.acquire(nbytes)
+                try:
+                    t = time.monotonic()
+                    values = [self._decode(i, t_, start) for i, t_ in enumerate(call.tensors)]
+                    timing.decode_s = time.monotonic() - t
+                    answer = self._run(call.request_id, start, stop, forward, values, timing, deadline)
+                finally:
+                    self.memory.release(nbytes)
+            tensors = answer.wire
+            if tensors is None:
+                t = time.monotonic()
+                names = self._names(answer.position, len(answer.values or []))
+                tensors = [self._wire(name, v, out_codec) for name, v in zip(names, answer.values or [])]
+                timing.encode_s += time.monotonic() - t
+            self._finish(timing, t0)
+            return InferReply(call.request_id, self.fingerprint, answer.position, tensors, answer.breakdown)
+
+    def submit_local(
+        self, values: Sequence[torch.Tensor], *, request_id: str, deadline: float, block: bool = True
+    ) -> LocalAnswer:
+        """Serve the device's own input (the model inputs, position 0) without a network hop in.
+
+        Args:
+            values: model inputs, e.g. ``[images]`` with images (B, 3, H, W).
+            request_id: id carried up the chain.
+            deadline: ``time.monotonic()`` value.
+            block: wait for room in the compute queue (backpressure) instead of raising Overloaded.
+        """
+        t0 = time.monotonic()
+        with self._request():
+            values = list(values)
+            self.runtime.check_values(0, values)
+            start, stop, forward = self._local_range(0, 0)
+            timing = TierTiming(self.role, start, stop)
+            if forward and start == stop:  # the plan starts upstream: send the raw input losslessly
+                t = time.monotonic()
+                info = self.runtime.cut_info(0).tensors
+                codec = self._codec("lossless")
+                wire = [self._wire(i.name, v, codec) for i, v in zip(info, values)]
+                timing.encode_s = time.monotonic() - t
+                answer = self._forward(request_id, 0, wire, timing, deadline)
+            else:
+                answer = self._run(request_id, start, stop, forward, values, timing, deadline, block=block)
+            out = answer.values
+            if out is None:
+                t = time.monotonic()
+                out = [decode(w.payload, DecodeLimits()) for w in answer.wire or []]
+                timing.decode_s += time.monotonic() - t
+            self._finish(timing, t0)
+            return LocalAnswer(request_id, out, answer.position, answer.breakdown)
+
+    # ------------------------------------------------------------------------------------ steps
+    def _local_range(self, start: int, requested_stop: int) -> tuple[int, int, bool]:
+        """``(start, stop, forward)`` for a request; ``forward``: the values at ``stop`` go upstream."""
+        n = self.runtime.num_positions
+        if requested_stop:
+            self.runtime.check_range(start, requested_stop)
+            if start == requested_stop:
+                raise InvalidRequest(f"range [{start}:{requested_stop}] is empty")
+            return start, requested_stop, False
+        self.runtime.check_range(start, start)
+        if start == n:
+            raise InvalidRequest(f"start position {n} is the model output: nothing left to run")
+        stop = start if self.stage is None else max(start, self.stage.stop or n)
+        return start, stop, stop < n
+
+    def _run(
+        self,
+        request_id: str,
+        start: int,
+        stop: int,
+        forward: bool,
+        values: list[torch.Tensor],
+        timing: TierTiming,
+        deadline: float,
+        *,
+        block: bool = False,
+    ) -> _Answer:
+        exits = self.plan.exits_in(start, stop) if forward or stop == self.runtime.num_positions else ()
+        outcome, job = self.compute.run(lambda: self.runtime.run(start, stop, values, exits), deadline, block=block)
+        timing.queue_s, timing.compute_s = job.queue_s, job.compute_s
+        if outcome.exit_position >= 0:
+            timing.stop = outcome.exit_position
+            b = Breakdown([timing], self.role, outcome.exit_position, outcome.exit_confidence)
+            return _Answer(outcome.position, b, values=outcome.values)
+        if not forward:
+            return _Answer(outcome.position, Breakdown([timing], self.role), values=outcome.values)
+        t = time.monotonic()
+        names = [i.name for i in self.runtime.cut_info(stop).tensors]
+        wire = [self._wire(name, v, self.hop_codec) for name, v in zip(names, outcome.values)]
+        timing.encode_s = time.monotonic() - t
+        return self._forward(request_id, stop, wire, timing, deadline)
+
+    def _forward(self, request_id: str, position: int, wire: list[WireTensor], timing: TierTiming, deadline: float) -> _Answer:
+        assert self.upstream is not None, "checked in __init__"
+        data = encode_request(InferCall(request_id, self.fingerprint, position, wire))
+        timing.bytes_out = len(data)
+        self.upstream.handshake(deadline)  # once; kept out of the network time
+        t = time.monotonic()
+        reply = self.upstream.infer_bytes(data, deadline)
+        call_s = time.monotonic() - t
+        up = reply.breakdown
+        timing.network_s = max(0.0, call_s - (up.tiers[0].total_s if up.tiers else 0.0))
+        timing.bytes_back = reply.wire_nbytes
+        b = Breakdown([timing, *up.tiers], up.answered_by, up.exit_position, up.exit_confidence)
+        return _Answer(reply.position, b, wire=reply.tensors)
+
+    def _finish(self, timing: TierTiming, t0: float) -> None:
+        timing.total_s = time.monotonic() - t0
+        p = self.config.power
+        timing.energy_j = p.active_w * timing.compute_s + p.transmit_w * timing.network_s
+
+    # ------------------------------------------------------------------------------------ codecs
+    def _codec(self, spec: str) -> Codec:
+        codec = self._codecs.get(spec)
+        if codec is None:
+            if spec.split(":")[0] not in CODEC_NAMES:
+                raise InvalidRequest(f"unknown codec {spec!r}; known: {', '.join(CODEC_NAMES)}")
+            codec = self._codecs[spec] = codec_from_spec(spec)
+        return codec
+
+    def _wire(self, name: str, value: torch.Tensor, codec: Codec) -> WireTensor:
+        dtype = str(value.dtype).removeprefix("torch.")
+        return WireTensor(name, datatype_of(dtype), tuple(value.shape), codec.spec, codec.encode(value))
+
+    def _decode(self, index: int, t: WireTensor, position: int) -> torch.Tensor:
+        label = f"input {index} ({t.name!r}) at position {position}"
+        if t.codec.split(":")[0] not in CODEC_NAMES:
+            raise InvalidRequest(f"{label}: unknown codec {t.codec!r}; known: {', '.join(CODEC_NAMES)}")
+        declared = _declared_nbytes(t)
+        limits = DecodeLimits(max_elements=max(1, _numel(t.shape)), max_bytes=max(1, declared))
+        header = read_header(t.payload, limits)
+        if header.codec_name != t.codec.split(":")[0]:
+            raise InvalidRequest(f"{label}: declared codec {t.codec!r} but the payload is {header.codec_name!r}")
+        got_dtype = str(header.dtype).removeprefix("torch.")
+        if datatype_of(got_dtype) != t.datatype or tuple(header.shape) != tuple(t.shape):
+            raise InvalidRequest(
+                f"{label}: declared {t.datatype} {list(t.shape)} but the payload holds "
+                f"{datatype_of(got_dtype)} {list(header.shape)}"
+            )
+        value = decode(t.payload, limits)
+        return value.to(self.runtime.device, non_blocking=True) if self.runtime.device.type != "cpu" else value
+
+    def _names(self, position: int, count: int) -> list[str]:
+        if position == self.runtime.num_positions:
+            return self.runtime.output_names(count)
+        return [i.name for i in self.runtime.cut_info(position).tensors]
+
+    # ------------------------------------------------------------------------------------ lifecycle
+    def _request(self) -> "_InFlight":
+        return _InFlight(self)
+
+    @property
+    def inflight(self) -> int:
+        return self._inflight
+
+    def drain(self, grace_s: float) -> bool:
+        """Refuse new requests (ShuttingDown) and wait up to ``grace_s`` for those in flight.
+
+        Returns:
+            True if every in-flight request finished; False if some were still running (the caller then
+            stops the server, which cancels them, and :meth:`close` fails anything still queued).
+        """
+        end = time.monotonic() + grace_s
+        with self._idle:
+            self._draining = True
+            while self._inflight and time.monotonic() < end:
+                self._idle.wait(timeout=min(0.1, max(0.0, end - time.monotonic())))
+            return self._inflight == 0
+
+    def close(self) -> None:
+        """Stop the compute unit (queued requests fail with ShuttingDown) and the upstream channel."""
+        self._draining = True
+        self.compute.stop()
+        if self.upstream is not None:
+            self.upstream.close()
+
+
+class _InFlight:
+    """Counts a request in flight; refuses it while draining."""
+
+    def __init__(self, agent: Agent):
+        self._agent = agent
+
+    def __enter__(self) -> None:
+        a = self._agent
+        with a._idle:
+            if a._draining:
+                raise ShuttingDown(f"{a.role} agent is shutting down")
+            a._inflight += 1
+
+    def __exit__(self, *exc: object) -> None:
+        a = self._agent
+        with a._idle:
+            a._inflight -= 1
+            a._idle.notify_all()
+
+
+def _numel(shape: Sequence[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+_ITEMSIZE = {"BOOL": 1, "UINT8": 1, "INT8": 1, "UINT16": 2, "INT16": 2, "FP16": 2, "BF16": 2, "UINT32": 4,
+             "INT32": 4, "FP32": 4, "UINT64": 8, "INT64": 8, "FP64": 8}  # fmt: skip
+
+
+def _declared_nbytes(t: WireTensor) -> int:
+    return _numel(t.shape) * _ITEMSIZE.get(t.datatype, 8)

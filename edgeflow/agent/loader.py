@@ -1,0 +1,86 @@
+"""Build the :class:`ModelRuntime` a node file asks for.
+
+``model.artifact`` is one of:
+
+- ``builtin:NAME`` — an artifact shipped in the package (``builtin:demo`` = ``edgeflow/weights/demo.safetensors``);
+- a path to an artifact file (``edgeflow.core.artifact`` format: weights, fingerprint, exits, calibration);
+- ``zoo:NAME?field=value&...`` — an untrained zoo model with seeded weights (no exits), e.g.
+  ``zoo:resnet18?width=8&image_size=32``: for trying the runtime without an artifact, and for tests.
+  Every process builds the same weights, so fingerprints agree.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import parse_qsl
+
+import torch
+
+from edgeflow.agent.runtime import ModelRuntime
+from edgeflow.config import BUILTIN_PREFIX, NodeConfig
+from edgeflow.errors import ArtifactError, ConfigError
+
+__all__ = ["ZOO_PREFIX", "load_runtime", "builtin_artifact_path"]
+
+ZOO_PREFIX = "zoo:"
+
+
+def _number(text: str) -> int | float | str:
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _zoo(spec: str) -> tuple[torch.nn.Module, torch.Tensor]:
+    from edgeflow.core.zoo import build_model
+
+    name, _, query = spec.partition("?")
+    fields = {k: _number(v) for k, v in parse_qsl(query, strict_parsing=bool(query))}
+    torch.manual_seed(0)
+    try:
+        model = build_model(name, **fields)
+    except (KeyError, TypeError) as e:
+        raise ConfigError(f"model.artifact: {ZOO_PREFIX}{spec}: {e}") from None
+    size = int(fields.get("image_size", getattr(getattr(model, "config", None), "image_size", 224)))
+    return model, torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+
+
+def load_runtime(config: NodeConfig) -> ModelRuntime:
+    """Load the model of ``config.model`` onto ``config.compute.device``.
+
+    Raises:
+        ArtifactError: the artifact is missing, malformed, or has another fingerprint than ``model.fingerprint``.
+        ConfigError: a bad ``zoo:`` spec, or cuda asked for where there is none.
+    """
+    device = config.compute.device
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("compute.device: cuda requested but torch sees no CUDA device")
+    spec = config.model.artifact
+    max_batch = config.compute.max_batch
+    if spec.startswith(ZOO_PREFIX):
+        model, example = _zoo(spec[len(ZOO_PREFIX) :])
+        rt = ModelRuntime(model, example, device=device, max_batch=max_batch)
+        if config.model.fingerprint and config.model.fingerprint != rt.fingerprint:
+            raise ArtifactError(f"{spec}: fingerprint {rt.fingerprint}, node file expects {config.model.fingerprint}")
+        return rt
+    from edgeflow.core.artifact import load_artifact
+
+    if spec.startswith(BUILTIN_PREFIX):
+        path = builtin_artifact_path(spec[len(BUILTIN_PREFIX) :])
+    else:
+        path = Path(spec)
+    art = load_artifact(path, expect_fingerprint=config.model.fingerprint)
+    exits = {h.spec.position: h for h in art.exits}
+    return ModelRuntime(
+        art.model, art.example_input(1), fingerprint=art.fingerprint, exits=exits, device=device, max_batch=max_batch
+    )
+
+
+def builtin_artifact_path(name: str) -> Path:
+    """``edgeflow/weights/<name>.safetensors`` inside the installed package."""
+    import edgeflow
+
+    return Path(edgeflow.__file__).resolve().parent / "weights" / f"{name}.safetensors"

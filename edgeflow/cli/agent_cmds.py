@@ -1,0 +1,220 @@
+"""``edgeflow agent`` and ``edgeflow infer``: run a tier, and submit inputs to the chain.
+
+    edgeflow agent --node nodes/cloud.yaml                     # serves until SIGTERM/SIGINT
+    edgeflow agent --node nodes/edge.yaml --port 0 --upstream 127.0.0.1:50051
+    edgeflow infer --node nodes/device.yaml --input digit.png  # device tier in process, rich table
+    edgeflow infer --via 127.0.0.1:50050 --input x.npy --json  # submit to a running agent
+
+The agent prints one line ``edgeflow agent <role> listening on <host:port>`` to stdout once it serves
+(tests and scripts read the bound port from it), and logs to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from edgeflow.errors import ConfigError, EdgeflowError
+
+__all__ = ["register", "read_node_file", "load_input"]
+
+_out = Console()
+if not _out.is_terminal:
+    _out = Console(width=132)  # piped output: room for the breakdown table
+_err = Console(stderr=True)
+
+
+def _fail(msg: str) -> None:
+    _err.print(f"[bold red]error:[/] {msg}", highlight=False)
+    raise typer.Exit(2)
+
+
+def read_node_file(
+    path: Path, *, port: int | None = None, upstream: str | None = None, plan: str | None = None, artifact: str | None = None
+) -> Any:
+    """Read and validate a node file, applying command-line overrides.
+
+    Raises:
+        ConfigError: unreadable file, bad YAML, or an invalid field (named by its path).
+    """
+    import yaml
+
+    from edgeflow.config import NodeConfig
+
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read node file: {e.strerror or e}") from None
+    try:
+        data = yaml.safe_load(text)  # safe_load: plain data only, no object construction
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    cfg = NodeConfig.from_mapping(data, source=str(path)).resolve_paths(path.resolve().parent)
+    overrides: dict[str, Any] = {}
+    if port is not None:
+        host = cfg.listen.address.rsplit(":", 1)[0]
+        overrides["listen.address"] = f"{host}:{port}"
+    if upstream is not None:
+        overrides["upstream.address"] = upstream
+    if plan is not None:
+        overrides["plan"] = plan
+    if artifact is not None:
+        overrides["model.artifact"] = artifact
+    return cfg.with_overrides(**overrides) if overrides else cfg
+
+
+def load_input(path: Path, image_size: tuple[int, int] | None) -> Any:
+    """Load a model input: an image (png/jpg: RGB, resized to ``image_size``, float32 in [0, 1], batch 1)
+    or a ``.npy`` array (loaded without pickle; a 3-d array gets a batch dim).
+
+    Raises:
+        ConfigError: unreadable or unsupported file.
+    """
+    import numpy as np
+    import torch
+
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npy":
+            arr = np.load(path, allow_pickle=False)
+            t = torch.from_numpy(np.ascontiguousarray(arr))
+            return t.unsqueeze(0) if t.dim() == 3 else t
+        if suffix in (".png", ".jpg", ".jpeg"):
+            from PIL import Image
+
+            with Image.open(path) as im:
+                im = im.convert("RGB")
+                if image_size is not None and im.size != (image_size[1], image_size[0]):
+                    im = im.resize((image_size[1], image_size[0]), Image.BILINEAR)
+                arr = np.asarray(im, dtype=np.float32) / 255.0  # (H, W, 3)
+            return torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0).contiguous()  # (1, 3, H, W)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--input {path}: cannot load: {e}") from None
+    raise ConfigError(f"--input {path}: unsupported file type {suffix!r}; use .png, .jpg or .npy")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def agent(
+    node: Path = typer.Option(..., "--node", help="node file, e.g. nodes/cloud.yaml"),
+    port: Optional[int] = typer.Option(None, "--port", min=0, max=65535, help="override the listen port (0: any free port)"),
+    upstream: Optional[str] = typer.Option(None, "--upstream", help="override upstream.address (host:port)"),
+    plan: Optional[str] = typer.Option(None, "--plan", help="override the plan, e.g. 'device[0:14]|int8 > cloud[14:]'"),
+    artifact: Optional[str] = typer.Option(None, "--artifact", help="override model.artifact"),
+    profile_repeats: int = typer.Option(3, min=0, max=100, help="timed runs per segment for Describe's compute profile"),
+    log_level: str = typer.Option("info", help="debug, info, warning, error"),
+) -> None:
+    """Run one tier's agent until SIGTERM or SIGINT."""
+    import torch
+
+    from edgeflow.agent.serve import serve
+
+    _setup_logging(log_level)
+    log = logging.getLogger("edgeflow.agent")
+    try:
+        cfg = read_node_file(node, port=port, upstream=upstream, plan=plan, artifact=artifact)
+        torch.set_num_threads(cfg.compute.threads)
+        served = serve(cfg, profile_repeats=profile_repeats)
+    except (EdgeflowError, OSError) as e:
+        _fail(str(e))
+        return
+    stop = threading.Event()
+    received: list[str] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        received.append(signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    print(f"edgeflow agent {cfg.role} listening on {served.address}", flush=True)
+    log.info("%s agent: plan %s, model %s, upstream %s", cfg.role, served.agent.plan, served.agent.fingerprint,
+             cfg.upstream.address if cfg.upstream else "none")
+    served.handshake_in_background()
+    while not stop.wait(0.5):  # wake up regularly so signals are handled promptly
+        pass
+    log.info("%s received; draining (grace %.1f s)", received[0] if received else "stop", cfg.deadlines.shutdown_grace_s)
+    finished = served.shutdown(cfg.deadlines.shutdown_grace_s)
+    log.info("stopped (%s)", "all requests finished" if finished else "in-flight requests were cancelled")
+
+
+def infer(
+    input: Path = typer.Option(..., "--input", help="image (.png/.jpg) or .npy array"),
+    node: Optional[Path] = typer.Option(None, "--node", help="run the device tier in process from this node file"),
+    via: Optional[str] = typer.Option(None, "--via", help="instead, submit to a running agent at host:port"),
+    upstream: Optional[str] = typer.Option(None, "--upstream", help="override upstream.address of --node"),
+    plan: Optional[str] = typer.Option(None, "--plan", help="override the plan of --node"),
+    artifact: Optional[str] = typer.Option(None, "--artifact", help="override model.artifact of --node"),
+    timeout_s: float = typer.Option(30.0, "--timeout", min=0.001, help="deadline for the request, seconds"),
+    json_out: bool = typer.Option(False, "--json", help="print the result as JSON"),
+) -> None:
+    """Run one input through the chain and print the result with its per-tier breakdown."""
+    if (node is None) == (via is None):
+        _fail("give exactly one of --node (device tier in process) or --via HOST:PORT (running agent)")
+    try:
+        if via is not None:
+            from edgeflow.agent.client import AgentClient
+
+            with AgentClient(via) as client:
+                d = client.describe(timeout_s=timeout_s)
+                shape = d.inputs[0][2] if d.inputs else ()
+                x = load_input(input, tuple(shape[-2:]) if len(shape) == 4 else None)
+                result = client.infer(x, timeout_s=timeout_s)
+                plan_text = d.plan
+        else:
+            from edgeflow.agent.client import DeviceClient
+
+            assert node is not None
+            cfg = read_node_file(node, upstream=upstream, plan=plan, artifact=artifact)
+            with DeviceClient.from_config(cfg) as device:
+                example = device.agent.runtime.example_input[0]
+                x = load_input(input, tuple(example.shape[-2:]) if example.dim() == 4 else None)
+                result = device.infer(x, timeout_s=timeout_s)
+                plan_text = str(device.agent.plan)
+    except EdgeflowError as e:
+        _fail(f"{type(e).__name__}: {e}")
+        return
+    data = {"plan": plan_text, **result.to_json()}
+    if json_out:
+        print(json.dumps(data, indent=1))
+        return
+    _print_result(data)
+
+
+def _print_result(data: dict[str, Any]) -> None:
+    where = data["answered_by"] + (f" (exit at {data['exit_position']}, confidence {data['exit_confidence']:.3f})"
+                                   if data["exit_position"] >= 0 else " (model output)")
+    _out.print(f"plan: {data['plan']}", highlight=False)
+    if "prediction" in data:
+        conf = ", ".join(f"{c:.3f}" for c in data["confidence"])
+        _out.print(f"prediction: {data['prediction']}  confidence: {conf}", highlight=False)
+    _out.print(f"answered by: {where}   latency: {data['latency_s'] * 1e3:.2f} ms", highlight=False)
+    table = Table(title="per-tier breakdown (ms, bytes)")
+    cols = ("tier", "range", "queue", "compute", "encode", "network", "decode", "total", "bytes in", "bytes out", "bytes back")
+    for c in cols:
+        table.add_column(c, justify="left" if c in ("tier", "range") else "right")
+    for t in data["tiers"]:
+        ms = [f"{t[k] * 1e3:.2f}" for k in ("queue_s", "compute_s", "encode_s", "network_s", "decode_s", "total_s")]
+        table.add_row(t["tier"], f"[{t['start']}:{t['stop']}]", *ms, str(t["bytes_in"]), str(t["bytes_out"]), str(t["bytes_back"]))
+    _out.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    """Mount ``agent`` and ``infer`` on the main ``edgeflow`` app."""
+    app.command("agent")(agent)
+    app.command("infer")(infer)

@@ -1,0 +1,254 @@
+"""Node configuration: what one agent process needs to know, validated by pydantic.
+
+A node file (``nodes/device.yaml`` …) describes one machine: its role in the chain, where it listens,
+its upstream peer, the model artifact, compute settings, power figures, TLS files, the plan, deadlines,
+queue sizes and message limits. Only the CLI reads files; the library takes a :class:`NodeConfig`, built with
+:meth:`NodeConfig.from_mapping` so that a bad value raises :class:`~edgeflow.errors.ConfigError` naming the
+field path (``upstream.address: ...``).
+
+``compute.slowdown_factor`` is *emulation*: to stand in for weaker hardware on one machine, the agent waits
+``(factor - 1) x`` each measured compute time after computing (a sleep, so the stand-in uses no CPU).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Mapping
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from edgeflow.core.plan import TIERS, Plan
+from edgeflow.errors import ConfigError, PlanError
+
+__all__ = [
+    "BUILTIN_PREFIX",
+    "ListenConfig",
+    "UpstreamConfig",
+    "ModelConfig",
+    "ComputeConfig",
+    "PowerConfig",
+    "TlsConfig",
+    "DeadlinesConfig",
+    "QueuesConfig",
+    "LimitsConfig",
+    "KeepaliveConfig",
+    "NodeConfig",
+]
+
+BUILTIN_PREFIX = "builtin:"  # model.artifact "builtin:demo" = edgeflow/weights/demo.safetensors
+_ADDRESS = re.compile(r"(?P<host>\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.\-]+):(?P<port>[0-9]{1,5})")
+
+
+def _check_address(value: str) -> str:
+    m = _ADDRESS.fullmatch(value)
+    if not m or int(m["port"]) > 65535:
+        raise ValueError(f"{value!r} is not 'host:port' with port 0..65535")
+    return value
+
+
+Address = Annotated[str, AfterValidator(_check_address)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ListenConfig(_Section):
+    """Where the agent serves. Port 0 picks a free port (printed at start)."""
+
+    address: Address = "127.0.0.1:0"
+
+
+class TlsConfig(_Section):
+    """PEM files. Server side: ``cert`` + ``key`` (+ ``ca`` to require client certificates).
+    Client side (``upstream.tls``): ``ca`` to trust (+ ``cert`` + ``key`` for mTLS)."""
+
+    cert: Path | None = None
+    key: Path | None = None
+    ca: Path | None = None
+
+    @model_validator(mode="after")
+    def _pairs(self) -> "TlsConfig":
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("cert and key go together: set both or neither")
+        return self
+
+
+class UpstreamConfig(_Section):
+    """The next tier up the chain."""
+
+    address: Address
+    tls: TlsConfig | None = None
+
+
+class ModelConfig(_Section):
+    """The model artifact; every tier must load the same one (checked by fingerprint at handshake)."""
+
+    artifact: str = "builtin:demo"
+    fingerprint: str | None = None  # if set, loading fails unless the artifact has this fingerprint
+
+    @field_validator("artifact")
+    @classmethod
+    def _artifact(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("empty artifact path")
+        if v.startswith(BUILTIN_PREFIX) and not re.fullmatch(r"[a-z0-9_]+", v[len(BUILTIN_PREFIX) :]):
+            raise ValueError(f"{v!r}: builtin artifacts are named like 'builtin:demo'")
+        return v
+
+
+class ComputeConfig(_Section):
+    """How the agent computes. ``slowdown_factor`` > 1 emulates a slower machine (see module doc)."""
+
+    device: Literal["cpu", "cuda"] = "cpu"
+    threads: int = Field(1, ge=1, le=256)
+    slowdown_factor: float = Field(1.0, ge=1.0, le=1000.0)
+    memory_cap_mb: float | None = Field(None, gt=0)  # decoded activations held at once; beyond: RESOURCE_EXHAUSTED
+    max_batch: int = Field(64, ge=1)  # largest batch dim accepted on the wire
+
+
+class PowerConfig(_Section):
+    """Power draw in watts, for energy estimates in the breakdown (active*compute + transmit*network)."""
+
+    idle_w: float = Field(0.0, ge=0)
+    active_w: float = Field(0.0, ge=0)
+    transmit_w: float = Field(0.0, ge=0)
+
+
+class DeadlinesConfig(_Section):
+    """Seconds. Every call carries a deadline: ``request_s`` for a whole request (the caller's deadline, if
+    shorter, wins), ``connect_s`` for reaching the upstream peer, ``shutdown_grace_s`` for in-flight requests
+    after SIGTERM."""
+
+    request_s: float = Field(30.0, gt=0)
+    connect_s: float = Field(10.0, gt=0)
+    shutdown_grace_s: float = Field(5.0, ge=0)
+
+
+class QueuesConfig(_Section):
+    """Bounded queues. ``compute`` requests may wait for the compute worker; beyond it requests are refused
+    (RESOURCE_EXHAUSTED) or, for a local pipeline, the submitter blocks. ``inflight`` requests may be
+    past the compute worker at once (on the wire upstream); ``workers`` bounds the RPCs served at once."""
+
+    compute: int = Field(8, ge=1, le=4096)
+    inflight: int = Field(4, ge=1, le=1024)
+    workers: int = Field(16, ge=2, le=1024)
+
+
+class LimitsConfig(_Section):
+    """Message limits, set on the server and on the upstream channel alike."""
+
+    max_message_mb: float = Field(64.0, gt=0, le=2047)  # gRPC caps messages below 2 GiB
+    max_tensors: int = Field(32, ge=1, le=4096)
+
+
+class KeepaliveConfig(_Section):
+    """HTTP/2 keepalive; the same numbers configure this node's server and its upstream channel, and the
+    peers' files should carry the same values (the server tolerates pings down to half ``time_s``)."""
+
+    time_s: float = Field(30.0, ge=1.0)
+    timeout_s: float = Field(10.0, ge=0.1)
+    permit_without_calls: bool = True
+
+
+class NodeConfig(_Section):
+    """One node file. Build with :meth:`from_mapping` to get field-path errors."""
+
+    role: Literal["device", "edge", "cloud"]
+    listen: ListenConfig = ListenConfig()
+    upstream: UpstreamConfig | None = None
+    model: ModelConfig = ModelConfig()
+    compute: ComputeConfig = ComputeConfig()
+    power: PowerConfig = PowerConfig()
+    tls: TlsConfig | None = None  # this node's server
+    plan: str
+    deadlines: DeadlinesConfig = DeadlinesConfig()
+    queues: QueuesConfig = QueuesConfig()
+    limits: LimitsConfig = LimitsConfig()
+    keepalive: KeepaliveConfig = KeepaliveConfig()
+
+    @field_validator("plan")
+    @classmethod
+    def _plan(cls, v: str) -> str:
+        try:
+            return str(Plan.parse(v))
+        except PlanError as e:
+            raise ValueError(str(e)) from None
+
+    @model_validator(mode="after")
+    def _chain(self) -> "NodeConfig":
+        plan = Plan.parse(self.plan)
+        after = [t for t in plan.tiers if TIERS.index(t) > TIERS.index(self.role)]
+        if after and self.upstream is None:
+            raise ValueError(f"upstream: required: plan {plan} continues to {after[0]} after {self.role}")
+        if not after and self.role not in plan.tiers:
+            raise ValueError(f"plan: {plan} has no stage for {self.role} or after it")
+        if not after and self.upstream is not None:
+            raise ValueError(f"upstream: set, but plan {plan} has no tier after {self.role}")
+        if self.tls is not None and self.tls.cert is None:
+            raise ValueError("tls: a server needs cert and key")
+        return self
+
+    @property
+    def parsed_plan(self) -> Plan:
+        return Plan.parse(self.plan)
+
+    @classmethod
+    def from_mapping(cls, data: Any, *, source: str = "node config") -> "NodeConfig":
+        """Validate a mapping (e.g. parsed YAML).
+
+        Raises:
+            ConfigError: one line per problem, each naming ``source`` and the field path.
+        """
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{source}: expected a mapping of fields, got {type(data).__name__}")
+        try:
+            return cls.model_validate(dict(data))
+        except ValidationError as e:
+            raise ConfigError("\n".join(_describe(e, source))) from None
+
+    def with_overrides(self, **dotted: Any) -> "NodeConfig":
+        """A copy with fields replaced by dotted path, re-validated: ``with_overrides(**{"upstream.address": a})``.
+
+        Raises:
+            ConfigError: the result is invalid (naming the field).
+        """
+        data = self.model_dump(mode="json", exclude_none=True)
+        for path, value in dotted.items():
+            node = data
+            keys = path.split(".")
+            for k in keys[:-1]:
+                node = node.setdefault(k, {})
+            node[keys[-1]] = value
+        return NodeConfig.from_mapping(data, source="overrides")
+
+    def resolve_paths(self, base: Path) -> "NodeConfig":
+        """A copy with relative file paths (artifact, TLS files) made relative to ``base`` (the file's folder)."""
+
+        def fix(p: Any) -> Any:
+            return str(base / p) if p and not Path(p).is_absolute() else p
+
+        data = self.model_dump(mode="json", exclude_none=True)
+        if not data["model"]["artifact"].startswith(BUILTIN_PREFIX):
+            data["model"]["artifact"] = fix(data["model"]["artifact"])
+        for section in (data.get("tls"), data.get("upstream", {}).get("tls")):
+            if section:
+                for k in ("cert", "key", "ca"):
+                    if k in section:
+                        section[k] = fix(section[k])
+        return NodeConfig.from_mapping(data, source=str(base))
+
+
+def _describe(e: ValidationError, source: str) -> list[str]:
+    lines = []
+    for err in e.errors(include_url=False):
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if msg.split(":", 1)[0] in NodeConfig.model_fields and not loc:
+            lines.append(f"{source}: {msg}")  # a cross-field check that names its own field
+        else:
+            given = err.get("input")
+            shown = f" (got {given!r})" if err["type"] != "missing" and not isinstance(given, (dict, list)) else ""
+            lines.append(f"{source}: {loc or '<root>'}: {msg}{shown}")
+    return lines

@@ -1,0 +1,169 @@
+"""Client side of edgeflow.v1.Agent: what an agent uses to talk to its upstream peer.
+
+Every call has a deadline; failed calls raise edgeflow errors (:func:`edgeflow.transport.status.error_of`):
+``PeerUnavailable``, ``DeadlineExceeded``, or ``RemoteError`` carrying the peer's status code and message.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import grpc
+
+from edgeflow.errors import PeerUnavailable, TransportError
+from edgeflow.transport._gen import agent_pb2 as pb
+from edgeflow.errors import RequestRejected
+from edgeflow.transport.messages import (
+    Description,
+    InferCall,
+    InferReply,
+    WireLimits,
+    decode_description,
+    decode_reply,
+    encode_request,
+)
+from edgeflow.transport.options import Keepalive, TlsFiles, channel_credentials, channel_options
+from edgeflow.transport.server import SERVICE_NAME
+from edgeflow.transport.status import code_from_number, error_of
+from edgeflow.transport.wire import frame, split_fields
+
+__all__ = ["PeerClient", "LinkEstimate", "raise_for_error"]
+
+
+@dataclass(frozen=True)
+class LinkEstimate:
+    """What :meth:`PeerClient.measure_link` found: round trip seconds and bits per second each way."""
+
+    rtt_s: float
+    up_bps: float
+    down_bps: float
+
+
+def raise_for_error(reply: InferReply, peer: str = "") -> InferReply:
+    """Return ``reply``, or raise the edgeflow error for a failed stream item."""
+    if reply.error_code:
+        raise error_of(code_from_number(reply.error_code), reply.error_message, peer)
+    return reply
+
+
+class PeerClient:
+    """A channel to one peer agent.
+
+    Args:
+        address: ``host:port``.
+        limits: message limits, the same as the peer's server uses.
+        keepalive: keepalive settings, the same as the peer's server uses.
+        tls: connect with TLS (client certificate when ``tls.cert``/``tls.key`` are set); ``None``: plaintext.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        limits: WireLimits = WireLimits(),
+        keepalive: Keepalive = Keepalive(),
+        tls: TlsFiles | None = None,
+    ):
+        self.address = address
+        self.limits = limits
+        options = channel_options(limits, keepalive)
+        if tls is not None:
+            self._channel = grpc.secure_channel(address, channel_credentials(tls), options=options)
+        else:
+            self._channel = grpc.insecure_channel(address, options=options)
+        path = f"/{SERVICE_NAME}/"
+        self._describe = self._channel.unary_unary(path + "Describe")
+        self._infer = self._channel.unary_unary(path + "Infer")
+        self._infer_stream = self._channel.stream_stream(path + "InferStream")
+        self._probe = self._channel.unary_unary(path + "Probe")
+
+    @contextmanager
+    def _mapped(self) -> Iterator[None]:
+        try:
+            yield
+        except grpc.RpcError as e:
+            raise error_of(e.code(), e.details() or "", self.address) from None
+        except RequestRejected as e:  # a reply we cannot parse: the peer's fault
+            raise TransportError(f"peer {self.address} sent a bad reply: {e}") from None
+
+    def wait_ready(self, timeout_s: float) -> None:
+        """Block until the channel connects.
+
+        Raises:
+            PeerUnavailable: not connected within ``timeout_s``.
+        """
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=timeout_s)
+        except grpc.FutureTimeoutError:
+            raise PeerUnavailable(f"peer {self.address}: not reachable within {timeout_s:g} s") from None
+
+    def describe(self, fingerprint: str = "", role: str = "", *, timeout_s: float = 5.0) -> Description:
+        """Handshake: the peer's description. With ``fingerprint`` set, a peer serving another model answers
+        FAILED_PRECONDITION (raised as ``RemoteError``).
+        """
+        req = pb.DescribeRequest(model_fingerprint=fingerprint, caller_role=role).SerializeToString()
+        with self._mapped():
+            return decode_description(self._describe(req, timeout=timeout_s, wait_for_ready=True))
+
+    def infer(self, call: InferCall, *, timeout_s: float, wait_for_ready: bool = False) -> InferReply:
+        """Send one request; the reply's payloads are views of the received message.
+
+        ``reply.wire_nbytes`` is the reply's size; the request's size is ``len(encode_request(call))`` —
+        use :meth:`infer_bytes` to get both without encoding twice.
+        """
+        return self.infer_bytes(encode_request(call), timeout_s=timeout_s, wait_for_ready=wait_for_ready)
+
+    def infer_bytes(self, request: bytes, *, timeout_s: float, wait_for_ready: bool = False) -> InferReply:
+        """Send an already encoded ``InferRequest`` (see :func:`~edgeflow.transport.messages.encode_request`)."""
+        with self._mapped():
+            data = self._infer(request, timeout=timeout_s, wait_for_ready=wait_for_ready)
+            return decode_reply(data, self.limits)
+
+    def infer_stream(self, calls: Iterable[InferCall], *, timeout_s: float) -> Iterator[InferReply]:
+        """Pipeline ``calls`` over one InferStream; yields replies in completion order (match by id).
+
+        Failed items come back with ``error_code`` set; see :func:`raise_for_error`. ``timeout_s`` bounds
+        the whole stream.
+        """
+        with self._mapped():
+            for data in self._infer_stream((encode_request(c) for c in calls), timeout=timeout_s):
+                yield decode_reply(data, self.limits)
+
+    def probe(self, *, send_nbytes: int = 0, reply_nbytes: int = 0, echo: bool = False, timeout_s: float = 10.0) -> float:
+        """Round trip of ``send_nbytes`` up and ``reply_nbytes`` (or the echo) down; returns seconds.
+
+        Small probes measure RTT; large ones bandwidth: ``bandwidth ≈ nbytes / (t_large - t_small)``.
+        """
+        meta = pb.ProbeRequest(id="probe", reply_nbytes=reply_nbytes, echo=echo).SerializeToString()
+        data = frame(meta, 15, [bytes(send_nbytes)])
+        with self._mapped():
+            t0 = time.perf_counter()
+            out = self._probe(data, timeout=timeout_s)
+            elapsed = time.perf_counter() - t0
+            split_fields(out, 15, max_payloads=1, max_payload_nbytes=self.limits.max_message_bytes)
+        return elapsed
+
+    def measure_link(self, *, nbytes: int = 1 << 20, repeats: int = 3, timeout_s: float = 10.0) -> LinkEstimate:
+        """Estimate RTT and bandwidth both ways with :meth:`probe` (best of ``repeats`` each).
+
+        ``rtt_s`` is the fastest empty probe; ``up_bps``/``down_bps`` are ``8 * nbytes`` over the extra time a
+        probe carrying ``nbytes`` up (or down) takes beyond it. Includes gRPC and Python overheads, as real
+        hops do.
+        """
+        rtt = min(self.probe(timeout_s=timeout_s) for _ in range(repeats))
+        up = min(self.probe(send_nbytes=nbytes, timeout_s=timeout_s) for _ in range(repeats))
+        down = min(self.probe(reply_nbytes=nbytes, timeout_s=timeout_s) for _ in range(repeats))
+        return LinkEstimate(rtt, 8 * nbytes / max(up - rtt, 1e-9), 8 * nbytes / max(down - rtt, 1e-9))
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> "PeerClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+

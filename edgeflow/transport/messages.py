@@ -1,0 +1,418 @@
+"""The messages agents exchange, as plain dataclasses, and their wire encoding.
+
+Protobuf stays inside this package: the agent builds and reads these dataclasses. Payload bytes are never
+copied by protobuf — :func:`encode_request` appends them raw and :func:`decode_request` hands out zero-copy
+``memoryview`` slices of the received buffer (see :mod:`edgeflow.transport.wire`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from google.protobuf.message import DecodeError
+
+from edgeflow.transport._gen import agent_pb2 as pb
+from edgeflow.errors import InvalidRequest, RequestTooLarge
+from edgeflow.transport.wire import frame, split_fields
+
+__all__ = [
+    "DATATYPES",
+    "datatype_of",
+    "dtype_name_of",
+    "WireLimits",
+    "WireTensor",
+    "InferCall",
+    "TierTiming",
+    "Breakdown",
+    "InferReply",
+    "RangeProfile",
+    "Description",
+    "encode_request",
+    "decode_request",
+    "encode_reply",
+    "decode_reply",
+    "encode_description",
+    "decode_description",
+]
+
+_RAW_FIELD = 15  # raw_input_contents / raw_output_contents / payload, in agent.proto
+
+# torch dtype name -> KServe v2 datatype string
+DATATYPES: dict[str, str] = {
+    "bool": "BOOL",
+    "uint8": "UINT8",
+    "uint16": "UINT16",
+    "uint32": "UINT32",
+    "uint64": "UINT64",
+    "int8": "INT8",
+    "int16": "INT16",
+    "int32": "INT32",
+    "int64": "INT64",
+    "float16": "FP16",
+    "bfloat16": "BF16",
+    "float32": "FP32",
+    "float64": "FP64",
+}
+_DTYPE_NAMES = {v: k for k, v in DATATYPES.items()}
+
+
+def datatype_of(dtype_name: str) -> str:
+    """KServe datatype string of a torch dtype name (``"float32"`` -> ``"FP32"``).
+
+    Raises:
+        InvalidRequest: a dtype with no KServe datatype.
+    """
+    try:
+        return DATATYPES[dtype_name]
+    except KeyError:
+        raise InvalidRequest(f"dtype {dtype_name!r} has no wire datatype (known: {sorted(DATATYPES)})") from None
+
+
+def dtype_name_of(datatype: str) -> str:
+    """Torch dtype name of a KServe datatype string (``"FP32"`` -> ``"float32"``).
+
+    Raises:
+        InvalidRequest: unknown datatype string.
+    """
+    try:
+        return _DTYPE_NAMES[datatype]
+    except KeyError:
+        raise InvalidRequest(f"unknown datatype {datatype!r} (known: {sorted(_DTYPE_NAMES)})") from None
+
+
+@dataclass(frozen=True)
+class WireLimits:
+    """Bounds on what a peer may send; the same numbers configure gRPC's message-size limits.
+
+    Attributes:
+        max_message_bytes: whole gRPC message, both directions (gRPC answers RESOURCE_EXHAUSTED beyond it).
+        max_tensors: tensors per message (several values cross a cut inside a residual block).
+        max_dims: rank of any tensor.
+        max_name_chars: length of ids, names and codec names.
+    """
+
+    max_message_bytes: int = 64 * 1024 * 1024
+    max_tensors: int = 32
+    max_dims: int = 8
+    max_name_chars: int = 256
+
+
+@dataclass
+class WireTensor:
+    """One named tensor as it travels: a codec payload plus the decoded tensor's datatype and shape."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    codec: str
+    payload: bytes | memoryview
+
+    @property
+    def nbytes(self) -> int:
+        """Payload bytes on the wire."""
+        return memoryview(self.payload).nbytes
+
+
+@dataclass
+class InferCall:
+    """An inference request: the live values at ``start``.
+
+    Attributes:
+        request_id: caller-chosen id, echoed back.
+        fingerprint: the caller's model fingerprint.
+        start: position the tensors are live at.
+        stop: 0 to run to the model output (forwarding upstream per plan), else the position to stop at here.
+        tensors: the live values at ``start``, in position order.
+        output_codec: codec for the values returned when ``stop`` is set ("" = agent default).
+        wire_nbytes: size of the received message (set by :func:`decode_request`).
+    """
+
+    request_id: str
+    fingerprint: str
+    start: int
+    tensors: list[WireTensor]
+    stop: int = 0
+    output_codec: str = ""
+    wire_nbytes: int = 0
+
+
+@dataclass
+class TierTiming:
+    """Seconds and bytes one tier spent on one request (see ``TierTiming`` in agent.proto)."""
+
+    tier: str
+    start: int = 0
+    stop: int = 0
+    queue_s: float = 0.0
+    compute_s: float = 0.0
+    encode_s: float = 0.0
+    decode_s: float = 0.0
+    network_s: float = 0.0
+    total_s: float = 0.0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    bytes_back: int = 0
+    energy_j: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass
+class Breakdown:
+    """Where a request's time and bytes went, tier by tier in chain order."""
+
+    tiers: list[TierTiming] = field(default_factory=list)
+    answered_by: str = ""
+    exit_position: int = -1
+    exit_confidence: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "answered_by": self.answered_by,
+            "exit_position": self.exit_position,
+            "exit_confidence": self.exit_confidence,
+            "tiers": [t.to_json() for t in self.tiers],
+        }
+
+
+@dataclass
+class InferReply:
+    """An inference response: the values at ``position`` (N = model output) and the breakdown.
+
+    ``error_code``/``error_message`` are set only on failed items of a stream (``tensors`` is then empty).
+    """
+
+    request_id: str
+    fingerprint: str
+    position: int
+    tensors: list[WireTensor]
+    breakdown: Breakdown = field(default_factory=Breakdown)
+    error_code: int = 0
+    error_message: str = ""
+    wire_nbytes: int = 0
+
+
+@dataclass(frozen=True)
+class RangeProfile:
+    """Measured compute seconds of range ``[start:stop]`` on one agent (batch 1, slowdown included)."""
+
+    start: int
+    stop: int
+    compute_s: float
+
+
+@dataclass
+class Description:
+    """What an agent says about itself in the handshake (see ``DescribeResponse`` in agent.proto)."""
+
+    role: str
+    fingerprint: str
+    num_positions: int
+    cuts: list[int]
+    codecs: list[str]
+    plan: str
+    profile: list[RangeProfile] = field(default_factory=list)
+    slowdown_factor: float = 1.0
+    power_w: tuple[float, float, float] = (0.0, 0.0, 0.0)  # idle, active, transmit
+    torch_device: str = "cpu"
+    threads: int = 1
+    max_message_bytes: int = 0
+    max_batch: int = 1
+    upstream: str = ""
+    version: str = ""
+    inputs: list[tuple[str, str, tuple[int, ...]]] = field(default_factory=list)  # name, datatype, shape
+
+    def to_json(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["profile"] = [{"start": p.start, "stop": p.stop, "compute_s": p.compute_s} for p in self.profile]
+        out["power_w"] = dict(zip(("idle", "active", "transmit"), self.power_w))
+        return out
+
+
+_TIMING_FIELDS = tuple(f.name for f in fields(TierTiming))
+
+
+# ------------------------------------------------------------------------------------------- encoding
+def _tensor_meta(t: WireTensor, into: Any) -> None:
+    into.name = t.name
+    into.datatype = t.datatype
+    into.shape.extend(t.shape)
+    into.parameters["codec"].string_param = t.codec
+
+
+def _breakdown_meta(b: Breakdown, into: Any) -> None:
+    into.answered_by = b.answered_by
+    into.exit_position = b.exit_position
+    into.exit_confidence = b.exit_confidence
+    for t in b.tiers:
+        into.tiers.add(**vars(t))  # the dataclass fields are exactly TierTiming's proto fields
+
+
+def encode_request(call: InferCall) -> bytes:
+    """Serialise ``call`` as an ``edgeflow.v1.InferRequest`` (payloads appended raw)."""
+    msg = pb.InferRequest(id=call.request_id, model_fingerprint=call.fingerprint, start=call.start, stop=call.stop)
+    for t in call.tensors:
+        _tensor_meta(t, msg.inputs.add())
+    if call.output_codec:
+        msg.parameters["output_codec"].string_param = call.output_codec
+    return frame(msg.SerializeToString(), _RAW_FIELD, [t.payload for t in call.tensors])
+
+
+def encode_reply(reply: InferReply) -> bytes:
+    """Serialise ``reply`` as an ``edgeflow.v1.InferResponse`` (payloads appended raw)."""
+    msg = pb.InferResponse(
+        id=reply.request_id,
+        model_fingerprint=reply.fingerprint,
+        position=reply.position,
+        error_code=reply.error_code,
+        error_message=reply.error_message,
+    )
+    for t in reply.tensors:
+        _tensor_meta(t, msg.outputs.add())
+    _breakdown_meta(reply.breakdown, msg.breakdown)
+    return frame(msg.SerializeToString(), _RAW_FIELD, [t.payload for t in reply.tensors])
+
+
+# ------------------------------------------------------------------------------------------- decoding
+def _parse(msg: Any, rest: bytes | memoryview, what: str) -> None:
+    try:
+        msg.ParseFromString(rest)
+    except DecodeError as e:
+        raise InvalidRequest(f"malformed {what}: {e}") from None
+
+
+def _check_name(value: str, what: str, limits: WireLimits) -> None:
+    if len(value) > limits.max_name_chars:
+        raise InvalidRequest(f"{what} is {len(value)} characters, limit {limits.max_name_chars}")
+
+
+def _tensors(metas: Any, payloads: list[memoryview], limits: WireLimits, what: str) -> list[WireTensor]:
+    if len(metas) > limits.max_tensors:
+        raise RequestTooLarge(f"{len(metas)} {what} tensors, limit {limits.max_tensors}")
+    if len(metas) != len(payloads):
+        raise InvalidRequest(f"{len(metas)} {what} tensors but {len(payloads)} raw payloads; need one per tensor")
+    out = []
+    for i, (m, p) in enumerate(zip(metas, payloads)):
+        label = f"{what} tensor {i} ({m.name!r})"
+        _check_name(m.name, f"{label} name", limits)
+        if len(m.shape) > limits.max_dims:
+            raise InvalidRequest(f"{label} has rank {len(m.shape)}, limit {limits.max_dims}")
+        if any(d < 0 for d in m.shape):
+            raise InvalidRequest(f"{label} has a negative dim in shape {list(m.shape)}")
+        dtype_name_of(m.datatype)  # validates the datatype string
+        codec = m.parameters["codec"].string_param if "codec" in m.parameters else ""
+        if not codec:
+            raise InvalidRequest(f"{label} lacks the 'codec' string parameter")
+        _check_name(codec, f"{label} codec", limits)
+        out.append(WireTensor(m.name, m.datatype, tuple(m.shape), codec, p))
+    return out
+
+
+def decode_request(data: bytes | memoryview, limits: WireLimits) -> InferCall:
+    """Parse an ``edgeflow.v1.InferRequest``; tensor payloads are zero-copy views of ``data``.
+
+    Raises:
+        InvalidRequest: malformed message, tensor/payload count mismatch, bad datatype, missing codec.
+        RequestTooLarge: more tensors or dims than ``limits`` allow, or a payload over the message limit.
+    """
+    rest, payloads = split_fields(
+        data, _RAW_FIELD, max_payloads=limits.max_tensors, max_payload_nbytes=limits.max_message_bytes
+    )
+    msg = pb.InferRequest()
+    _parse(msg, rest, "InferRequest")
+    _check_name(msg.id, "request id", limits)
+    codec = msg.parameters["output_codec"].string_param if "output_codec" in msg.parameters else ""
+    _check_name(codec, "output_codec", limits)
+    return InferCall(
+        request_id=msg.id,
+        fingerprint=msg.model_fingerprint,
+        start=msg.start,
+        stop=msg.stop,
+        tensors=_tensors(msg.inputs, payloads, limits, "input"),
+        output_codec=codec,
+        wire_nbytes=memoryview(data).nbytes,
+    )
+
+
+def decode_reply(data: bytes | memoryview, limits: WireLimits) -> InferReply:
+    """Parse an ``edgeflow.v1.InferResponse``; tensor payloads are zero-copy views of ``data``.
+
+    Raises:
+        InvalidRequest: malformed message (here: the peer's fault; the client re-raises it as such).
+        RequestTooLarge: over ``limits``.
+    """
+    rest, payloads = split_fields(
+        data, _RAW_FIELD, max_payloads=limits.max_tensors, max_payload_nbytes=limits.max_message_bytes
+    )
+    msg = pb.InferResponse()
+    _parse(msg, rest, "InferResponse")
+    b = msg.breakdown
+    breakdown = Breakdown(
+        tiers=[TierTiming(*[getattr(t, name) for name in _TIMING_FIELDS]) for t in b.tiers],
+        answered_by=b.answered_by,
+        exit_position=b.exit_position if msg.HasField("breakdown") else -1,
+        exit_confidence=b.exit_confidence,
+    )
+    return InferReply(
+        request_id=msg.id,
+        fingerprint=msg.model_fingerprint,
+        position=msg.position,
+        tensors=_tensors(msg.outputs, payloads, limits, "output"),
+        breakdown=breakdown,
+        error_code=msg.error_code,
+        error_message=msg.error_message,
+        wire_nbytes=memoryview(data).nbytes,
+    )
+
+
+def encode_description(d: Description) -> bytes:
+    """Serialise ``d`` as an ``edgeflow.v1.DescribeResponse``."""
+    msg = pb.DescribeResponse(
+        role=d.role,
+        model_fingerprint=d.fingerprint,
+        num_positions=d.num_positions,
+        cuts=d.cuts,
+        codecs=d.codecs,
+        plan=d.plan,
+        profile=[pb.RangeProfile(start=p.start, stop=p.stop, compute_s=p.compute_s) for p in d.profile],
+        slowdown_factor=d.slowdown_factor,
+        power=pb.Power(idle_w=d.power_w[0], active_w=d.power_w[1], transmit_w=d.power_w[2]),
+        torch_device=d.torch_device,
+        threads=d.threads,
+        max_message_bytes=d.max_message_bytes,
+        max_batch=d.max_batch,
+        upstream=d.upstream,
+        version=d.version,
+        inputs=[pb.Tensor(name=n, datatype=dt, shape=shape) for n, dt, shape in d.inputs],
+    )
+    return msg.SerializeToString()
+
+
+def decode_description(data: bytes) -> Description:
+    """Parse an ``edgeflow.v1.DescribeResponse``.
+
+    Raises:
+        InvalidRequest: malformed message.
+    """
+    msg = pb.DescribeResponse()
+    _parse(msg, data, "DescribeResponse")
+    return Description(
+        role=msg.role,
+        fingerprint=msg.model_fingerprint,
+        num_positions=msg.num_positions,
+        cuts=list(msg.cuts),
+        codecs=list(msg.codecs),
+        plan=msg.plan,
+        profile=[RangeProfile(p.start, p.stop, p.compute_s) for p in msg.profile],
+        slowdown_factor=msg.slowdown_factor,
+        power_w=(msg.power.idle_w, msg.power.active_w, msg.power.transmit_w),
+        torch_device=msg.torch_device,
+        threads=msg.threads,
+        max_message_bytes=msg.max_message_bytes,
+        max_batch=msg.max_batch,
+        upstream=msg.upstream,
+        version=msg.version,
+        inputs=[(t.name, t.datatype, tuple(t.shape)) for t in msg.inputs],
+    )

@@ -1,0 +1,110 @@
+"""Dataclass <-> wire encoding of agent messages, and the checks made while parsing."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgeflow.transport._gen import agent_pb2 as pb
+from edgeflow.errors import InvalidRequest, RequestTooLarge
+from edgeflow.transport.messages import (
+    Breakdown,
+    Description,
+    InferCall,
+    InferReply,
+    RangeProfile,
+    TierTiming,
+    WireLimits,
+    WireTensor,
+    datatype_of,
+    decode_description,
+    decode_reply,
+    decode_request,
+    dtype_name_of,
+    encode_description,
+    encode_reply,
+    encode_request,
+)
+
+LIMITS = WireLimits(max_message_bytes=1 << 20, max_tensors=4, max_dims=4)
+
+
+def _call() -> InferCall:
+    return InferCall(
+        "req-1",
+        "fp",
+        7,
+        [WireTensor("a", "FP32", (2, 3), "int8:z3", b"payload-a"), WireTensor("b", "INT64", (2,), "lossless", b"pb")],
+        output_codec="fp16",
+    )
+
+
+def test_request_round_trip() -> None:
+    data = encode_request(_call())
+    got = decode_request(data, LIMITS)
+    assert got.wire_nbytes == len(data)
+    got.wire_nbytes = 0
+    got.tensors = [WireTensor(t.name, t.datatype, t.shape, t.codec, bytes(t.payload)) for t in got.tensors]
+    assert got == _call()
+
+
+def test_reply_round_trip_with_breakdown() -> None:
+    tiers = [TierTiming("device", 0, 7, compute_s=0.5, bytes_out=10), TierTiming("cloud", 7, 9, total_s=0.25)]
+    reply = InferReply("req-1", "fp", 9, [WireTensor("output", "FP32", (1, 10), "lossless", b"xyz")],
+                       Breakdown(tiers, "cloud", -1, 0.0))
+    got = decode_reply(encode_reply(reply), LIMITS)
+    assert got.breakdown == reply.breakdown
+    assert bytes(got.tensors[0].payload) == b"xyz" and got.position == 9
+
+
+def test_standard_protobuf_clients_read_our_messages() -> None:
+    msg = pb.InferRequest.FromString(encode_request(_call()))
+    assert [t.name for t in msg.inputs] == ["a", "b"]
+    assert list(msg.raw_input_contents) == [b"payload-a", b"pb"]
+    assert msg.parameters["output_codec"].string_param == "fp16"
+
+
+def test_description_round_trip() -> None:
+    d = Description("edge", "fp", 70, [1, 2, 3], ["lossless"], "edge[0:]", [RangeProfile(0, 1, 0.5)],
+                    2.0, (1.0, 2.0, 3.0), "cpu", 1, 1 << 20, 8, "127.0.0.1:1", "0.1.0", [("x", "FP32", (1, 3, 8, 8))])
+    assert decode_description(encode_description(d)) == d
+
+
+def test_datatypes() -> None:
+    assert datatype_of("float32") == "FP32" and dtype_name_of("BF16") == "bfloat16"
+    with pytest.raises(InvalidRequest, match="unknown datatype 'FP8'"):
+        dtype_name_of("FP8")
+
+
+def _raw(msg: pb.InferRequest) -> bytes:
+    return msg.SerializeToString()
+
+
+def _tensor(msg: pb.InferRequest, **kw: object) -> pb.Tensor:
+    t = msg.inputs.add(**{"name": "x", "datatype": "FP32", "shape": [1, 2], **kw})
+    return t
+
+
+@pytest.mark.parametrize(
+    "build, error, words",
+    [
+        (lambda m: (_tensor(m), m.raw_input_contents.append(b"")), InvalidRequest, "lacks the 'codec'"),
+        (lambda m: _tensor(m), InvalidRequest, "1 input tensors but 0 raw payloads"),
+        (lambda m: (_tensor(m, datatype="F32"), m.raw_input_contents.append(b"")), InvalidRequest, "unknown datatype 'F32'"),
+        (lambda m: (_tensor(m, shape=[1, -2]), m.raw_input_contents.append(b"")), InvalidRequest, "negative dim"),
+        (lambda m: (_tensor(m, shape=[1] * 5), m.raw_input_contents.append(b"")), InvalidRequest, "rank 5, limit 4"),
+        (lambda m: [(_tensor(m), m.raw_input_contents.append(b"")) for _ in range(5)], RequestTooLarge, "raw payloads"),
+        (lambda m: setattr(m, "id", "i" * 300), InvalidRequest, "request id is 300 characters"),
+    ],
+)
+def test_bad_requests_name_the_problem(build, error: type, words: str) -> None:  # type: ignore[no-untyped-def]
+    msg = pb.InferRequest(id="r", model_fingerprint="fp")
+    build(msg)
+    with pytest.raises(error) as err:
+        decode_request(_raw(msg), LIMITS)
+    assert words in str(err.value)
+
+
+def test_invalid_utf8_in_a_string_field_is_invalid_argument() -> None:
+    bad = b"\x0a\x02\xff\xfe"  # field 1 (id), 2 bytes, not UTF-8
+    with pytest.raises(InvalidRequest, match="malformed InferRequest"):
+        decode_request(bad, LIMITS)
