@@ -1,0 +1,231 @@
+"""Online estimates the cost model needs: link bandwidth and RTT, compute corrections, queueing delays.
+
+Pure state machines: every method takes the time (``now_s``, any monotonic seconds) as an argument; nothing
+here reads a clock.
+
+**Bandwidth: byte-weighted harmonic mean of the last K median-of-3-filtered samples.** Each transfer gives a
+rate sample ``8 * nbytes / (seconds - rtt)``. The samples first pass a causal median-of-3 filter (each rate
+becomes the median of itself and the two before it), which removes any single outlier — a stalled transfer, a
+timer hiccup — completely while letting a step through after two samples. The estimate is then
+``8 * sum(nbytes) / sum(nbytes * 8 / rate)`` over the last ``window`` filtered samples younger than
+``max_age_s``: the harmonic mean of the rates weighted by bytes. The harmonic mean follows drops fast and rises
+cautiously (it is dominated by the slow samples, as in FESTIVE, Jiang et al., CoNEXT 2012), which is the safe
+side for a planner; byte weighting lets big transfers, whose timing is mostly serialisation, outweigh small ones,
+whose timing is mostly overhead. An EWMA was not chosen: one clipped sample still moves it by its weight, and
+its reaction to a step depends on the sample rate.
+
+Samples whose transfer part is small next to the round trip (``seconds - rtt < min_transfer_fraction *
+seconds``) carry no rate information and are rejected; when no sample has been accepted for ``stale_after_s``
+the link :meth:`LinkEstimator.needs_probe` and :meth:`LinkEstimator.probe_nbytes` says how big a probe makes a
+usable sample.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import deque
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+from edgeflow.errors import PlanError
+
+from .costmodel import Conditions, LinkState
+
+__all__ = ["LinkEstimator", "ComputeCorrection", "QueueTracker", "ConditionsTracker"]
+
+
+@dataclass(frozen=True)
+class _Sample:
+    t_s: float
+    nbytes: float
+    rate_bps: float  # filtered
+
+
+class LinkEstimator:
+    """Bandwidth and RTT of one link from passive samples (see the module doc).
+
+    Args:
+        window: rate samples averaged.
+        max_age_s: samples older than this are forgotten.
+        stale_after_s: :meth:`needs_probe` when no rate sample was accepted for this long.
+        rtt_window: RTT samples kept; the estimate is their median.
+        min_transfer_fraction: reject a transfer whose time is mostly the round trip.
+        min_nbytes: reject transfers smaller than this (headers and timer resolution dominate).
+    """
+
+    def __init__(
+        self,
+        *,
+        window: int = 8,
+        max_age_s: float = 10.0,
+        stale_after_s: float = 2.0,
+        rtt_window: int = 16,
+        min_transfer_fraction: float = 0.2,
+        min_nbytes: int = 256,
+    ):
+        if window < 1 or rtt_window < 1 or not max_age_s > 0 or not stale_after_s > 0:
+            raise PlanError("estimator: window, rtt_window, max_age_s and stale_after_s must be positive")
+        self.window, self.max_age_s, self.stale_after_s = window, max_age_s, stale_after_s
+        self.min_transfer_fraction, self.min_nbytes = min_transfer_fraction, min_nbytes
+        self._raw: deque[float] = deque(maxlen=3)  # last raw rates, for the median filter
+        self._samples: deque[_Sample] = deque(maxlen=window)
+        self._rtts: deque[tuple[float, float]] = deque(maxlen=rtt_window)
+        self._last_accept_s: float | None = None
+
+    # ------------------------------------------------------------------------------------ samples
+    def observe_rtt(self, rtt_s: float, now_s: float) -> None:
+        """A round-trip time sample (e.g. an empty call, or a health check)."""
+        if rtt_s >= 0 and math.isfinite(rtt_s):
+            self._rtts.append((now_s, rtt_s))
+
+    def observe_transfer(self, nbytes: float, seconds: float, now_s: float, *, includes_rtt: bool = True) -> bool:
+        """A transfer of ``nbytes`` that took ``seconds`` (send start to reply, when ``includes_rtt``).
+
+        Returns:
+            Whether it was used as a rate sample.
+        """
+        if not (nbytes >= self.min_nbytes and seconds > 0 and math.isfinite(seconds)):
+            return False
+        rtt = (self.rtt_s(now_s) or 0.0) if includes_rtt else 0.0
+        transfer = seconds - rtt
+        if transfer < self.min_transfer_fraction * seconds:
+            return False
+        self._raw.append(8.0 * nbytes / transfer)
+        self._samples.append(_Sample(now_s, float(nbytes), float(statistics.median(self._raw))))
+        self._last_accept_s = now_s
+        return True
+
+    # ------------------------------------------------------------------------------------ estimates
+    def bandwidth_bps(self, now_s: float) -> float | None:
+        """The estimate, or None without recent samples."""
+        fresh = [s for s in self._samples if now_s - s.t_s <= self.max_age_s]
+        if not fresh:
+            return None
+        return 8.0 * sum(s.nbytes for s in fresh) / sum(8.0 * s.nbytes / s.rate_bps for s in fresh)
+
+    def rtt_s(self, now_s: float) -> float | None:
+        """Median of the recent RTT samples, or None."""
+        fresh = [r for t, r in self._rtts if now_s - t <= self.max_age_s]
+        return float(statistics.median(fresh)) if fresh else None
+
+    def needs_probe(self, now_s: float) -> bool:
+        """True when the bandwidth estimate is missing or older than ``stale_after_s`` (or RTT is unknown)."""
+        if self._last_accept_s is None or self.rtt_s(now_s) is None:
+            return True
+        return now_s - self._last_accept_s > self.stale_after_s
+
+    def probe_nbytes(self, now_s: float, *, rtt_multiple: float = 4.0, lo: int = 16_384, hi: int = 4 << 20) -> int:
+        """A probe size whose transfer takes about ``rtt_multiple`` round trips at the current estimate."""
+        bw, rtt = self.bandwidth_bps(now_s), self.rtt_s(now_s)
+        if bw is None or rtt is None:
+            return lo * 4
+        return int(min(hi, max(lo, bw * rtt * rtt_multiple / 8.0)))
+
+
+class ComputeCorrection:
+    """Per-tier multiplicative correction of predicted compute: EWMA of clipped measured/predicted ratios.
+
+    Feed it ``predicted_s`` from :meth:`CostModel.stage_compute_s` (the uncorrected prediction), so the factor
+    converges to measured/predicted instead of feeding back on itself.
+
+    Args:
+        alpha: EWMA weight of a new ratio.
+        clip: each ratio is clipped to this range first, so one outlier moves the factor by a bounded amount.
+    """
+
+    def __init__(self, alpha: float = 0.2, clip: tuple[float, float] = (0.2, 5.0)):
+        if not 0 < alpha <= 1 or not 0 < clip[0] <= 1 <= clip[1]:
+            raise PlanError(f"compute correction: alpha in (0, 1] and clip around 1 required, got {alpha}, {clip}")
+        self.alpha, self.clip = alpha, clip
+        self._factor: dict[str, float] = {}
+
+    def observe(self, tier: str, measured_s: float, predicted_s: float) -> None:
+        if not (predicted_s > 1e-9 and measured_s >= 0 and math.isfinite(measured_s)):
+            return
+        ratio = min(self.clip[1], max(self.clip[0], measured_s / predicted_s))
+        old = self._factor.get(tier)
+        self._factor[tier] = ratio if old is None else old + self.alpha * (ratio - old)
+
+    def factor(self, tier: str) -> float:
+        return self._factor.get(tier, 1.0)
+
+    @property
+    def factors(self) -> dict[str, float]:
+        return dict(self._factor)
+
+
+class QueueTracker:
+    """Queueing delay each tier reports, smoothed by an EWMA."""
+
+    def __init__(self, alpha: float = 0.3):
+        self.alpha = alpha
+        self._queue: dict[str, float] = {}
+
+    def observe(self, tier: str, queue_s: float) -> None:
+        if queue_s >= 0 and math.isfinite(queue_s):
+            old = self._queue.get(tier)
+            self._queue[tier] = queue_s if old is None else old + self.alpha * (queue_s - old)
+
+    @property
+    def queues(self) -> dict[str, float]:
+        return dict(self._queue)
+
+
+class ConditionsTracker:
+    """Everything observed at run time, turned into :class:`Conditions` for the planner.
+
+    Args:
+        tiers: the chain's tier names; link ``i`` joins ``tiers[i]`` and ``tiers[i + 1]``.
+        links: one estimator per link (default: ``LinkEstimator()`` each).
+        fallback: link states used until a link has estimates (e.g. from a scenario); None: none.
+    """
+
+    def __init__(
+        self,
+        tiers: Sequence[str],
+        links: Sequence[LinkEstimator] | None = None,
+        *,
+        fallback: Sequence[LinkState] | None = None,
+        correction: ComputeCorrection | None = None,
+        queues: QueueTracker | None = None,
+    ):
+        self.tiers = tuple(tiers)
+        n = len(self.tiers) - 1
+        self.links = list(links) if links is not None else [LinkEstimator() for _ in range(n)]
+        if len(self.links) != n or (fallback is not None and len(fallback) != n):
+            raise PlanError(f"{len(self.tiers)} tiers need {n} link estimators and fallbacks")
+        self.fallback = tuple(fallback) if fallback is not None else None
+        self.correction = correction or ComputeCorrection()
+        self.queues = queues or QueueTracker()
+
+    def observe_transfer(self, link: int, nbytes: float, seconds: float, now_s: float, *, includes_rtt: bool = True) -> bool:
+        return self.links[link].observe_transfer(nbytes, seconds, now_s, includes_rtt=includes_rtt)
+
+    def observe_rtt(self, link: int, rtt_s: float, now_s: float) -> None:
+        self.links[link].observe_rtt(rtt_s, now_s)
+
+    def observe_stage(self, tier: str, measured_s: float, predicted_s: float) -> None:
+        self.correction.observe(tier, measured_s, predicted_s)
+
+    def observe_queue(self, tier: str, queue_s: float) -> None:
+        self.queues.observe(tier, queue_s)
+
+    def stale_links(self, now_s: float) -> list[int]:
+        """Links that need an active probe now."""
+        return [i for i, est in enumerate(self.links) if est.needs_probe(now_s)]
+
+    def conditions(self, now_s: float) -> Conditions | None:
+        """Current conditions, or None while a link has neither estimates nor a fallback."""
+        states = []
+        for i, est in enumerate(self.links):
+            bw, rtt = est.bandwidth_bps(now_s), est.rtt_s(now_s)
+            fb: LinkState | None = self.fallback[i] if self.fallback is not None else None
+            if bw is None or rtt is None:
+                if fb is None:
+                    return None
+                bw = bw if bw is not None else fb.bandwidth_bps
+                rtt = rtt if rtt is not None else fb.rtt_s
+            states.append(LinkState(bw, rtt))
+        factors: Mapping[str, float] = self.correction.factors
+        return Conditions(tuple(states), queue_s=self.queues.queues, compute_factor=factors)

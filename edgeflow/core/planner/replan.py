@@ -1,0 +1,181 @@
+"""Re-planning with hysteresis: a pure state machine over observations and time.
+
+Each :meth:`Replanner.decide` searches the best plan for the current conditions and compares it with the plan
+in use, both predicted under the *same* conditions. It switches only when some other plan beats the current one
+by ``margin`` (relative) on every evaluation for at least ``hold_s`` seconds *and* ``min_evaluations``
+evaluations in a row, and not sooner than ``min_interval_s`` after the previous switch. An infeasible current
+plan (e.g. over the latency SLO) is left at once. Every decision carries a one-line reason for the log.
+
+The caller applies the returned plan (the agents switch at a request boundary); the replanner takes it as current
+when it returns it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from edgeflow.core.plan import Plan
+
+from .costmodel import Conditions
+from .estimator import ConditionsTracker
+from .search import Planner, SearchResult
+
+__all__ = ["Decision", "Replanner"]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome of one evaluation.
+
+    Attributes:
+        plan: the plan to switch to, or None to keep the current one.
+        input_codec: the raw input's codec for ``plan`` when its source runs nothing.
+        reason: why, in one line.
+        current: the plan in use after this decision.
+        current_value: the current plan's predicted objective before the decision (None without conditions).
+        best_value: the best plan's predicted objective (None without conditions).
+        result: the search result, when a search ran.
+    """
+
+    plan: Plan | None
+    input_codec: str | None
+    reason: str
+    current: Plan
+    current_value: float | None = None
+    best_value: float | None = None
+    result: SearchResult | None = None
+
+    @property
+    def switched(self) -> bool:
+        return self.plan is not None
+
+
+class Replanner:
+    """Hysteresis around :class:`Planner` (see the module doc).
+
+    Args:
+        planner: the search over the cost model.
+        current: the plan in use.
+        input_codec: its raw-input codec when its source runs nothing.
+        objective, latency_slo_s: what to optimise (see :meth:`Planner.search`).
+        tracker: the observations; default: a :class:`ConditionsTracker` for the model's chain.
+        margin: relative gain a challenger must keep (0.10 = 10%).
+        hold_s: how long it must keep it.
+        min_evaluations: in how many evaluations in a row.
+        min_interval_s: the least time between two switches.
+    """
+
+    def __init__(
+        self,
+        planner: Planner,
+        current: Plan,
+        *,
+        input_codec: str | None = None,
+        objective: str = "latency",
+        latency_slo_s: float | None = None,
+        tracker: ConditionsTracker | None = None,
+        margin: float = 0.10,
+        hold_s: float = 0.3,
+        min_evaluations: int = 2,
+        min_interval_s: float = 1.0,
+    ):
+        self.planner = planner
+        self.model = planner.model
+        self.model.choice_of(current, input_codec)  # raises PlanError when it does not fit
+        self.current, self.input_codec = current, input_codec
+        self.objective, self.latency_slo_s = objective, latency_slo_s
+        self.tracker = tracker or ConditionsTracker(self.model.names)
+        self.margin, self.hold_s, self.min_evaluations, self.min_interval_s = margin, hold_s, min_evaluations, min_interval_s
+        self._pending_since: float | None = None
+        self._pending_count = 0
+        self._last_switch_s: float | None = None
+
+    # ------------------------------------------------------------------------------------ observations
+    def observe_transfer(self, link: int, nbytes: float, seconds: float, now_s: float, *, includes_rtt: bool = True) -> bool:
+        """A transfer on link ``link`` (0: source to the next tier); see :meth:`LinkEstimator.observe_transfer`."""
+        return self.tracker.observe_transfer(link, nbytes, seconds, now_s, includes_rtt=includes_rtt)
+
+    def observe_rtt(self, link: int, rtt_s: float, now_s: float) -> None:
+        self.tracker.observe_rtt(link, rtt_s, now_s)
+
+    def observe_stage(self, tier: str, measured_s: float, start: int, stop: int, exits: tuple[int, ...] = ()) -> None:
+        """A tier's measured compute for ``[start:stop]`` (and the heads at ``exits`` it evaluated)."""
+        self.tracker.observe_stage(tier, measured_s, self.model.stage_compute_s(tier, start, stop, exits))
+
+    def observe_queue(self, tier: str, queue_s: float) -> None:
+        self.tracker.observe_queue(tier, queue_s)
+
+    def stale_links(self, now_s: float) -> list[int]:
+        """Links to probe actively now (no recent usable transfer)."""
+        return self.tracker.stale_links(now_s)
+
+    # ------------------------------------------------------------------------------------ decisions
+    def decide(self, now_s: float) -> Decision:
+        """Evaluate with the tracker's current conditions."""
+        cond = self.tracker.conditions(now_s)
+        if cond is None:
+            self._reset()
+            return Decision(None, None, "keep: no bandwidth/RTT estimate yet for every link", self.current)
+        return self.decide_with(cond, now_s)
+
+    def decide_with(self, cond: Conditions, now_s: float) -> Decision:
+        """Evaluate under given conditions (the state machine itself; :meth:`decide` feeds it the tracker's)."""
+        md, obj = self.model, self.objective
+        result = self.planner.search(cond, obj, latency_slo_s=self.latency_slo_s, top_k=0)
+        best = result.best
+        cur = md.choice_of(self.current, self.input_codec)
+        cur_b = md.evaluate(cur, cond)
+        cur_v = cur_b.objective(obj)
+        broken = md.violations(cur)
+        if self.latency_slo_s is not None and cur_b.latency_s > self.latency_slo_s:
+            broken.append(f"latency {cur_b.latency_s * 1e3:.1f} ms over the SLO {self.latency_slo_s * 1e3:.1f} ms")
+        unit = _unit(obj)
+        if best.plan == self.current and best.input_codec == self.input_codec:
+            self._reset()
+            why = f"keep: {self._cur_text()} is the best ({unit(cur_v)})"
+            return Decision(None, None, why, self.current, cur_v, best.value, result)
+        if broken:
+            return self._switch(best, now_s, cur_v, result, f"current plan infeasible ({'; '.join(broken)})")
+        gain = (cur_v - best.value) / cur_v if cur_v > 0 and math.isfinite(cur_v) else 0.0
+        if gain < self.margin:
+            self._reset()
+            why = (f"keep: best {best} predicts {unit(best.value)} vs {unit(cur_v)}: "
+                   f"gain {gain:.1%} < margin {self.margin:.0%}")  # fmt: skip
+            return Decision(None, None, why, self.current, cur_v, best.value, result)
+        if self._pending_since is None:
+            self._pending_since = now_s
+        self._pending_count += 1
+        held = now_s - self._pending_since
+        since_switch = math.inf if self._last_switch_s is None else now_s - self._last_switch_s
+        if held >= self.hold_s and self._pending_count >= self.min_evaluations and since_switch >= self.min_interval_s:
+            why = (f"{unit(cur_v)} -> {unit(best.value)} (-{gain:.1%}), held {held:.2f} s over "
+                   f"{self._pending_count} evaluations")  # fmt: skip
+            return self._switch(best, now_s, cur_v, result, why)
+        return Decision(
+            None, None,
+            f"pending: {best} gains {gain:.1%} for {held:.2f} s / {self._pending_count} evaluations "
+            f"(needs {self.hold_s:g} s, {self.min_evaluations}, {self.min_interval_s:g} s after a switch)",
+            self.current, cur_v, best.value, result,
+        )  # fmt: skip
+
+    def _switch(self, best, now_s: float, cur_v: float, result: SearchResult, why: str) -> Decision:
+        old = self._cur_text()
+        self.current, self.input_codec = best.plan, best.input_codec
+        self._reset()
+        self._last_switch_s = now_s
+        return Decision(best.plan, best.input_codec, f"switch: {old} -> {best}: {why}", best.plan, cur_v, best.value, result)
+
+    def _reset(self) -> None:
+        self._pending_since, self._pending_count = None, 0
+
+    def _cur_text(self) -> str:
+        return str(self.current) + (f"  input|{self.input_codec}" if self.input_codec else "")
+
+
+def _unit(objective: str):
+    if objective == "energy":
+        return lambda v: f"{v * 1e3:.2f} mJ"
+    if objective == "throughput":
+        return lambda v: f"{1.0 / v:.1f} req/s" if v > 0 else "inf req/s"
+    return lambda v: f"{v * 1e3:.2f} ms"

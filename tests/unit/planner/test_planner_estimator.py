@@ -1,0 +1,104 @@
+"""Bandwidth/RTT estimation, compute corrections and conditions on synthetic sample streams."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgeflow.core.planner import ComputeCorrection, ConditionsTracker, LinkEstimator, LinkState
+from edgeflow.errors import PlanError
+
+
+def feed(est, rng, rate_bps, rtt_s, t0, n, dt=0.1, noise=0.1, sizes=(20_000, 200_000)):
+    """n transfers at ``rate_bps`` (send start to reply, so each includes one RTT), with RTT pings."""
+    t = t0
+    for _ in range(n):
+        nbytes = int(rng.integers(*sizes))
+        est.observe_rtt(rtt_s * float(rng.uniform(0.95, 1.05)), t)
+        est.observe_transfer(nbytes, rtt_s + 8 * nbytes / rate_bps * float(np.exp(rng.normal(0, noise))), t)
+        t += dt
+    return t
+
+
+@pytest.mark.parametrize("rate", [1e5, 2e6, 2e7, 5e8])
+def test_tracks_a_fixed_rate(rate):
+    est, rng = LinkEstimator(), np.random.default_rng(1)
+    sizes = (int(rate * 0.05 / 8), int(rate * 0.5 / 8))  # transfers of 50-500 ms
+    t = feed(est, rng, rate, 0.04, 0.0, 30, sizes=sizes)
+    assert est.bandwidth_bps(t) == pytest.approx(rate, rel=0.1)
+    assert est.rtt_s(t) == pytest.approx(0.04, rel=0.05)
+    assert not est.needs_probe(t)
+
+
+def test_follows_a_step_down_from_the_second_sample_and_settles():
+    est, rng = LinkEstimator(), np.random.default_rng(2)
+    t = feed(est, rng, 20e6, 0.02, 0.0, 20, noise=0.05)
+    t = feed(est, rng, 2e6, 0.02, t, 1, noise=0.05)
+    assert est.bandwidth_bps(t) > 0.9 * 20e6  # one sample could be an outlier: the median filter holds it
+    t = feed(est, rng, 2e6, 0.02, t, 1, noise=0.05)
+    assert est.bandwidth_bps(t) < 0.6 * 20e6
+    t = feed(est, rng, 2e6, 0.02, t, 1, noise=0.05)
+    assert est.bandwidth_bps(t) < 0.4 * 20e6
+    t = feed(est, rng, 2e6, 0.02, t, 8, noise=0.05)
+    assert est.bandwidth_bps(t) == pytest.approx(2e6, rel=0.1)
+
+
+def test_step_up_is_followed_within_the_window():
+    est, rng = LinkEstimator(window=8), np.random.default_rng(3)
+    t = feed(est, rng, 2e6, 0.02, 0.0, 20, noise=0.05)
+    t = feed(est, rng, 20e6, 0.02, t, 10, noise=0.05)
+    assert est.bandwidth_bps(t) == pytest.approx(20e6, rel=0.1)
+
+
+def test_a_single_outlier_is_ignored():
+    est, rng = LinkEstimator(), np.random.default_rng(4)
+    t = feed(est, rng, 10e6, 0.02, 0.0, 20, noise=0.02)
+    before = est.bandwidth_bps(t)
+    assert before == pytest.approx(10e6, rel=0.03)
+    est.observe_transfer(100_000, 0.02 + 50 * 8 * 100_000 / 10e6, t)  # one transfer stalled 50x
+    assert est.bandwidth_bps(t) == pytest.approx(before, rel=0.02)
+    t = feed(est, rng, 10e6, 0.02, t, 3, noise=0.02)
+    est.observe_transfer(100_000, 0.02 + 8 * 100_000 / 10e9, t)  # one impossibly fast
+    assert est.bandwidth_bps(t) == pytest.approx(before, rel=0.03)
+
+
+def test_small_transfers_carry_no_rate_and_staleness_asks_for_a_probe():
+    est = LinkEstimator(stale_after_s=2.0)
+    assert est.needs_probe(0.0) and est.probe_nbytes(0.0) > 0
+    est.observe_rtt(0.05, 0.0)
+    assert not est.observe_transfer(500, 0.051, 0.1)  # 500 B: below min_nbytes
+    assert not est.observe_transfer(5_000, 0.052, 0.2)  # mostly round trip
+    assert est.bandwidth_bps(0.2) is None and est.needs_probe(0.2)
+    assert est.observe_transfer(1_000_000, 0.05 + 0.8, 0.3)  # a probe: 1 MB in 0.8 s
+    assert est.bandwidth_bps(0.3) == pytest.approx(1e7) and not est.needs_probe(1.0)
+    assert est.needs_probe(2.5)  # no traffic since
+    assert est.probe_nbytes(2.5) == int(1e7 * 0.05 * 4 / 8)
+    assert est.bandwidth_bps(20.0) is None  # forgotten after max_age_s
+
+
+def test_compute_correction_converges_and_bounds_outliers():
+    c = ComputeCorrection(alpha=0.2)
+    assert c.factor("edge") == 1.0
+    for _ in range(40):
+        c.observe("edge", 0.02, 0.01)
+    assert c.factor("edge") == pytest.approx(2.0, rel=1e-3)
+    c.observe("edge", 100.0, 0.01)  # clipped to 5
+    assert c.factor("edge") == pytest.approx(2.0 + 0.2 * 3.0, rel=1e-3)
+    with pytest.raises(PlanError):
+        ComputeCorrection(alpha=0.0)
+
+
+def test_conditions_need_estimates_or_a_fallback():
+    tr = ConditionsTracker(["device", "edge", "cloud"])
+    assert tr.conditions(0.0) is None and tr.stale_links(0.0) == [0, 1]
+    tr = ConditionsTracker(["device", "cloud"], fallback=[LinkState(1e6, 0.05)])
+    assert tr.conditions(0.0).links == (LinkState(1e6, 0.05),)
+    tr.observe_rtt(0, 0.02, 0.0)
+    tr.observe_transfer(0, 1_000_000, 0.02 + 0.4, 0.0)
+    tr.observe_stage("device", 0.03, 0.01)
+    tr.observe_queue("cloud", 0.004)
+    cond = tr.conditions(0.1)
+    assert cond.links[0].bandwidth_bps == pytest.approx(2e7) and cond.links[0].rtt_s == pytest.approx(0.02)
+    assert cond.compute_factor == {"device": pytest.approx(3.0)} and cond.queue_s == {"cloud": 0.004}
+    with pytest.raises(PlanError, match="link estimators"):
+        ConditionsTracker(["device", "cloud"], fallback=[])
