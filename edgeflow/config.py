@@ -33,8 +33,12 @@ __all__ = [
     "QueuesConfig",
     "LimitsConfig",
     "KeepaliveConfig",
+    "PlannerConfig",
+    "AUTO_PLAN",
     "NodeConfig",
 ]
+
+AUTO_PLAN = "auto"  # plan: auto -- the device chooses the plan live (planner section); upstream tiers follow it
 
 BUILTIN_PREFIX = "builtin:"  # model.artifact "builtin:demo" = edgeflow/weights/demo.safetensors
 _ADDRESS = re.compile(r"(?P<host>\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.\-]+):(?P<port>[0-9]{1,5})")
@@ -152,6 +156,31 @@ class KeepaliveConfig(_Section):
     permit_without_calls: bool = True
 
 
+class PlannerConfig(_Section):
+    """The device's live planner (``edgeflow.agent.live``): on when ``enabled`` or ``plan: auto``.
+
+    The device stamps every request with the plan it goes by; edge and cloud run what the request's plan gives
+    them, so only the device needs this section. Defaults follow ``edgeflow.core.planner.Replanner``.
+    """
+
+    enabled: bool = False
+    objective: Literal["latency", "energy", "throughput"] = "latency"
+    slo_ms: float | None = Field(None, gt=0)  # expected-latency bound (latency and energy objectives)
+    max_accuracy_drop_pts: float = Field(1.0, ge=0)  # accuracy floor: points below the full model, never crossed
+    privacy: bool = False  # the raw input never leaves the device
+    margin: float = Field(0.10, ge=0, lt=1)  # relative gain a better plan must keep ...
+    hold_s: float = Field(0.1, ge=0)  # ... for this long (0.1, not the replanner's 0.3: a switch by the 3rd slow request) ...
+    min_evaluations: int = Field(2, ge=1)  # ... and this many requests in a row
+    min_interval_s: float = Field(1.0, ge=0)  # the least time between two switches
+    activation_codecs: list[str] | None = None  # codecs tried at cuts; None: every activation codec
+    # codecs tried for the raw input when the device runs nothing; png/jpeg only if they take the profiled input
+    input_codecs: list[str] = ["lossless"]
+    exit_grid: list[float] = [0.8, 0.9, 0.95, 0.99]  # exit thresholds tried
+    probe: bool = True  # probe links that carried no usable transfer for a while (Probe RPC)
+    fallback_bandwidth_mbit: float = Field(100.0, gt=0)  # a link's bandwidth until it is measured
+    fallback_rtt_ms: float = Field(2.0, ge=0)  # and its round trip
+
+
 class NodeConfig(_Section):
     """One node file. Build with :meth:`from_mapping` to get field-path errors."""
 
@@ -162,7 +191,8 @@ class NodeConfig(_Section):
     compute: ComputeConfig = ComputeConfig()
     power: PowerConfig = PowerConfig()
     tls: TlsConfig | None = None  # this node's server
-    plan: str
+    plan: str  # a plan's text form, or "auto" (see PlannerConfig)
+    planner: PlannerConfig = PlannerConfig()
     deadlines: DeadlinesConfig = DeadlinesConfig()
     queues: QueuesConfig = QueuesConfig()
     limits: LimitsConfig = LimitsConfig()
@@ -171,6 +201,8 @@ class NodeConfig(_Section):
     @field_validator("plan")
     @classmethod
     def _plan(cls, v: str) -> str:
+        if v.strip() == AUTO_PLAN:
+            return AUTO_PLAN
         try:
             return str(Plan.parse(v))
         except PlanError as e:
@@ -178,6 +210,10 @@ class NodeConfig(_Section):
 
     @model_validator(mode="after")
     def _chain(self) -> "NodeConfig":
+        if self.tls is not None and self.tls.cert is None:
+            raise ValueError("tls: a server needs cert and key")
+        if self.plan == AUTO_PLAN:
+            return self  # any chain: the device's live planner decides, over whatever upstream there is
         plan = Plan.parse(self.plan)
         after = [t for t in plan.tiers if TIERS.index(t) > TIERS.index(self.role)]
         if after and self.upstream is None:
@@ -186,12 +222,19 @@ class NodeConfig(_Section):
             raise ValueError(f"plan: {plan} has no stage for {self.role} or after it")
         if not after and self.upstream is not None:
             raise ValueError(f"upstream: set, but plan {plan} has no tier after {self.role}")
-        if self.tls is not None and self.tls.cert is None:
-            raise ValueError("tls: a server needs cert and key")
         return self
 
     @property
+    def auto(self) -> bool:
+        """Whether this node plans live (``plan: auto`` or ``planner.enabled``)."""
+        return self.plan == AUTO_PLAN or self.planner.enabled
+
+    @property
     def parsed_plan(self) -> Plan:
+        """The configured plan; for ``plan: auto`` the tier runs the whole rest of the model (``role[0:]``):
+        what it does for a request that carries no plan. The device's live planner replaces it at start."""
+        if self.plan == AUTO_PLAN:
+            return Plan.parse(f"{self.role}[0:]")
         return Plan.parse(self.plan)
 
     @classmethod

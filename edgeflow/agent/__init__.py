@@ -7,6 +7,7 @@
 
 from edgeflow.agent.agent import Agent, LocalAnswer
 from edgeflow.agent.client import AgentClient, DeviceClient, Result
+from edgeflow.agent.live import LivePlanner, PlanSwitch
 from edgeflow.agent.loader import load_runtime
 from edgeflow.agent.runtime import ModelRuntime
 from edgeflow.agent.serve import ServedAgent, serve
@@ -18,6 +19,8 @@ __all__ = [
     "AgentClient",
     "DeviceClient",
     "Result",
+    "LivePlanner",
+    "PlanSwitch",
     "ModelRuntime",
     "load_runtime",
     "ServedAgent",

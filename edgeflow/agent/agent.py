@@ -9,8 +9,10 @@ A request carries the live values at position ``start``. The agent
    ``stop`` with the plan's hop codec and forwards them upstream; the reply comes back down unchanged,
    with this tier's timing prepended to the breakdown.
 
-``stop`` is this tier's stage end in the plan (a tier absent from the plan relays payloads untouched). A
-request with an explicit ``stop`` runs just ``[start:stop]`` here and returns the values (range calls, e.g.
+``stop`` is this tier's stage end in the request's plan: the plan text the device stamped on the request
+(``InferCall.plan``), else this agent's configured plan. A tier absent from the plan relays payloads untouched.
+Because every tier follows the plan the request carries, the device can switch plans between two requests and
+every request in flight still finishes under the plan it started with. A request with an explicit ``stop`` runs just ``[start:stop]`` here and returns the values (range calls, e.g.
 for profiling by a planner). Inputs from the device's own caller enter at :meth:`Agent.submit_local`.
 """
 
@@ -29,7 +31,7 @@ from edgeflow.agent.compute import ComputeUnit, MemoryBudget
 from edgeflow.config import NodeConfig
 from edgeflow.core.codecs import CODEC_NAMES, Codec, DecodeLimits, codec_from_spec, decode, get_codec, read_header
 from edgeflow.core.plan import Plan
-from edgeflow.errors import ConfigError
+from edgeflow.errors import ConfigError, PlanError
 from edgeflow.transport import (
     Breakdown,
     Description,
@@ -48,6 +50,7 @@ from edgeflow.transport.messages import encode_request
 
 __all__ = ["Agent", "LocalAnswer", "wire_limits"]
 
+_PLAN_CACHE = 64  # parsed request plans kept (a live planner uses a handful)
 
 
 def wire_limits(config: NodeConfig) -> WireLimits:
@@ -63,6 +66,7 @@ class LocalAnswer:
     values: list[torch.Tensor]
     position: int
     breakdown: Breakdown
+    plan: str = ""
 
 
 @dataclass
@@ -113,6 +117,8 @@ class Agent:
         cap = config.compute.memory_cap_mb
         self.memory = MemoryBudget(int(cap * 2**20) if cap else None)
         self._codecs: dict[str, Codec] = {}
+        self._plans: dict[str, Plan] = {str(plan): self.plan, "": self.plan}
+        self._plans_lock = threading.Lock()
         self._inflight = 0
         self._draining = False
         self._idle = threading.Condition()
@@ -179,11 +185,12 @@ class Agent:
                     f"model fingerprint mismatch: request {call.request_id!r} carries {got}, this {self.role} agent "
                     f"serves {self.fingerprint}"
                 )
-            start, stop, forward = self._local_range(call.start, call.stop)
+            plan = self.plan_of(call.plan)
+            start, stop, forward = self._local_range(call.start, call.stop, plan)
             out_codec = self._codec(call.output_codec or "lossless")  # refuse a bad one before computing
             timing = TierTiming(self.role, start, stop, bytes_in=call.wire_nbytes)
             if forward and start == stop:  # not our range: relay the payloads untouched
-                answer = self._forward(call.request_id, start, call.tensors, timing, deadline)
+                answer = self._forward(call.request_id, start, call.tensors, timing, deadline, call.plan)
             else:
                 self.runtime.check_wire_tensors(start, call.tensors)
                 nbytes = sum(_declared_nbytes(t) for t in call.tensors)
@@ -192,7 +199,7 @@ class Agent:
                     t = time.monotonic()
                     values = [self._decode(i, t_, start) for i, t_ in enumerate(call.tensors)]
                     timing.decode_s = time.monotonic() - t
-                    answer = self._run(call.request_id, start, stop, forward, values, timing, deadline)
+                    answer = self._run(call.request_id, start, stop, forward, values, timing, deadline, plan, call.plan)
                 finally:
                     self.memory.release(nbytes)
             tensors = answer.wire
@@ -205,41 +212,85 @@ class Agent:
             return InferReply(call.request_id, self.fingerprint, answer.position, tensors, answer.breakdown)
 
     def submit_local(
-        self, values: Sequence[torch.Tensor], *, request_id: str, deadline: float, block: bool = True
+        self,
+        values: Sequence[torch.Tensor],
+        *,
+        request_id: str,
+        deadline: float,
+        block: bool = True,
+        plan: Plan | str | None = None,
+        input_codec: str | None = None,
     ) -> LocalAnswer:
         """Serve the device's own input (the model inputs, position 0) without a network hop in.
+
+        The request is stamped with its plan, so every tier runs it by that plan even if the device switches
+        plans while it is in flight.
 
         Args:
             values: model inputs, e.g. ``[images]`` with images (B, 3, H, W).
             request_id: id carried up the chain.
             deadline: ``time.monotonic()`` value.
             block: wait for room in the compute queue (backpressure) instead of raising Overloaded.
+            plan: the plan this request goes by (default: the agent's plan).
+            input_codec: codec of the raw input when the plan gives the device nothing to run (default lossless).
+
+        Raises:
+            InvalidRequest: the input does not fit the model, or the plan does not fit the model or this chain.
         """
         t0 = time.monotonic()
         with self._request():
             values = list(values)
             self.runtime.check_values(0, values)
-            start, stop, forward = self._local_range(0, 0)
+            resolved = self.plan_of(str(plan)) if plan is not None else self.plan
+            plan_text = str(plan) if plan is not None else str(self.plan)
+            start, stop, forward = self._local_range(0, 0, resolved)
             timing = TierTiming(self.role, start, stop)
-            if forward and start == stop:  # the plan starts upstream: send the raw input losslessly
+            if forward and start == stop:  # the plan starts upstream: send the raw input with the input codec
                 t = time.monotonic()
                 info = self.runtime.cut_info(0).tensors
-                codec = self._codec("lossless")
+                codec = self._codec(input_codec or "lossless")
                 wire = [self._wire(i.name, v, codec) for i, v in zip(info, values)]
                 timing.encode_s = time.monotonic() - t
-                answer = self._forward(request_id, 0, wire, timing, deadline)
+                answer = self._forward(request_id, 0, wire, timing, deadline, plan_text)
             else:
-                answer = self._run(request_id, start, stop, forward, values, timing, deadline, block=block)
+                answer = self._run(request_id, start, stop, forward, values, timing, deadline, resolved, plan_text,
+                                   block=block)  # fmt: skip
             out = answer.values
             if out is None:
                 t = time.monotonic()
                 out = [decode(w.payload, DecodeLimits()) for w in answer.wire or []]
                 timing.decode_s += time.monotonic() - t
             self._finish(timing, t0)
-            return LocalAnswer(request_id, out, answer.position, answer.breakdown)
+            return LocalAnswer(request_id, out, answer.position, answer.breakdown, plan_text)
+
+    # ------------------------------------------------------------------------------------ plans
+    def plan_of(self, text: str) -> Plan:
+        """The plan a request names (``""``: this agent's), checked against the model and this chain.
+
+        Raises:
+            InvalidRequest: malformed, does not fit the model (cuts, codecs, exit heads), or continues past this
+                tier when it has no upstream.
+        """
+        plan = self._plans.get(text)
+        if plan is not None:
+            return plan
+        n = self.runtime.num_positions
+        try:
+            plan = Plan.parse(text)
+            plan.check(n, self.runtime.cuts, codecs=CODEC_NAMES, exit_positions=set(self.runtime.exits))
+        except PlanError as e:
+            raise InvalidRequest(f"request plan: {e}") from None
+        plan = plan.resolved(n)
+        if self.upstream is None and (plan.upstream_of(self.role) is not None or plan.stage(self.role) is None):
+            raise InvalidRequest(f"request plan {plan} continues past {self.role}, which has no upstream")
+        with self._plans_lock:
+            if len(self._plans) >= _PLAN_CACHE:
+                self._plans = {k: v for k, v in list(self._plans.items())[: _PLAN_CACHE // 2]}  # keep the oldest
+            self._plans[text] = plan
+        return plan
 
     # ------------------------------------------------------------------------------------ steps
-    def _local_range(self, start: int, requested_stop: int) -> tuple[int, int, bool]:
+    def _local_range(self, start: int, requested_stop: int, plan: Plan) -> tuple[int, int, bool]:
         """``(start, stop, forward)`` for a request; ``forward``: the values at ``stop`` go upstream."""
         n = self.runtime.num_positions
         if requested_stop:
@@ -250,7 +301,8 @@ class Agent:
         self.runtime.check_range(start, start)
         if start == n:
             raise InvalidRequest(f"start position {n} is the model output: nothing left to run")
-        stop = start if self.stage is None else max(start, self.stage.stop or n)
+        stage = plan.stage(self.role)
+        stop = start if stage is None else max(start, stage.stop or n)
         return start, stop, stop < n
 
     def _run(
@@ -262,10 +314,12 @@ class Agent:
         values: list[torch.Tensor],
         timing: TierTiming,
         deadline: float,
+        plan: Plan,
+        plan_text: str,
         *,
         block: bool = False,
     ) -> _Answer:
-        exits = self.plan.exits_in(start, stop) if forward or stop == self.runtime.num_positions else ()
+        exits = plan.exits_in(start, stop) if forward or stop == self.runtime.num_positions else ()
         outcome, job = self.compute.run(lambda: self.runtime.run(start, stop, values, exits), deadline, block=block)
         timing.queue_s, timing.compute_s = job.queue_s, job.compute_s
         if outcome.exit_position >= 0:
@@ -276,13 +330,17 @@ class Agent:
             return _Answer(outcome.position, Breakdown([timing], self.role), values=outcome.values)
         t = time.monotonic()
         names = [i.name for i in self.runtime.cut_info(stop).tensors]
-        wire = [self._wire(name, v, self.hop_codec) for name, v in zip(names, outcome.values)]
+        stage = plan.stage(self.role)
+        hop = self._codec(stage.codec) if stage is not None and stage.codec else self.hop_codec
+        wire = [self._wire(name, v, hop) for name, v in zip(names, outcome.values)]
         timing.encode_s = time.monotonic() - t
-        return self._forward(request_id, stop, wire, timing, deadline)
+        return self._forward(request_id, stop, wire, timing, deadline, plan_text)
 
-    def _forward(self, request_id: str, position: int, wire: list[WireTensor], timing: TierTiming, deadline: float) -> _Answer:
-        assert self.upstream is not None, "checked in __init__"
-        data = encode_request(InferCall(request_id, self.fingerprint, position, wire))
+    def _forward(
+        self, request_id: str, position: int, wire: list[WireTensor], timing: TierTiming, deadline: float, plan_text: str
+    ) -> _Answer:
+        assert self.upstream is not None, "checked in plan_of and __init__"
+        data = encode_request(InferCall(request_id, self.fingerprint, position, wire, plan=plan_text))
         timing.bytes_out = len(data)
         self.upstream.handshake(deadline)  # once; kept out of the network time
         t = time.monotonic()

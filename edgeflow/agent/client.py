@@ -21,10 +21,12 @@ from typing import Any, Iterable, Iterator
 import torch
 
 from edgeflow.agent.agent import Agent, wire_limits
+from edgeflow.agent.live import LivePlanner, PlanSwitch
 from edgeflow.agent.loader import load_runtime
 from edgeflow.agent.upstream import Upstream
 from edgeflow.config import NodeConfig
 from edgeflow.core.codecs import DecodeLimits, decode, get_codec
+from edgeflow.core.plan import Plan
 from edgeflow.transport import (
     Breakdown,
     Description,
@@ -56,12 +58,18 @@ class Result:
         output: the model output (one tensor, or a tuple), or an exit head's logits.
         breakdown: per-tier timing and bytes, in chain order.
         latency_s: wall time seen by the caller.
+        plan: the plan it went by, text form ("" when unknown, e.g. through :class:`AgentClient`).
+        input_codec: the raw input's codec when the device ran nothing of the model.
+        predicted_latency_s: the live planner's prediction for it when it was sent (None without one).
     """
 
     request_id: str
     output: torch.Tensor | tuple[torch.Tensor, ...]
     breakdown: Breakdown
     latency_s: float
+    plan: str = ""
+    input_codec: str | None = None
+    predicted_latency_s: float | None = None
 
     @property
     def answered_by(self) -> str:
@@ -75,6 +83,10 @@ class Result:
     def to_json(self) -> dict[str, Any]:
         out = self.output if isinstance(self.output, torch.Tensor) else self.output[0]
         data: dict[str, Any] = {"request_id": self.request_id, "latency_s": self.latency_s}
+        if self.plan:
+            data["plan"] = self.plan + (f"  input|{self.input_codec}" if self.input_codec else "")
+        if self.predicted_latency_s is not None:
+            data["predicted_latency_s"] = self.predicted_latency_s
         if out.dim() == 2 and out.is_floating_point():  # logits (B, classes)
             probs = torch.softmax(out.float(), dim=-1)
             data["prediction"] = out.argmax(dim=-1).tolist()
@@ -103,22 +115,47 @@ def peer_client(config: NodeConfig) -> PeerClient:
 class DeviceClient:
     """The device tier, in process.
 
+    Every request is stamped with the plan it goes by. With a live planner (``plan: auto`` or
+    ``planner.enabled`` in the node file, see :mod:`edgeflow.agent.live`) that is the planner's current plan,
+    re-chosen after every reply; :attr:`plan` and :attr:`plan_switches` tell what it is doing, and each
+    :class:`Result` carries its own ``plan``.
+
     Args:
         agent: an agent (usually role ``device``) whose plan starts the chain.
         max_inflight: requests in flight at once in :meth:`infer_many`.
+        live: the live planner, or None to go by the agent's configured plan.
     """
 
-    def __init__(self, agent: Agent, *, max_inflight: int = 4):
+    def __init__(self, agent: Agent, *, max_inflight: int = 4, live: LivePlanner | None = None):
         self.agent = agent
         self.max_inflight = max_inflight
+        self.live = live
         self._pool = ThreadPoolExecutor(max_workers=max_inflight, thread_name_prefix="edgeflow-device")
 
+    @property
+    def plan(self) -> str:
+        """The plan the next request goes by (text form; a raw input codec follows as ``  input|codec``)."""
+        if self.live is None:
+            return str(self.agent.plan)
+        plan, codec, _ = self.live.current()
+        return str(plan) + (f"  input|{codec}" if codec else "")
+
+    @property
+    def plan_switches(self) -> list[PlanSwitch]:
+        """Every switch of the live plan so far (empty without a live planner)."""
+        return list(self.live.switches) if self.live is not None else []
+
     @classmethod
-    def from_config(cls, config: NodeConfig, *, profile_repeats: int = 0) -> "DeviceClient":
-        """Load the model and connect upstream as ``config`` says (no server is started).
+    def from_config(
+        cls, config: NodeConfig, *, profile_repeats: int = 0, example: torch.Tensor | tuple[torch.Tensor, ...] | None = None
+    ) -> "DeviceClient":
+        """Load the model and connect upstream as ``config`` says (no server is started). With ``plan: auto``
+        (or ``planner.enabled``) start the live planner (see :meth:`LivePlanner.start`; ``example``: an input
+        to profile codecs on).
 
         Raises:
             ArtifactError, ConfigError, PlanError: the node cannot be set up.
+            TransportError: the live planner cannot reach the upstream chain.
         """
         runtime = load_runtime(config)
         upstream = None
@@ -127,24 +164,51 @@ class DeviceClient:
                 peer_client(config), fingerprint=runtime.fingerprint, role=config.role, connect_s=config.deadlines.connect_s
             )
         agent = Agent(config, runtime, upstream=upstream, profile_repeats=profile_repeats)
-        return cls(agent, max_inflight=config.queues.inflight)
+        live = None
+        if config.auto:
+            try:
+                live = LivePlanner.start(agent, config.planner, example=example)
+            except BaseException:
+                agent.close()
+                raise
+        return cls(agent, max_inflight=config.queues.inflight, live=live)
 
-    def infer(self, x: torch.Tensor | tuple[torch.Tensor, ...], *, timeout_s: float | None = None) -> Result:
+    def infer(
+        self,
+        x: torch.Tensor | tuple[torch.Tensor, ...],
+        *,
+        timeout_s: float | None = None,
+        plan: Plan | str | None = None,
+        input_codec: str | None = None,
+    ) -> Result:
         """Run one input batch through the chain.
 
         Args:
             x: model input, e.g. images (B, 3, H, W) float32 in [0, 1]; a tuple for several inputs.
             timeout_s: deadline for the whole request (default: the node's ``deadlines.request_s``).
+            plan: go by this plan instead of the current one (the live planner still learns from the reply,
+                but does not re-plan on it); ``input_codec`` goes with it.
 
         Raises:
-            InvalidRequest: the input does not fit the model.
+            InvalidRequest: the input does not fit the model, or ``plan`` does not fit the model or chain.
             TransportError: an upstream tier failed (PeerUnavailable, DeadlineExceeded, RemoteError).
         """
         values = list(x) if isinstance(x, tuple) else [x]
         timeout = timeout_s if timeout_s is not None else self.agent.config.deadlines.request_s
+        predicted = None
+        forced = plan is not None
+        if not forced and self.live is not None:
+            plan, input_codec, predicted = self.live.current()
+        elif forced and self.live is not None:
+            p = plan if isinstance(plan, Plan) else Plan.parse(str(plan))
+            predicted = self.live.predict_s(p, input_codec)
         t0 = time.monotonic()
-        ans = self.agent.submit_local(values, request_id=_request_id(self.agent.role), deadline=t0 + timeout)
-        return Result(ans.request_id, _as_output(ans.values), ans.breakdown, time.monotonic() - t0)
+        ans = self.agent.submit_local(values, request_id=_request_id(self.agent.role), deadline=t0 + timeout,
+                                      plan=plan, input_codec=input_codec)  # fmt: skip
+        latency = time.monotonic() - t0
+        if self.live is not None:
+            self.live.observe(ans.breakdown, ans.plan, decide=not forced)
+        return Result(ans.request_id, _as_output(ans.values), ans.breakdown, latency, ans.plan, input_codec, predicted)
 
     def infer_many(self, inputs: Iterable[torch.Tensor], *, timeout_s: float | None = None) -> Iterator[Result]:
         """Pipeline ``inputs`` through the chain; yields results in input order.
@@ -169,6 +233,8 @@ class DeviceClient:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+        if self.live is not None:
+            self.live.close()
         self.agent.close()
 
     def __enter__(self) -> "DeviceClient":

@@ -74,9 +74,11 @@ def load_runtime(config: NodeConfig) -> ModelRuntime:
         path = Path(spec)
     art = load_artifact(path, expect_fingerprint=config.model.fingerprint)
     exits = {h.spec.position: h for h in art.exits}
-    return ModelRuntime(
+    rt = ModelRuntime(
         art.model, art.example_input(1), fingerprint=art.fingerprint, exits=exits, device=device, max_batch=max_batch
     )
+    rt.calibration = art.calibration
+    return rt
 
 
 def builtin_artifact_path(name: str) -> Path:

@@ -77,6 +77,7 @@ class ModelRuntime:
         self.fingerprint = fingerprint or fingerprint_of(self.model, self.partition)
         self.exits = {int(k): v.eval().to(self.device) for k, v in (exits or {}).items()}
         self.max_batch = max_batch
+        self.calibration: Any = None  # the artifact's exit calibration table, when loaded from one (planner input)
         for pos, head in self.exits.items():
             if pos not in self.partition.cuts:
                 raise PartitionError(f"exit head at position {pos} is not at a candidate cut")

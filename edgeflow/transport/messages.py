@@ -125,6 +125,8 @@ class InferCall:
         stop: 0 to run to the model output (forwarding upstream per plan), else the position to stop at here.
         tensors: the live values at ``start``, in position order.
         output_codec: codec for the values returned when ``stop`` is set ("" = agent default).
+        plan: the plan this request goes by, text form ("" = the agent's configured plan); stamped by the
+            device so that a re-plan never changes a request in flight.
         wire_nbytes: size of the received message (set by :func:`decode_request`).
     """
 
@@ -134,6 +136,7 @@ class InferCall:
     tensors: list[WireTensor]
     stop: int = 0
     output_codec: str = ""
+    plan: str = ""
     wire_nbytes: int = 0
 
 
@@ -257,6 +260,8 @@ def encode_request(call: InferCall) -> bytes:
         _tensor_meta(t, msg.inputs.add())
     if call.output_codec:
         msg.parameters["output_codec"].string_param = call.output_codec
+    if call.plan:
+        msg.parameters["plan"].string_param = call.plan
     return frame(msg.SerializeToString(), _RAW_FIELD, [t.payload for t in call.tensors])
 
 
@@ -325,6 +330,9 @@ def decode_request(data: bytes | memoryview, limits: WireLimits) -> InferCall:
     _check_name(msg.id, "request id", limits)
     codec = msg.parameters["output_codec"].string_param if "output_codec" in msg.parameters else ""
     _check_name(codec, "output_codec", limits)
+    plan = msg.parameters["plan"].string_param if "plan" in msg.parameters else ""
+    if len(plan) > 4 * limits.max_name_chars:  # a plan is a few stages and exits: ~100 characters
+        raise InvalidRequest(f"plan is {len(plan)} characters, limit {4 * limits.max_name_chars}")
     return InferCall(
         request_id=msg.id,
         fingerprint=msg.model_fingerprint,
@@ -332,6 +340,7 @@ def decode_request(data: bytes | memoryview, limits: WireLimits) -> InferCall:
         stop=msg.stop,
         tensors=_tensors(msg.inputs, payloads, limits, "input"),
         output_codec=codec,
+        plan=plan,
         wire_nbytes=memoryview(data).nbytes,
     )
 

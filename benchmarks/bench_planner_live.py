@@ -1,0 +1,338 @@
+"""The live planner end to end: regret, prediction error and adaptation with real agents on emulated links.
+
+    python benchmarks/bench_planner_live.py [--quick] [--device-slowdown 30] [--out benchmarks/results/planner_live.json]
+
+Setup, in one run on this host: edge and cloud are ``edgeflow agent`` processes with the node files' slowdown
+factors (edge x2, cloud x1) and the demo artifact; the device runs in this process (``DeviceClient``, live planner
+on, ``plan: auto``) with ``--device-slowdown`` (default 30: the demo model is ~1 ms on this host, so at the node
+file's x4 computing everything on the device wins at every bandwidth and the split would not matter). Between
+device and edge is a userspace emulated link (``python -m edgeflow.netem``, both directions at the rate, 1 ms
+one-way delay); between edge and cloud another at 100 Mbit/s, 2 ms.
+
+- **regret**: at each bandwidth the live planner first serves ``warmup`` requests (it re-plans as it learns the
+  link); its plan then is *the choice*. A seeded sample of feasible plans (the planner's top 10 under the
+  conditions it estimated, 20 random feasible plans, device-only and cloud-only) is measured in interleaved rounds
+  (one request per plan per round, the same test images for every plan); plans predicted more than ``prune`` x the
+  best prediction are not measured at the slow rates (counted). Ratio = median latency of the choice / lowest
+  median in the sample (target <= 1.05).
+- **prediction**: per measured request, |measured - predicted| / measured, predicted = the cost model's expected
+  latency for that plan under the conditions estimated when it was sent (MAPE; target <= 15%); also per plan
+  (mean measured vs mean predicted).
+- **adaptation**: an in-process emulated link steps from ``--drop-from`` to a tenth of it; time and requests from
+  the step until the plan switches (target <= 500 ms or 3 requests); switches in 5 s on a steady link (target <=
+  1); estimate / shaped rate (target within 20%).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import queue
+import random
+import re
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from edgeflow.agent import DeviceClient  # noqa: E402
+from edgeflow.cli.agent_cmds import read_node_file  # noqa: E402
+from edgeflow.core.data import load_demo_dataset  # noqa: E402
+from edgeflow.core.planner import Choice  # noqa: E402
+from edgeflow.core.traces import steps  # noqa: E402
+from edgeflow.netem import LinkEmulator, LinkSpec  # noqa: E402
+
+DELAY_S = 0.001
+BACKHAUL_MBIT, BACKHAUL_DELAY_MS = 100.0, 2.0
+START_TIMEOUT_S = 90.0
+
+
+# ------------------------------------------------------------------------------------------ processes
+class _Proc:
+    """A child process that prints ``listening on HOST:PORT``; stopped with SIGTERM (then killed)."""
+
+    def __init__(self, args: list[str]):
+        env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+        self.proc = subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True)  # fmt: skip
+        lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=lambda: [lines.put(x) for x in self.proc.stdout] + [lines.put(None)], daemon=True).start()  # type: ignore[union-attr, func-returns-value]
+        end = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < end:
+            try:
+                line = lines.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if line is None:
+                break
+            m = re.search(r"listening on (\S+)", line)
+            if m:
+                self.address = m.group(1)
+                return
+        self.stop()
+        raise RuntimeError(f"{args} did not start")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def _agent(node: str, upstream: str | None = None) -> _Proc:
+    args = ["-m", "edgeflow", "agent", "--node", str(REPO / "nodes" / f"{node}.yaml"), "--port", "0",
+            "--profile-repeats", "3"]  # fmt: skip
+    return _Proc(args + (["--upstream", upstream] if upstream else []))
+
+
+def _netem(target: str, rate_mbit: float, delay_ms: float) -> _Proc:
+    return _Proc(["-m", "edgeflow.netem", "--target", target, "--rate-mbit", f"{rate_mbit:g}", "--delay-ms", f"{delay_ms:g}"])
+
+
+# ------------------------------------------------------------------------------------------ plans
+def _random_plans(md: Any, rng: random.Random, count: int) -> list[Any]:
+    """Seeded random feasible plans: a tier set, cuts, a codec per hop, an exit combo."""
+    out: list[Any] = []
+    sets = [(0,), (1,), (2,), (0, 1), (0, 2), (1, 2), (0, 1, 2)]
+    for _ in range(count * 50):
+        if len(out) >= count:
+            break
+        tiers = rng.choice(sets)
+        cuts = tuple(sorted(rng.sample(md.cuts, len(tiers) - 1)))
+        codecs = [rng.choice(md.activation_codecs) for _ in cuts]
+        if tiers[0] != 0:
+            codecs.insert(0, rng.choice(md.input_codecs))
+        combo = rng.randrange(md.exit_model.num_combos)
+        ch = Choice(tiers, cuts, tuple(codecs), md.exit_model.exits_of(combo))
+        if not md.violations(ch):
+            out.append((md.to_plan(ch), ch.input_codec))
+    return out
+
+
+def _fixed_plans(md: Any) -> list[Any]:
+    n = len(md.tiers)
+    out = [(md.to_plan(Choice((0,), (), ())), None)]
+    out.append((md.to_plan(Choice((n - 1,), (), ("lossless",))), "lossless"))
+    return out
+
+
+# ------------------------------------------------------------------------------------------ parts
+def _device(edge_address: str, slowdown: float, **planner: Any) -> DeviceClient:
+    cfg = read_node_file(REPO / "nodes" / "device.yaml", upstream=edge_address, plan="auto")
+    over = {"compute.slowdown_factor": slowdown, **{f"planner.{k}": v for k, v in planner.items()}}
+    return DeviceClient.from_config(cfg.with_overrides(**over))
+
+
+def _sweep_point(edge: str, rate_mbit: float, args: argparse.Namespace, images: list[torch.Tensor]) -> dict[str, Any]:
+    emu = _netem(edge, rate_mbit, DELAY_S * 1e3)
+    try:
+        with _device(emu.address, args.device_slowdown) as dev:
+            live = dev.live
+            assert live is not None
+            for i in range(args.warmup):
+                dev.infer(images[i % len(images)])
+            choice, choice_inp = live.plan, live.input_codec
+            est = live.estimate_bps(0)
+            res = live.replanner.planner.search(live.replanner.tracker.conditions(time.monotonic()), top_k=10)
+            cands = [(c.plan, c.input_codec) for c in (res.best, *res.alternatives)]
+            rng = random.Random(args.seed + int(rate_mbit * 1000))
+            pool = [(choice, choice_inp), *cands, *_fixed_plans(live.model), *_random_plans(live.model, rng, args.random_plans)]
+            plans, seen = [], set()
+            for p, inp in pool:
+                key = str(p) + str(inp)
+                if key not in seen:
+                    seen.add(key)
+                    plans.append((p, inp))
+            pred = {str(p) + str(i): live.predict_s(p, i) for p, i in plans}
+            best_pred = min(v for v in pred.values() if v is not None)
+            measured_plans = [(p, i) for p, i in plans if pred[str(p) + str(i)] <= args.prune * best_pred or (p, i) == (choice, choice_inp)]
+            pruned = len(plans) - len(measured_plans)
+            lat: dict[str, list[float]] = {str(p) + str(i): [] for p, i in measured_plans}
+            preds: dict[str, list[float]] = {k: [] for k in lat}
+            t_end = time.monotonic() + args.point_budget_s
+            for p, i in measured_plans:  # one warm-up request per plan (first use of a range builds it)
+                dev.infer(images[0], plan=p, input_codec=i)
+            rounds = 0
+            for r in range(args.rounds):
+                if r >= 2 and time.monotonic() > t_end:
+                    break
+                for p, i in measured_plans:
+                    out = dev.infer(images[(r + 1) % len(images)], plan=p, input_codec=i)
+                    lat[str(p) + str(i)].append(out.latency_s)
+                    preds[str(p) + str(i)].append(out.predicted_latency_s if out.predicted_latency_s is not None else float("nan"))
+                rounds += 1
+            est_after = live.estimate_bps(0)
+            end = live.replanner.planner.search(live.replanner.tracker.conditions(time.monotonic()), top_k=0).best
+            end_key = str(end.plan) + str(end.input_codec)
+    finally:
+        emu.stop()
+    med = {k: statistics.median(v) for k, v in lat.items()}
+    key_choice = str(choice) + str(choice_inp)
+    best_key = min(med, key=med.get)  # type: ignore[arg-type]
+    errors = [abs(m - p) / m for k in lat for m, p in zip(lat[k], preds[k]) if p == p]
+    plan_errors = [abs(statistics.mean(lat[k]) - statistics.mean(preds[k])) / statistics.mean(lat[k]) for k in lat]
+    return {
+        "rate_mbit": rate_mbit,
+        "choice": str(choice) + (f"  input|{choice_inp}" if choice_inp else ""),
+        "choice_median_ms": med[key_choice] * 1e3,
+        "choice_at_end": end_key.removesuffix("None"),
+        "ratio_choice_at_end": (med[end_key] / med[best_key]) if end_key in med else None,
+        "best_measured": best_key.removesuffix("None"),
+        "best_median_ms": med[best_key] * 1e3,
+        "ratio": med[key_choice] / med[best_key],
+        "plans_sampled": len(plans),
+        "plans_measured": len(measured_plans),
+        "plans_pruned": pruned,
+        "rounds": rounds,
+        "mape_per_request": statistics.mean(errors) if errors else None,
+        "mape_per_plan": statistics.mean(plan_errors),
+        "estimate_over_shaped_after_warmup": (est / (rate_mbit * 1e6)) if est else None,
+        "estimate_over_shaped_end": (est_after / (rate_mbit * 1e6)) if est_after else None,
+        "plans": [{"plan": k.removesuffix("None"), "median_ms": med[k] * 1e3, "predicted_ms": statistics.mean(preds[k]) * 1e3}
+                  for k in sorted(med, key=med.get)],  # type: ignore[arg-type]
+    }
+
+
+def _adaptation(edge: str, args: argparse.Namespace, images: list[torch.Tensor]) -> dict[str, Any]:
+    high = args.drop_from * 1e6
+    steady_s, drop_at = 5.0, args.warmup_s + 5.0
+    trace = steps([(drop_at, high), (600.0, high / 10)])
+    spec = LinkSpec(rate=trace, delay_s=DELAY_S)
+    with LinkEmulator(edge, uplink=spec, downlink=spec) as emu:
+        offset = time.monotonic() - emu.now()
+        with _device(emu.address, args.device_slowdown) as dev:
+            live = dev.live
+            assert live is not None
+            i = 0
+            while emu.now() < args.warmup_s:
+                dev.infer(images[i % len(images)])
+                i += 1
+            n0 = len(dev.plan_switches)
+            t_steady = time.monotonic()
+            steady_requests = 0
+            while emu.now() < drop_at - 0.02:
+                dev.infer(images[i % len(images)])
+                i += 1
+                steady_requests += 1
+            steady_elapsed = time.monotonic() - t_steady
+            steady_switches = len(dev.plan_switches) - n0
+            est = live.estimate_bps(0)
+            plan_before = dev.plan
+            while emu.now() < drop_at:
+                time.sleep(0.001)
+            after: list[Any] = []
+            drop_mono = drop_at + offset
+            while len(after) < 40 and dev.plan == plan_before:
+                after.append(dev.infer(images[i % len(images)]))
+                i += 1
+            sw = next((s for s in dev.plan_switches if s.t_s >= drop_mono), None)
+            for _ in range(5):  # the estimate after the drop, from a few requests on the new plan
+                dev.infer(images[i % len(images)])
+                i += 1
+            est_low = live.estimate_bps(0)
+    return {
+        "from_mbit": args.drop_from,
+        "to_mbit": args.drop_from / 10,
+        "plan_before": plan_before,
+        "plan_after": sw.new if sw else None,
+        "switch_reason": sw.reason if sw else None,
+        "switched": sw is not None,
+        "time_to_switch_ms": (sw.t_s - drop_mono) * 1e3 if sw else None,
+        "requests_on_old_plan_after_drop": len(after),
+        "steady_seconds": steady_elapsed,
+        "steady_requests": steady_requests,
+        "steady_switches": steady_switches,
+        "switches_per_5s_steady": steady_switches * 5.0 / steady_elapsed,
+        "estimate_over_shaped_steady": est / high if est else None,
+        "estimate_over_shaped_after_drop": est_low / (high / 10) if est_low else None,
+        "switch_log": [s.to_json() for s in dev.plan_switches],
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="fewer bandwidths, plans and rounds (< 1 min)")
+    ap.add_argument("--device-slowdown", type=float, default=30.0)
+    ap.add_argument("--bandwidths", default="0.1,0.3,1,3,10,30,100,1000", help="Mbit/s, device-edge link")
+    ap.add_argument("--random-plans", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--warmup", type=int, default=20)
+    ap.add_argument("--prune", type=float, default=5.0)
+    ap.add_argument("--point-budget-s", type=float, default=20.0)
+    ap.add_argument("--drop-from", type=float, default=3.0)
+    ap.add_argument("--warmup-s", type=float, default=2.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "planner_live.json")
+    args = ap.parse_args()
+    if args.quick:
+        args.bandwidths, args.random_plans, args.rounds, args.warmup, args.point_budget_s = "0.3,3,100", 6, 3, 12, 6.0
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(1)
+    images = list(load_demo_dataset("test")[0][:16].split(1))
+    t0 = time.monotonic()
+    procs: list[_Proc] = []
+    try:
+        cloud = _agent("cloud")
+        procs.append(cloud)
+        backhaul = _netem(cloud.address, BACKHAUL_MBIT, BACKHAUL_DELAY_MS)
+        procs.append(backhaul)
+        edge = _agent("edge", backhaul.address)
+        procs.append(edge)
+        sweep = []
+        for b in [float(x) for x in args.bandwidths.split(",")]:
+            point = _sweep_point(edge.address, b, args, images)
+            print(f"{b:g} Mbit/s: choice {point['choice']} {point['choice_median_ms']:.1f} ms, best {point['best_median_ms']:.1f} ms "
+                  f"(x{point['ratio']:.3f}), MAPE {point['mape_per_request']:.1%} / plan {point['mape_per_plan']:.1%}, "
+                  f"{point['plans_measured']} plans", flush=True)  # fmt: skip
+            sweep.append(point)
+        adapt = _adaptation(edge.address, args, images)
+        print(json.dumps({k: v for k, v in adapt.items() if k != "switch_log"}), flush=True)
+    finally:
+        for p in reversed(procs):
+            p.stop()
+    mape = [p["mape_per_request"] for p in sweep if p["mape_per_request"] is not None]
+    out = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "host": {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count()},
+        "setup": {"device_slowdown": args.device_slowdown, "edge_slowdown": 2.0, "cloud_slowdown": 1.0,
+                  "device_edge_delay_ms": DELAY_S * 1e3, "backhaul_mbit": BACKHAUL_MBIT,
+                  "backhaul_delay_ms": BACKHAUL_DELAY_MS, "emulation": "userspace netem; slowdown factors are emulated"},  # fmt: skip
+        "summary": {
+            "max_regret_ratio": max(p["ratio"] for p in sweep),
+            "regret_ratios": {f"{p['rate_mbit']:g}": round(p["ratio"], 4) for p in sweep},
+            "regret_ratios_choice_at_end": {f"{p['rate_mbit']:g}": p["ratio_choice_at_end"] for p in sweep},
+            "mape_per_request": statistics.mean(mape) if mape else None,
+            "mape_per_plan": statistics.mean(p["mape_per_plan"] for p in sweep),
+            "time_to_switch_ms": adapt["time_to_switch_ms"],
+            "requests_to_switch": adapt["requests_on_old_plan_after_drop"],
+            "switches_per_5s_steady": adapt["switches_per_5s_steady"],
+            "estimate_over_shaped_steady": adapt["estimate_over_shaped_steady"],
+            "targets": {"regret": 1.05, "mape": 0.15, "switch_ms": 500, "switch_requests": 3, "switches_per_5s": 1,
+                        "estimate": "0.8-1.2"},  # fmt: skip
+        },
+        "sweep": sweep,
+        "adaptation": adapt,
+        "wall_s": time.monotonic() - t0,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=1) + "\n")
+    print(json.dumps(out["summary"], indent=1))
+    print(f"wrote {args.out} in {out['wall_s']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

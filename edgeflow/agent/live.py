@@ -1,0 +1,428 @@
+"""The device's live planner: every request goes by the current plan, and the plan follows the network.
+
+At start (:meth:`LivePlanner.start`) the device
+
+1. describes its upstream chain (the handshake's ``Describe``; the edge's answer names its own upstream, which
+   is described directly) and builds one :class:`~edgeflow.core.planner.TierSpec` per tier from that tier's
+   own compute profile (``DescribeResponse.profile``, emulated slowdown included) and power figures; its own
+   tier is profiled here once (``edgeflow.core.profile.profile_model``: compute, bytes and codec times per cut);
+2. takes the exit behaviour from the artifact's calibration table (``ExitModel.from_calibration``);
+3. measures each link's RTT (empty ``Probe`` calls) and bandwidth (one small probe) and picks the first plan.
+
+Then, per request, :meth:`LivePlanner.observe` feeds the :class:`~edgeflow.core.planner.Replanner` from the
+reply's breakdown (bytes and network seconds of every hop, each tier's compute and queueing) and calls
+``decide(now)``; a switch is logged (``plan switch: OLD -> NEW (reason)``) and counted, and the next request
+goes by the new plan. Requests in flight keep the plan they were stamped with (``InferCall.plan``), so a switch
+never drops or repeats one. Links that carried nothing usable for a while are probed in the background.
+
+The edge-to-cloud link is probed from the device straight to the address the edge calls (an approximation: the
+device's own path to that address stands in for the edge's).
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import threading
+import time
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Sequence
+
+import torch
+
+from edgeflow.agent.agent import Agent
+from edgeflow.config import PlannerConfig
+from edgeflow.core.plan import Plan
+from edgeflow.core.profile import ModelProfile
+from edgeflow.core.codecs import get_codec
+from edgeflow.errors import EdgeflowError
+from edgeflow.transport import Breakdown, Description
+
+__all__ = ["PlanSwitch", "LivePlanner", "profile_from_description"]
+
+_log = logging.getLogger(__name__)
+_RTT_PROBES = 3
+_START_PROBE_NBYTES = 16_384  # the first bandwidth probe: 1.3 s at 0.1 Mbit/s, so start-up stays short
+_PROBE_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
+class PlanSwitch:
+    """One switch of the live plan (what the log line says, as data)."""
+
+    t_s: float  # monotonic seconds
+    request_index: int  # requests observed before the switch
+    old: str
+    new: str
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"t_s": self.t_s, "request_index": self.request_index, "old": self.old, "new": self.new,
+                "reason": self.reason}  # fmt: skip
+
+
+def profile_from_description(own: ModelProfile, d: Description) -> tuple[ModelProfile, float]:
+    """A tier's :class:`ModelProfile` from its handshake answer, on top of the device's own profile.
+
+    Compute comes from ``d.profile`` (segments between consecutive cuts, slowdown included): cumulative seconds
+    at every boundary; positions inside a segment are spread in proportion to the device's own profile. Bytes
+    and codec times stay the device's (the same graph; codec times are host-bound, see ``TierSpec.codec_scale``).
+
+    Returns:
+        ``(profile, compute_scale)``: scale 1 with the tier's own profile, else the device's profile and the
+        tier's ``slowdown_factor`` (an agent started with ``--profile-repeats 0`` sends no profile).
+    """
+    if not d.profile or d.num_positions != own.num_positions:
+        return own, float(d.slowdown_factor)
+    own_cum = [p.cum_compute_s for p in own.positions]
+    bounds: dict[int, float] = {0: 0.0}
+    total = 0.0
+    for seg in sorted(d.profile, key=lambda s: s.start):
+        total += seg.compute_s
+        bounds[seg.stop] = total
+    keys = sorted(bounds)
+    cum = []
+    for k in range(own.num_positions + 1):
+        hi = next((b for b in keys if b >= k), keys[-1])
+        lo = max((b for b in keys if b <= k), default=0)
+        if hi == lo:
+            cum.append(bounds[lo])
+            continue
+        span = own_cum[hi] - own_cum[lo]
+        frac = (own_cum[k] - own_cum[lo]) / span if span > 0 else (k - lo) / (hi - lo)
+        cum.append(bounds[lo] + frac * (bounds[hi] - bounds[lo]))
+    positions = [replace(p, cum_compute_s=c) for p, c in zip(own.positions, cum)]
+    return replace(own, positions=positions, full_forward_s=cum[-1]), 1.0
+
+
+class LivePlanner:
+    """Chooses the device's plan per request (see the module doc). Build with :meth:`start`.
+
+    Args:
+        agent: the device agent.
+        replanner: hysteresis around the planner; its ``current`` is the plan in use.
+        peers: per link, a client to probe it with (``probe(send_nbytes=..)``), or None.
+        settings: the node's ``planner`` section.
+        clock: monotonic seconds.
+    """
+
+    def __init__(self, agent: Agent, replanner: Any, peers: Sequence[Any], settings: PlannerConfig,
+                 *, clock: Callable[[], float] = time.monotonic, owned_peers: Sequence[Any] = ()):  # fmt: skip
+        self.agent, self.replanner, self.peers, self.settings, self.clock = agent, replanner, list(peers), settings, clock
+        self.model = replanner.model
+        self.switches: list[PlanSwitch] = []
+        self.last_reason = "start"
+        self.requests = 0
+        self._owned = list(owned_peers)
+        self._lock = threading.Lock()
+        self._probe: threading.Thread | None = None
+        self._closed = False
+        self._predicted_s: float | None = None
+
+    # ------------------------------------------------------------------------------------ building
+    @classmethod
+    def start(
+        cls,
+        agent: Agent,
+        settings: PlannerConfig,
+        *,
+        example: torch.Tensor | tuple[torch.Tensor, ...] | None = None,
+        descriptions: Sequence[Description] | None = None,
+        peers: Sequence[Any] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        profile_repeats: int = 3,
+    ) -> "LivePlanner":
+        """Describe the chain, profile this tier, measure the links, choose the first plan.
+
+        Args:
+            agent: the device agent (its upstream, if any, is handshaken here).
+            settings: the ``planner`` section.
+            example: an input to profile the codecs on (real data gives real byte counts; default: the
+                runtime's example input).
+            descriptions: the upstream tiers' handshake answers, source side first (default: ask them).
+            peers: with ``descriptions``, a client per link to probe it with (default: none).
+            profile_repeats: timed runs per node for this tier's profile.
+
+        Raises:
+            EdgeflowError: an upstream cannot be described, or no plan meets the constraints.
+        """
+        from edgeflow.core.codecs import get_codec
+        from edgeflow.core.planner import CostModel, ExitModel, LinkState, Planner, PowerSpec, Replanner, TierSpec
+        from edgeflow.core.planner import ConditionsTracker, node_param_nbytes
+        from edgeflow.core.planner.build import exit_head_seconds
+        from edgeflow.core.planner.costmodel import IMAGE_CODECS
+        from edgeflow.core.profile import profile_model
+        from edgeflow.core.codecs import CODEC_NAMES
+
+        t0 = time.perf_counter()
+        rt, cfg = agent.runtime, agent.config
+        peers = list(peers or [])
+        owned: list[Any] = []
+        if descriptions is None:
+            peers = []
+            descriptions = []
+            if agent.upstream is not None:
+                d1 = agent.upstream.handshake(clock() + cfg.deadlines.connect_s)
+                descriptions.append(d1)
+                peers.append(agent.upstream.peer)
+                if d1.upstream:
+                    from edgeflow.agent.client import peer_client
+
+                    peer = peer_client(cfg.with_overrides(**{"upstream.address": d1.upstream}))
+                    owned.append(peer)
+                    try:
+                        descriptions.append(peer.describe(rt.fingerprint, cfg.role, timeout_s=cfg.deadlines.connect_s))
+                        peers.append(peer)
+                    except EdgeflowError as e:
+                        _log.warning("live planner: cannot describe %s's upstream %s (%s); planning without it",
+                                     d1.role, d1.upstream, e)  # fmt: skip
+        x = example if example is not None else _default_example(agent)
+        inputs = x if isinstance(x, tuple) else (x,)
+        act_names = settings.activation_codecs or [c for c in CODEC_NAMES if c == "lossless" or c not in IMAGE_CODECS]
+        image_input = len(inputs) == 1 and inputs[0].dim() == 4 and inputs[0].shape[1] in (1, 3)
+        inp_names = [c for c in settings.input_codecs if (image_input or c == "lossless") and _encodes(c, inputs[0])]
+        prof = profile_model(rt.partition, tuple(inputs), name="device", activation_codecs=[get_codec(c) for c in act_names],
+                             input_codecs=[get_codec(c) for c in inp_names], repeats=profile_repeats, codec_repeats=1)  # fmt: skip
+        request_nbytes, reply_nbytes = _message_overheads(agent, tuple(inputs), 1 + len(descriptions))
+        prof = _with_message_bytes(prof, request_nbytes)
+        own_prof = prof
+        stage_s = _stage_overhead_s(agent, tuple(inputs), prof)
+        prof = _with_stage_overhead(prof, stage_s, source=True)
+        heads = [rt.exits[p] for p in sorted(rt.exits)]
+        head_s = exit_head_seconds(rt.partition, heads, inputs[0], repeats=5) if heads else {}
+        exits = None
+        if heads and rt.calibration is not None:
+            exits = ExitModel.from_calibration(rt.calibration, tuple(settings.exit_grid))
+        p = cfg.power
+        chain = [TierSpec(agent.role, prof, compute_scale=cfg.compute.slowdown_factor,
+                          power=PowerSpec(p.idle_w, p.active_w, p.transmit_w), exit_head_s=head_s)]  # fmt: skip
+        for d in descriptions:
+            tier_prof, scale = profile_from_description(own_prof, d)
+            tier_prof = _with_stage_overhead(tier_prof, stage_s * d.slowdown_factor / scale, source=False)
+            hs = {k: v * d.slowdown_factor for k, v in head_s.items()}
+            chain.append(TierSpec(d.role, tier_prof, compute_scale=scale, power=PowerSpec(*d.power_w), exit_head_s=hs))
+        model = CostModel(
+            chain, exits, activation_codecs=act_names, input_codecs=[c for c in inp_names if c in prof.positions[0].codecs],
+            max_accuracy_drop_pts=settings.max_accuracy_drop_pts, privacy=settings.privacy,
+            param_nbytes=node_param_nbytes(rt.partition), reply_nbytes=reply_nbytes,
+        )  # fmt: skip
+        planner = Planner(model)
+        fb = LinkState(settings.fallback_bandwidth_mbit * 1e6, settings.fallback_rtt_ms / 1e3)
+        tracker = ConditionsTracker(model.names, fallback=[fb] * (len(chain) - 1))
+        slo = settings.slo_ms / 1e3 if settings.slo_ms is not None else None
+        for link, peer in enumerate(peers):
+            _probe_link(tracker, link, peer, _START_PROBE_NBYTES, clock)
+            est = tracker.links[link]
+            if est.bandwidth_bps(clock()) is None or _START_PROBE_NBYTES * 8 / est.bandwidth_bps(clock()) < 0.02:
+                # a fast link: the first probe was mostly round trip (or burst); one sized to ~20 ms of transfer
+                bw = est.bandwidth_bps(clock()) or settings.fallback_bandwidth_mbit * 1e6
+                _probe_link(tracker, link, peer, int(min(4 << 20, max(4 * _START_PROBE_NBYTES, bw * 0.02 / 8))), clock,
+                            rtt=False)  # fmt: skip
+        cond = tracker.conditions(clock())
+        assert cond is not None, "fallbacks are set"
+        first = planner.search(cond, settings.objective, latency_slo_s=slo, top_k=0).best
+        rp = Replanner(planner, first.plan, input_codec=first.input_codec, objective=settings.objective,
+                       latency_slo_s=slo, tracker=tracker, margin=settings.margin, hold_s=settings.hold_s,
+                       min_evaluations=settings.min_evaluations, min_interval_s=settings.min_interval_s)  # fmt: skip
+        live = cls(agent, rp, peers, settings, clock=clock, owned_peers=owned)
+        live._predicted_s = first.breakdown.latency_s
+        _log.info("live planner: chain %s, %d cuts, %d plans, first plan %s (predicted %.1f ms) after %.1f s",
+                  " > ".join(model.names), len(model.cuts), planner.num_plans, first, first.breakdown.latency_s * 1e3,
+                  time.perf_counter() - t0)  # fmt: skip
+        return live
+
+    # ------------------------------------------------------------------------------------ per request
+    def current(self) -> tuple[Plan, str | None, float | None]:
+        """``(plan, input_codec, predicted latency s)`` for the next request."""
+        with self._lock:
+            rp = self.replanner
+            return rp.current, rp.input_codec, self._predicted_s
+
+    @property
+    def plan(self) -> Plan:
+        return self.replanner.current
+
+    @property
+    def input_codec(self) -> str | None:
+        return self.replanner.input_codec
+
+    def observe(self, breakdown: Breakdown, plan: Plan | str, *, decide: bool = True) -> None:
+        """Feed one reply's breakdown (the request went by ``plan``), then re-plan (``decide``)."""
+        plan = plan if isinstance(plan, Plan) else Plan.parse(plan)
+        now = self.clock()
+        names = self.model.names
+        with self._lock:
+            rp = self.replanner
+            self.requests += 1
+            for t in breakdown.tiers:
+                if t.tier not in names:
+                    continue
+                i = names.index(t.tier)
+                if t.bytes_out > 0 and i + 1 < len(names):
+                    rp.observe_transfer(i, t.bytes_out + t.bytes_back, t.network_s, now)
+                if t.stop > t.start and t.compute_s > 0:
+                    heads = tuple(e.position for e in plan.exits if t.start < e.position <= t.stop)
+                    try:
+                        rp.observe_stage(t.tier, t.compute_s, t.start, t.stop, heads)
+                    except EdgeflowError:
+                        pass  # a range the cost model cannot price (not at its cuts): no correction from it
+                rp.observe_queue(t.tier, t.queue_s)
+            if decide:
+                self._decide(now)
+        if self.settings.probe:
+            self._probe_stale(now)
+
+    def _decide(self, now: float) -> None:
+        rp = self.replanner
+        old = str(rp.current) + _inp(rp.input_codec)
+        d = rp.decide(now)
+        if d.switched:
+            new = str(d.plan) + _inp(d.input_codec)
+            why = d.reason.split(f"-> {new}: ", 1)[-1]  # the replanner's reason repeats both plans
+            sw = PlanSwitch(now, self.requests, old, new, why)
+            self.switches.append(sw)
+            _log.info("plan switch: %s -> %s (%s)", old, new, why)
+        self.last_reason = d.reason
+        cond = rp.tracker.conditions(now)
+        if cond is not None:
+            self._predicted_s = self.model.evaluate(rp.current, cond, rp.input_codec).latency_s
+
+    def predict_s(self, plan: Plan, input_codec: str | None = None) -> float | None:
+        """Predicted expected latency of ``plan`` under the conditions estimated now."""
+        with self._lock:
+            cond = self.replanner.tracker.conditions(self.clock())
+            return None if cond is None else self.model.evaluate(plan, cond, input_codec).latency_s
+
+    def estimate_bps(self, link: int = 0) -> float | None:
+        """The bandwidth estimate of ``link`` (0: device to the next tier)."""
+        with self._lock:
+            return self.replanner.tracker.links[link].bandwidth_bps(self.clock())
+
+    # ------------------------------------------------------------------------------------ probes
+    def _probe_stale(self, now: float) -> None:
+        with self._lock:
+            stale = [i for i in self.replanner.stale_links(now) if i < len(self.peers)]
+            if not stale or self._closed or (self._probe is not None and self._probe.is_alive()):
+                return
+            self._probe = threading.Thread(target=self._run_probes, args=(stale,), daemon=True,
+                                           name="edgeflow-probe")  # fmt: skip
+            self._probe.start()
+
+    def _run_probes(self, links: list[int]) -> None:
+        for link in links:
+            if self._closed:
+                return
+            with self._lock:
+                nbytes = self.replanner.tracker.links[link].probe_nbytes(self.clock())
+            _probe_link(self.replanner.tracker, link, self.peers[link], nbytes, self.clock, self._lock)
+
+    def close(self) -> None:
+        self._closed = True
+        if self._probe is not None:
+            self._probe.join(timeout=_PROBE_TIMEOUT_S + 1)
+        for p in self._owned:
+            p.close()
+
+
+def _probe_link(tracker: Any, link: int, peer: Any, nbytes: int, clock: Callable[[], float],
+                lock: threading.Lock | None = None, *, rtt: bool = True) -> None:  # fmt: skip
+    """RTT (best of a few empty probes) and one bandwidth sample (a probe carrying ``nbytes`` up)."""
+    lock = lock or threading.Lock()
+    try:
+        if rtt:
+            best = min(peer.probe(timeout_s=_PROBE_TIMEOUT_S) for _ in range(_RTT_PROBES))
+            with lock:
+                tracker.observe_rtt(link, best, clock())
+        seconds = peer.probe(send_nbytes=nbytes, timeout_s=_PROBE_TIMEOUT_S)
+        with lock:
+            tracker.observe_transfer(link, nbytes, seconds, clock())
+    except EdgeflowError as e:
+        _log.info("probe of link %d failed: %s", link, e)
+
+
+def _message_overheads(agent: Agent, inputs: tuple[torch.Tensor, ...], num_tiers: int) -> tuple[int, int]:
+    """Bytes a hop carries beyond the codec payloads (ids, fingerprint, plan text, tensor metadata), and the bytes
+    of a whole reply (the output, lossless, and a breakdown of ``num_tiers`` tiers). At 0.3 Mbit/s a 400-byte
+    reply is 10 ms: the cost model must count the real messages, not just the tensors."""
+    from edgeflow.transport import InferCall, InferReply, TierTiming, WireTensor
+    from edgeflow.transport.messages import encode_reply, encode_request
+
+    rt = agent.runtime
+    plan = "device[0:20]|int8 > edge[20:52]|int8 > cloud[52:70]  exits@20:0.9,36:0.95,52:0.99"  # a typical length
+    info = rt.cut_info(rt.cuts[len(rt.cuts) // 2]).tensors
+    wire = [WireTensor(i.name, "FP32", tuple(i.shape), "int8", b"") for i in info]
+    request = len(encode_request(InferCall("device-123456-1234", rt.fingerprint, 20, wire, plan=plan)))
+    outcome = rt.run(0, rt.num_positions, list(inputs))
+    codec = get_codec("lossless")
+    out = [WireTensor("output", "FP32", tuple(v.shape), "lossless", codec.encode(v)) for v in outcome.values]
+    tiers = [TierTiming("device", 0, 20, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3, 10**5, 10**5, 400, 1e-3)] * num_tiers
+    reply = len(encode_reply(InferReply("device-123456-1234", rt.fingerprint, rt.num_positions, out,
+                                        Breakdown(tiers, "cloud", 52, 0.99))))  # fmt: skip
+    return request, reply
+
+
+def _with_message_bytes(prof: ModelProfile, nbytes: int) -> ModelProfile:
+    """Add a message's own bytes to every hop's payload bytes."""
+    positions = [replace(p, codecs={k: replace(c, nbytes=c.nbytes + nbytes) for k, c in p.codecs.items()})
+                 for p in prof.positions]  # fmt: skip
+    return replace(prof, positions=positions)
+
+
+def _stage_overhead_s(agent: Agent, inputs: tuple[torch.Tensor, ...], prof: ModelProfile, repeats: int = 7) -> float:
+    """Seconds a stage costs beyond its nodes on this host (compute unit hand-off, range call), before slowdown.
+
+    Measured through the agent's own compute unit on its smallest range. The emulated slowdown multiplies it
+    like the rest of the compute (at x30, ~60 us becomes ~2 ms), so without it the cost model under-prices short
+    stages and a multiplicative correction then over-prices long ones.
+    """
+    rt = agent.runtime
+    stop = rt.cuts[0] if rt.cuts else rt.num_positions
+    times = []
+    for _ in range(repeats):
+        _, job = agent.compute.run(lambda: rt.run(0, stop, list(inputs)), time.monotonic() + 10.0, block=True)
+        times.append(job.compute_s)
+    f = agent.config.compute.slowdown_factor
+    return max(0.0, statistics.median(times) / f - prof.positions[stop].cum_compute_s)
+
+
+def _with_stage_overhead(prof: ModelProfile, stage_s: float, *, source: bool) -> ModelProfile:
+    """Fold a per-stage cost into a profile: the source's compute from position 0 (it always starts there),
+    another tier's decode at each hop position (the cost model charges decode to the tier that computes next)."""
+    if stage_s <= 0:
+        return prof
+    if source:
+        positions = [p if p.position == 0 else replace(p, cum_compute_s=p.cum_compute_s + stage_s) for p in prof.positions]
+    else:
+        positions = [replace(p, codecs={k: replace(c, decode_s=c.decode_s + stage_s) for k, c in p.codecs.items()})
+                     for p in prof.positions]  # fmt: skip
+    return replace(prof, positions=positions)
+
+
+def _default_example(agent: Agent) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    """An input to profile codec bytes on: a real demo image for the demo artifact (a zero image, the
+    runtime's example, compresses to almost nothing and would make every hop look free), else a seeded random
+    one of the runtime example's shape (compresses worse than real data: the safe side)."""
+    if agent.config.model.artifact == "builtin:demo":
+        from edgeflow.core.data import load_demo_dataset
+
+        return load_demo_dataset("calibration")[0][:1].contiguous()
+    ex = agent.runtime.example_input
+    g = torch.Generator().manual_seed(0)
+    out = tuple(torch.rand(e.shape, generator=g).to(e) if e.is_floating_point() else e for e in ex)
+    return out[0] if len(out) == 1 else out
+
+
+def _encodes(codec: str, x: torch.Tensor) -> bool:
+    """Whether ``codec`` takes this input (png refuses float images that are not k/255)."""
+    from edgeflow.core.codecs import get_codec
+
+    try:
+        get_codec(codec).encode(x)
+        return True
+    except EdgeflowError:
+        return False
+
+
+def _inp(codec: str | None) -> str:
+    return f"  input|{codec}" if codec else ""
+

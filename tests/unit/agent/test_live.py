@@ -1,0 +1,172 @@
+"""Plans per request (the device stamps each request; upstream tiers follow it) and the live planner's loop."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections import Counter
+from typing import Callable
+
+import pytest
+import torch
+
+from edgeflow.agent import Agent, DeviceClient, LivePlanner, ModelRuntime
+from edgeflow.config import NodeConfig, PlannerConfig
+from edgeflow.core.codecs import get_codec
+from edgeflow.core.plan import Plan
+from edgeflow.errors import ConfigError
+from edgeflow.transport import Breakdown, InferCall, LoopbackClient, RemoteError, TierTiming, WireTensor, datatype_of
+
+ChainFactory = Callable[..., list[Agent]]
+STATIC = "device[0:13]|lossless > edge[13:36]|lossless > cloud[36:]"
+PLANS = (
+    "device[0:7]|lossless > edge[7:36]|lossless > cloud[36:]",
+    "device[0:20]|lossless > cloud[20:]",
+    "edge[0:13]|lossless > cloud[13:]",
+    "device[0:]",
+    "device[0:4]|lossless > edge[4:]",
+)
+
+
+def _x(batch: int = 1, seed: int = 1) -> torch.Tensor:
+    return torch.rand(batch, 3, 16, 16, generator=torch.Generator().manual_seed(seed))
+
+
+def _reference(runtime: ModelRuntime, x: torch.Tensor) -> torch.Tensor:
+    with torch.inference_mode():
+        return runtime.model(x)
+
+
+@pytest.mark.parametrize("plan", PLANS)
+def test_upstream_tiers_run_the_request_plan(chain: ChainFactory, runtime: ModelRuntime, plan: str) -> None:
+    agents = chain(STATIC, roles=("device", "edge", "cloud"))
+    x = _x(2)
+    ans = agents[0].submit_local([x], request_id="r", deadline=1e12, plan=plan)
+    assert ans.plan == plan
+    assert torch.equal(ans.values[0], _reference(runtime, x))
+    want = Plan.parse(plan).resolved(runtime.num_positions)
+    ran = {t.tier: (t.start, t.stop) for t in ans.breakdown.tiers if t.stop > t.start}
+    assert ran == {s.tier: (s.start, s.stop) for s in want.stages}
+    assert ans.breakdown.answered_by == want.stages[-1].tier
+
+
+def test_absent_plan_falls_back_to_the_configured_one(chain: ChainFactory, runtime: ModelRuntime) -> None:
+    agents = chain(STATIC, roles=("device", "edge", "cloud"))
+    x = _x()
+    wire = WireTensor("", datatype_of("float32"), tuple(x.shape), "lossless", get_codec("lossless").encode(x))
+    reply = LoopbackClient(agents[1]).infer(InferCall("r", runtime.fingerprint, 0, [wire]), timeout_s=10)
+    assert [(t.tier, t.start, t.stop) for t in reply.breakdown.tiers] == [("edge", 0, 36), ("cloud", 36, 70)]
+
+
+@pytest.mark.parametrize(
+    "tier, start, plan, message",
+    [
+        ("edge", 13, "device[0:13] > edge[13:", "request plan"),
+        ("edge", 13, "device[0:13]|nope > edge[13:]", "unknown codec"),
+        ("edge", 13, "device[0:13]|lossless > edge[13:71]", "past the model output"),
+        ("edge", 13, "device[0:13] > edge[13:30] > cloud[30:]  exits@22:0.9", "no exit head"),
+        ("cloud", 36, "device[0:13] > edge[13:]", "continues past cloud"),
+    ],
+)
+def test_bad_request_plans_are_invalid_argument(
+    chain: ChainFactory, runtime: ModelRuntime, tier: str, start: int, plan: str, message: str
+) -> None:
+    agents = {a.role: a for a in chain(STATIC, roles=("device", "edge", "cloud"))}
+    values = runtime.partition.activations(_x(), positions=[start])[start]
+    info = runtime.cut_info(start).tensors
+    codec = get_codec("lossless")
+    wire = [WireTensor(i.name, datatype_of(i.dtype), tuple(v.shape), "lossless", codec.encode(v)) for i, v in zip(info, values)]
+    with pytest.raises(RemoteError) as e:
+        LoopbackClient(agents[tier]).infer(InferCall("r", runtime.fingerprint, start, wire, plan=plan), timeout_s=10)
+    assert e.value.code == "INVALID_ARGUMENT" and message in e.value.details
+
+
+class _Flipper:
+    """A stand-in live planner: every request gets the next plan of a cycle (a switch per request)."""
+
+    def __init__(self, plans: tuple[str, ...]):
+        self._plans = itertools.cycle([Plan.parse(p) for p in plans])
+        self._lock = threading.Lock()
+        self.observed: list[str] = []
+        self.switches: list[object] = []
+
+    def current(self) -> tuple[Plan, None, None]:
+        with self._lock:
+            return next(self._plans), None, None
+
+    def observe(self, breakdown: Breakdown, plan: str, *, decide: bool = True) -> None:
+        with self._lock:
+            self.observed.append(plan)
+
+    def close(self) -> None:
+        pass
+
+
+def test_switching_mid_burst_loses_and_repeats_nothing(chain: ChainFactory, runtime: ModelRuntime) -> None:
+    agents = chain(STATIC, roles=("device", "edge", "cloud"))
+    seen: Counter[str] = Counter()
+    lock = threading.Lock()
+    cloud_infer = agents[2].infer
+
+    def counting(call: InferCall, deadline: float):  # type: ignore[no-untyped-def]
+        with lock:
+            seen[call.request_id] += 1
+        return cloud_infer(call, deadline)
+
+    agents[2].infer = counting  # type: ignore[method-assign]
+    flipper = _Flipper(PLANS)
+    device = DeviceClient(agents[0], max_inflight=4, live=flipper)  # type: ignore[arg-type]
+    xs = [_x(1, seed=i) for i in range(30)]
+    results = list(device.infer_many(xs))
+    device._pool.shutdown(wait=True)
+    assert len(results) == len(xs) and len({r.request_id for r in results}) == len(xs)
+    for x, r in zip(xs, results):  # in input order, each under its own plan, each correct
+        assert torch.equal(r.output, _reference(runtime, x)), r.plan
+    assert Counter(r.plan for r in results) == Counter({p: 6 for p in PLANS})
+    assert sorted(flipper.observed) == sorted(r.plan for r in results)
+    to_cloud = [r.request_id for r in results if "cloud" in r.plan]
+    assert sorted(seen) == sorted(to_cloud) and set(seen.values()) == {1}
+
+
+def test_plan_auto_config() -> None:
+    cfg = NodeConfig.from_mapping({"role": "device", "plan": "auto"})
+    assert cfg.auto and str(cfg.parsed_plan) == "device[0:]"
+    edge = NodeConfig.from_mapping({"role": "edge", "plan": "auto", "upstream": {"address": "127.0.0.1:1"}})
+    assert str(edge.parsed_plan) == "edge[0:]"
+    assert NodeConfig.from_mapping({"role": "device", "plan": "device[0:]", "planner": {"enabled": True}}).auto
+    with pytest.raises(ConfigError, match="planner.margin"):
+        NodeConfig.from_mapping({"role": "device", "plan": "auto", "planner": {"margin": 2}})
+
+
+def _live(agents: list[Agent], **settings: object) -> LivePlanner:
+    descriptions = [a.describe() for a in agents[1:]]
+    return LivePlanner.start(agents[0], PlannerConfig(**settings), descriptions=descriptions, profile_repeats=1)
+
+
+def _reply(nbytes: int, network_s: float, *, plan: str = "device[0:13]|lossless > cloud[13:]") -> tuple[Breakdown, str]:
+    tiers = [TierTiming("device", 0, 13, compute_s=1e-3, network_s=network_s, bytes_out=nbytes, bytes_back=100),
+             TierTiming("cloud", 13, 70, compute_s=1e-3)]  # fmt: skip
+    return Breakdown(tiers, "cloud"), plan
+
+
+def test_live_planner_learns_the_link_from_replies_and_switches(chain: ChainFactory) -> None:
+    agents = chain("auto", roles=("device", "cloud"))
+    clock = [100.0]
+    live = _live(agents, hold_s=0.0, min_interval_s=0.0)
+    live.clock = lambda: clock[0]
+    live.replanner.tracker.observe_rtt(0, 0.001, clock[0])
+    for _ in range(8):  # a fast link: 1 MB in 10 ms + RTT
+        clock[0] += 0.05
+        live.observe(*_reply(1_000_000, 0.011))
+    fast = live.estimate_bps(0)
+    assert fast is not None and 0.8e9 < fast < 1.2e9
+    for _ in range(8):  # 1000x slower
+        clock[0] += 0.05
+        live.observe(*_reply(1_000_000, 10.001))
+    slow = live.estimate_bps(0)
+    assert slow is not None and 0.6e6 < slow < 1.0e6
+    assert [s.request_index for s in live.switches][0] <= 3  # to cloud-only on the fast link, within 3 replies
+    after = [s for s in live.switches if s.request_index > 8]
+    assert after and after[0].request_index <= 8 + 3  # and away from it within 3 replies of the drop
+    assert live.plan.tiers[0] == "device" and all(s.new != s.old and s.reason for s in live.switches)
+    live.close()
