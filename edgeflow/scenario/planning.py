@@ -1,0 +1,177 @@
+"""The planner as the scenario runner uses it: a cost model built from the model and the node files, and
+the link conditions a scenario implies.
+
+The cost model is measured here, in the runner's process, once per scenario (with one torch thread, as the
+agents run): a per-cut profile on a real input, exit-head times, and exit behaviour on the calibration split
+(the demo model) or the artifact's calibration table. Each tier's compute is the profile scaled by its node's
+``compute.slowdown_factor`` (the agents emulate a slower machine by that factor).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from edgeflow.agent.runtime import ModelRuntime
+from edgeflow.config import NodeConfig
+from edgeflow.core.codecs import get_codec
+from edgeflow.core.planner.costmodel import Conditions, CostModel, LinkState, PowerSpec, TierSpec
+from edgeflow.core.planner.exitmodel import ExitModel
+from edgeflow.core.planner.search import Candidate, Planner
+from edgeflow.core.plan import TIERS
+from edgeflow.core.profile import ModelProfile, profile_model
+from edgeflow.core.traces import BandwidthTrace
+
+__all__ = [
+    "ACTIVATION_CODECS",
+    "INPUT_CODECS",
+    "UNSHAPED_BPS",
+    "PlanningModel",
+    "build_planning_model",
+    "link_conditions",
+]
+
+ACTIVATION_CODECS = ("lossless", "fp16", "int8", "int8c", "int4")
+INPUT_CODECS = ("lossless", "png", "jpeg")
+UNSHAPED_BPS = 10e9  # an unshaped loopback link: far above anything a trace sets
+
+
+@dataclass
+class PlanningModel:
+    """What the runner plans with.
+
+    Attributes:
+        cost: the cost model (device > edge > cloud).
+        planner: its exact search.
+        profile: the host profile it was built from.
+        exit_source: where the exit behaviour came from (``samples``, ``calibration``, ``none``).
+    """
+
+    cost: CostModel
+    planner: Planner
+    profile: ModelProfile
+    exit_source: str
+    compute_factor: float = 1.0
+
+    def best(self, cond: Conditions, objective: str, *, slo_s: float | None, top_k: int = 3) -> list[Candidate]:
+        """The best plan and the best of each other tier set, best first."""
+        result = self.planner.search(cond, objective, latency_slo_s=slo_s, top_k=top_k)
+        return [result.best, *result.alternatives]
+
+
+def build_planning_model(
+    runtime: ModelRuntime,
+    nodes: Mapping[str, NodeConfig],
+    example: torch.Tensor,
+    *,
+    artifact: str,
+    accuracy_floor_pts: float,
+    privacy: bool,
+    repeats: int = 5,
+) -> PlanningModel:
+    """Profile the model on ``example`` (1, C, H, W) and build the cost model for the three tiers.
+
+    Raises:
+        PlanError: the profile or exit data do not fit the cost model.
+    """
+    from edgeflow.core.planner.build import exit_head_seconds
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the agents compute (nodes/*.yaml compute.threads)
+    try:
+        p = runtime.partition
+        prof = profile_model(
+            p, (example,), name=artifact, activation_codecs=[get_codec(c) for c in ACTIVATION_CODECS],
+            input_codecs=[get_codec(c) for c in INPUT_CODECS], repeats=repeats, codec_repeats=3,
+        )  # fmt: skip
+        heads = [runtime.exits[k] for k in sorted(runtime.exits)]
+        head_s = exit_head_seconds(p, heads, example, repeats=10) if heads else {}
+        exits, source = _exit_model(runtime, artifact)
+    finally:
+        torch.set_num_threads(threads)
+    tiers = [
+        TierSpec(
+            name=t,
+            profile=prof,
+            compute_scale=nodes[t].compute.slowdown_factor,
+            power=PowerSpec(nodes[t].power.idle_w, nodes[t].power.active_w, nodes[t].power.transmit_w),
+            exit_head_s=head_s,
+        )
+        for t in TIERS
+    ]
+    cost = CostModel(
+        tiers, exits, activation_codecs=ACTIVATION_CODECS, input_codecs=INPUT_CODECS,
+        max_accuracy_drop_pts=accuracy_floor_pts, privacy=privacy,
+    )  # fmt: skip
+    return PlanningModel(cost, Planner(cost), prof, source, _compute_factor(runtime, nodes["device"], example, prof))
+
+
+def _compute_factor(runtime: ModelRuntime, device: NodeConfig, example: torch.Tensor, prof: ModelProfile,
+                    repeats: int = 10) -> float:
+    """How much longer an agent takes to run the whole model than the node-by-node profile predicts
+    (median over ``repeats``, no slowdown, no exits): the planner's compute correction, measured once before any
+    run. On the demo model the agent's per-request overhead (range modules, the compute unit) is a large part."""
+    from edgeflow.agent.agent import Agent
+
+    data = device.model_dump(mode="json", exclude_none=True)
+    data.pop("upstream", None)
+    data["plan"] = "device[0:]"
+    data["compute"]["slowdown_factor"] = 1.0
+    agent = Agent(NodeConfig.from_mapping(data, source="calibration"), runtime, profile_repeats=0)
+    times = []
+    try:
+        for i in range(repeats + 2):
+            ans = agent.submit_local([example], request_id=f"calibrate-{i}", deadline=float("inf"))
+            if i >= 2:
+                times.append(ans.breakdown.tiers[0].compute_s)
+    finally:
+        agent.close()
+    predicted = prof.range_compute_s(0, prof.num_positions)
+    return float(np.clip(np.median(times) / predicted, 0.5, 10.0)) if predicted > 0 else 1.0
+
+
+def _exit_model(runtime: ModelRuntime, artifact: str) -> tuple[ExitModel | None, str]:
+    """Exact exit statistics on held-out data for the demo model; the artifact's table otherwise."""
+    if not runtime.exits:
+        return None, "none"
+    if artifact == "builtin:demo":
+        from edgeflow.core.data import load_demo_dataset
+        from edgeflow.core.planner.build import exit_model_from_heads
+
+        images, labels = load_demo_dataset("calibration")
+        heads = [runtime.exits[k] for k in sorted(runtime.exits)]
+        return exit_model_from_heads(runtime.partition, heads, images, labels), "samples (demo calibration split)"
+    if artifact.startswith("zoo:"):
+        return None, "none"
+    from edgeflow.agent.loader import builtin_artifact_path
+    from edgeflow.config import BUILTIN_PREFIX
+    from edgeflow.core.artifact import load_artifact
+
+    path = builtin_artifact_path(artifact[len(BUILTIN_PREFIX) :]) if artifact.startswith(BUILTIN_PREFIX) else artifact
+    table = load_artifact(path).calibration
+    if table is None:
+        return None, "none"
+    return ExitModel.from_calibration(table), "calibration table (marginals)"
+
+
+def link_conditions(rates: Sequence[BandwidthTrace | None], delays_s: Sequence[float], factor: float = 1.0, *,
+                    compute_factor: float = 1.0) -> Conditions:
+    """Planner conditions for links at their traces' mean rates (times ``factor``), RTT = twice the one-way delay,
+    every tier's compute corrected by ``compute_factor``.
+
+    ``None`` (an unshaped link) counts as :data:`UNSHAPED_BPS`.
+    """
+    links = []
+    for trace, delay in zip(rates, delays_s):
+        bps = UNSHAPED_BPS if trace is None else max(trace.mean_bps, 1.0)
+        links.append(LinkState(bandwidth_bps=min(bps * factor, UNSHAPED_BPS), rtt_s=2.0 * delay))
+    return Conditions(links=tuple(links), compute_factor={t: compute_factor for t in TIERS})
+
+
+def finite(x: float) -> float | None:
+    """``x``, or None when it is not a finite number (JSON has no inf)."""
+    return float(x) if isinstance(x, (int, float, np.floating)) and math.isfinite(x) else None

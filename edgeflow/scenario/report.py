@@ -1,0 +1,257 @@
+"""The report of a scenario: ``summary.json``, ``requests.jsonl``, ``report.md`` (plots: :mod:`.plots`).
+
+Metrics per run (edgeflow's and each baseline's, computed the same way):
+
+- ``requests``, ``answered`` (an answer arrived), ``lost`` (no answer before the request's deadline: an error
+  or a timeout), ``duplicated`` (answers beyond the first for one request id). ``answered + lost == requests``.
+- ``latency_ms``: p50/p95/p99/mean over answered requests, from the scheduled send time to the answer.
+- ``accuracy``: top-1 against the labels over answered requests (None for unlabelled workloads);
+  ``agreement``: top-1 agreement with the unsplit fp32 model over answered requests.
+- ``bytes_per_request``: mean bytes on the links per answered request, both directions, all hops
+  (``bytes_per_hop`` splits it: ``device_edge`` / ``edge_cloud``, request up + reply down).
+- ``plan_switches``: changes of plan between consecutive requests (by send time).
+- ``deadline_miss_rate``: share of requests lost or slower than the SLO (lost only, when there is no SLO).
+
+``ratios``: for each baseline, baseline / edgeflow for latency p50, p95 and mean, and for bytes per request;
+above 1 means edgeflow is better.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from edgeflow.scenario.runner import RunResult, ScenarioResult
+
+__all__ = ["request_records", "run_metrics", "build_summary", "write_report"]
+
+_HOPS = ("device_edge", "edge_cloud")
+_TIER_OF_HOP = {"device_edge": "device", "edge_cloud": "edge"}  # the tier whose bytes_out is the hop
+
+
+def _ms(x: float) -> float:
+    return round(x * 1e3, 3)
+
+
+def request_records(result: ScenarioResult, run: RunResult) -> list[dict[str, Any]]:
+    """One JSON-ready record per request of ``run`` (see ``docs/SCENARIOS.md`` for the fields)."""
+    wl = result.workload
+    plan = run.spec.key
+    out = []
+    for o in sorted(run.outcomes, key=lambda o: o.index):
+        rec: dict[str, Any] = {
+            "run": run.spec.name, "id": o.request_id, "index": o.index, "device": o.device,
+            "sample": int(wl.sample_index[o.index]), "send_s": round(o.send_s, 6), "start_s": round(o.start_s, 6),
+            "plan": plan, "status": "answered" if o.answer is not None else "lost", "error": o.error,
+            "answers": o.answers,
+        }  # fmt: skip
+        rec["bandwidth_mbit"] = {h: _mbit(result.links[h].rate_bps_at(o.send_s)) for h in _HOPS}
+        if o.answer is not None:
+            b = o.answer.breakdown
+            pred = int(o.answer.logits.float().argmax(dim=-1)[0])
+            label = None if wl.labels is None else int(wl.labels[o.index])
+            tiers = {t.tier: t for t in b.tiers}
+            rec.update(
+                latency_ms=_ms(o.latency_s or 0.0),
+                answered_by=b.answered_by,
+                exit_position=b.exit_position,
+                exit_confidence=round(b.exit_confidence, 6),
+                prediction=pred,
+                label=label,
+                correct=None if label is None else pred == label,
+                agree=pred == int(result.reference[o.index]),
+                bytes={h: _hop_bytes(tiers.get(_TIER_OF_HOP[h])) for h in _HOPS},
+                stages=[_stage(t) for t in b.tiers],
+            )
+        out.append(rec)
+    return out
+
+
+def _mbit(bps: float | None) -> float | None:
+    return None if bps is None else round(bps / 1e6, 6)
+
+
+def _hop_bytes(t: Any) -> dict[str, int]:
+    if t is None:
+        return {"up": 0, "down": 0}
+    return {"up": int(t.bytes_out), "down": int(t.bytes_back)}
+
+
+def _stage(t: Any) -> dict[str, Any]:
+    d: dict[str, Any] = {"tier": t.tier, "range": [t.start, t.stop]}
+    for k in ("queue_s", "compute_s", "encode_s", "decode_s", "network_s", "total_s"):
+        d[k.replace("_s", "_ms")] = _ms(getattr(t, k))
+    d.update(bytes_in=t.bytes_in, bytes_out=t.bytes_out, bytes_back=t.bytes_back)
+    return d
+
+
+def run_metrics(records: list[dict[str, Any]], slo_ms: float | None) -> dict[str, Any]:
+    """The summary fields of one run (see the module doc) from its request records."""
+    n = len(records)
+    ok = [r for r in records if r["status"] == "answered"]
+    lat = np.array([r["latency_ms"] for r in ok], dtype=np.float64)
+    dup = sum(max(0, r["answers"] - 1) for r in records)
+    ids = [r["id"] for r in records]
+    dup += len(ids) - len(set(ids))
+    labelled = [r for r in ok if r.get("correct") is not None]
+    per_hop = {h: float(np.mean([r["bytes"][h]["up"] + r["bytes"][h]["down"] for r in ok])) if ok else 0.0 for h in _HOPS}
+    missed = sum(1 for r in records if r["status"] != "answered" or (slo_ms is not None and r["latency_ms"] > slo_ms))
+    ordered = sorted(records, key=lambda r: r["send_s"])
+    switches = sum(1 for a, b in zip(ordered, ordered[1:]) if a["plan"] != b["plan"])
+    exits = [r for r in ok if r["exit_position"] >= 0]
+    return {
+        "requests": n,
+        "answered": len(ok),
+        "lost": n - len(ok),
+        "duplicated": int(dup),
+        "latency_ms": _percentiles(lat),
+        "accuracy": float(np.mean([r["correct"] for r in labelled])) if labelled else None,
+        "agreement": float(np.mean([r["agree"] for r in ok])) if ok else None,
+        "bytes_per_request": sum(per_hop.values()),
+        "bytes_per_hop": per_hop,
+        "plan_switches": switches,
+        "deadline_miss_rate": missed / n if n else 0.0,
+        "early_exit_rate": len(exits) / len(ok) if ok else 0.0,
+        "answered_by": {t: sum(1 for r in ok if r["answered_by"] == t) for t in ("device", "edge", "cloud")},
+    }
+
+
+def _percentiles(lat: np.ndarray) -> dict[str, float | None]:
+    if lat.size == 0:
+        return {"p50": None, "p95": None, "p99": None, "mean": None}
+    p50, p95, p99 = np.percentile(lat, [50, 95, 99])
+    return {"p50": round(float(p50), 3), "p95": round(float(p95), 3), "p99": round(float(p99), 3),
+            "mean": round(float(lat.mean()), 3)}
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or not b or not math.isfinite(a) or not math.isfinite(b):
+        return None
+    return round(a / b, 4)
+
+
+def build_summary(result: ScenarioResult, records: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """``summary.json``: edgeflow's metrics at the top level, ``baselines`` by name, ``ratios``, and context."""
+    sc = result.scenario
+    own = run_metrics(records["edgeflow"], sc.slo_ms)
+    base: dict[str, Any] = {}
+    for name, run_name in result.baseline_names.items():
+        m = run_metrics(records[run_name], sc.slo_ms)
+        base[name] = {**m, "plan": result.runs[run_name].spec.key, "how": result.runs[run_name].spec.how}
+        if name == "best-fixed":
+            base[name]["chosen_run"] = run_name
+            base[name]["how"] = result.best_fixed_how
+    ratios = {
+        name: {
+            "latency_p50": _ratio(m["latency_ms"]["p50"], own["latency_ms"]["p50"]),
+            "latency_p95": _ratio(m["latency_ms"]["p95"], own["latency_ms"]["p95"]),
+            "latency_mean": _ratio(m["latency_ms"]["mean"], own["latency_ms"]["mean"]),
+            "bytes_per_request": _ratio(m["bytes_per_request"], own["bytes_per_request"]),
+        }
+        for name, m in base.items()
+    }
+    full_acc = None
+    if result.workload.labels is not None:
+        full_acc = float(np.mean(result.reference == result.workload.labels))
+    runs = {
+        name: {**run_metrics(records[name], sc.slo_ms), "plan": r.spec.key, "how": r.spec.how,
+               "predicted_latency_ms": None if r.spec.predicted_latency_s is None else round(r.spec.predicted_latency_s * 1e3, 3),
+               "duration_s": round(r.duration_s, 3), "notes": r.notes, "link_stats": r.link_stats}
+        for name, r in result.runs.items()
+    }  # fmt: skip
+    return {
+        "scenario": sc.name,
+        "description": sc.description,
+        **own,
+        "plan": result.runs["edgeflow"].spec.key,
+        "adaptation": result.adaptation,
+        "slo_ms": sc.slo_ms,
+        "objective": sc.objective,
+        "full_model_accuracy": full_acc,
+        "baselines": base,
+        "ratios": ratios,
+        "runs": runs,
+        "input_codec": result.input_codec.to_json(),
+        "planner": result.planner,
+        "links": {name: lp.describe() for name, lp in result.links.items()},
+        "workload": sc.workload.model_dump(mode="json"),
+        "timings_s": {k: round(v, 3) for k, v in result.timings_s.items()},
+    }
+
+
+def write_report(result: ScenarioResult, out_dir: Path, *, plots: bool = True) -> dict[str, Any]:
+    """Write ``summary.json``, ``requests.jsonl``, ``report.md`` and the plots into ``out_dir``; returns the summary."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records = {name: request_records(result, r) for name, r in result.runs.items()}
+    summary = build_summary(result, records)
+    with open(out_dir / "requests.jsonl", "w") as f:
+        for rec in _all(records):
+            f.write(json.dumps(rec, separators=(",", ":")) + "\n")
+    written = []
+    if plots:
+        from edgeflow.scenario.plots import write_plots
+
+        written = write_plots(result, records, summary, out_dir)
+    summary["plots"] = [p.name for p in written]
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (out_dir / "report.md").write_text(markdown(summary))
+    return summary
+
+
+def _all(records: dict[str, list[dict[str, Any]]]) -> Iterable[dict[str, Any]]:
+    for recs in records.values():
+        yield from recs
+
+
+def _f(x: float | None, fmt: str = ".1f") -> str:
+    return "–" if x is None else format(x, fmt)
+
+
+def markdown(s: dict[str, Any]) -> str:
+    """``report.md``: what ran, the results table, how each plan was chosen, and the plots."""
+    lines = [f"# Scenario `{s['scenario']}`", ""]
+    if s["description"]:
+        lines += [s["description"], ""]
+    lines += [f"- links: " + "; ".join(f"{k}: {v}" for k, v in s["links"].items()),
+              f"- workload: {s['workload']['requests']} requests, {s['workload']['source']}, "
+              f"{s['workload']['arrival']} arrivals" + (f" at {s['workload']['rate_hz']:g}/s" if s['workload']['arrival'] != 'closed' else f", {s['workload']['concurrency']} outstanding")
+              + f", {s['workload']['devices']} device(s), seed {s['workload']['seed']}",
+              f"- edgeflow plan: `{s['plan']}`",
+              f"- adaptation: **{s['adaptation']['mode']}**: {s['adaptation']['detail']}",
+              f"- objective: {s['objective']}" + (f", SLO {s['slo_ms']:g} ms" if s["slo_ms"] else ""),
+              f"- input codec for plans that send the raw input: {s['input_codec']['codec']} "
+              f"({', '.join(f'{k} {v:.0f} B' for k, v in s['input_codec']['bytes_per_image'].items())} per image)",
+              ""]  # fmt: skip
+    if s.get("full_model_accuracy") is not None:
+        lines += [f"Unsplit fp32 model accuracy on these requests: {s['full_model_accuracy']:.4f}", ""]
+    lines += ["| run | plan | answered | lost | p50 ms | p95 ms | p99 ms | accuracy | agreement | bytes/req | miss rate |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    rows = [("edgeflow", s)] + list(s["baselines"].items())
+    for name, m in rows:
+        lat = m["latency_ms"]
+        lines.append(
+            f"| {name} | `{m['plan']}` | {m['answered']}/{m['requests']} | {m['lost']} | {_f(lat['p50'])} | "
+            f"{_f(lat['p95'])} | {_f(lat['p99'])} | {_f(m['accuracy'], '.4f')} | {_f(m['agreement'], '.4f')} | "
+            f"{m['bytes_per_request']:.0f} | {m['deadline_miss_rate']:.3f} |"
+        )
+    lines += ["", "Ratios, baseline / edgeflow (above 1: edgeflow is better):", "",
+              "| baseline | p50 | p95 | mean | bytes |", "|---|---|---|---|---|"]
+    for name, r in s["ratios"].items():
+        lines.append(f"| {name} | {_f(r['latency_p50'], '.2f')} | {_f(r['latency_p95'], '.2f')} | "
+                     f"{_f(r['latency_mean'], '.2f')} | {_f(r['bytes_per_request'], '.2f')} |")
+    lines += ["", "## How each plan was chosen", ""]
+    for name, m in s["runs"].items():
+        pred = f" (predicted {m['predicted_latency_ms']:.1f} ms)" if m.get("predicted_latency_ms") is not None else ""
+        lines.append(f"- **{name}**: `{m['plan']}`: {m['how']}{pred}")
+    if "best-fixed" in s["baselines"]:
+        lines += ["", f"Best fixed split: `{s['baselines']['best-fixed']['chosen_run']}`: {s['baselines']['best-fixed']['how']}"]
+    if s.get("plots"):
+        lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in s["plots"]]
+    t = s["timings_s"]
+    lines += ["", f"Wall time: {t.get('total_s', 0):.1f} s (agents start {t.get('agents_start_s', 0):.1f} s, "
+              f"runs {t.get('runs_s', 0):.1f} s)", ""]
+    return "\n".join(lines)

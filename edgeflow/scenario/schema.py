@@ -1,0 +1,293 @@
+"""Scenario files: what ``edgeflow run`` replays, validated by pydantic.
+
+A scenario names the node files of the three tiers (with overrides such as an emulated slowdown), the two
+links between them (constant rate or a bandwidth trace, one-way delay, loss, scheduled outages), the model,
+the workload (data, arrivals, number of requests, seed), the objective with its SLO and accuracy floor, and
+the baselines to run against. See ``docs/SCENARIOS.md`` for every field; ``scenarios/*.yaml`` are examples.
+
+Only the CLI reads files: :meth:`Scenario.from_mapping` takes parsed YAML and raises
+:class:`~edgeflow.errors.ConfigError` with one line per problem, each naming the field path and, for a
+choice, the allowed values::
+
+    quickstart.yaml: links.device_edge.trace.format: 'foo' is not one of auto, cooked, mahimahi, ...
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from edgeflow.core.plan import Plan
+from edgeflow.errors import ConfigError, PlanError
+
+__all__ = [
+    "BASELINES",
+    "GENERATORS",
+    "LINK_NAMES",
+    "TraceSpec",
+    "OutageSpec",
+    "LinkConfig",
+    "NodeRef",
+    "NodesConfig",
+    "ModelSpec",
+    "WorkloadSpec",
+    "BestFixedSpec",
+    "Scenario",
+]
+
+BASELINES = ("device-only", "edge-only", "cloud-only", "best-fixed", "neurosurgeon")
+GENERATORS = ("constant", "steps", "markov-3g", "markov-lte")
+TRACE_FORMATS = ("auto", "cooked", "mahimahi", "norway_raw", "belgium_raw")  # edgeflow.core.traces.TRACE_FORMATS
+LINK_NAMES = ("device_edge", "edge_cloud")  # chain order: links[i] joins tier i and i + 1
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TraceSpec(_Strict):
+    """A bandwidth trace: a generator, or a file.
+
+    ``generator: markov-3g`` / ``markov-lte`` draw a seeded path of the Markov models fitted to the Norway
+    HSDPA / Belgium 4G logs (``edgeflow.core.traces``); ``steps`` holds ``[duration_s, Mbit/s]`` pairs;
+    ``constant`` holds ``rate_mbit``. ``file`` is a path (relative to the scenario file) or ``builtin:NAME``
+    for a trace shipped in the package. The trace loops; ``offset_s`` starts the replay that far in, ``scale``
+    multiplies every rate.
+    """
+
+    generator: Literal["constant", "steps", "markov-3g", "markov-lte"] | None = None
+    seed: int = 0
+    duration_s: float = Field(600.0, gt=0, le=86400)
+    rate_mbit: float | None = Field(None, ge=0)
+    steps: list[tuple[float, float]] | None = None
+    file: str | None = None
+    format: Literal["auto", "cooked", "mahimahi", "norway_raw", "belgium_raw"] = "auto"
+    bin_s: float = Field(1.0, gt=0)
+    scale: float = Field(1.0, ge=0)
+    offset_s: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "TraceSpec":
+        if (self.generator is None) == (self.file is None):
+            raise ValueError("give exactly one of 'generator' or 'file'")
+        if self.generator == "constant" and self.rate_mbit is None:
+            raise ValueError("generator 'constant' needs rate_mbit")
+        if self.generator == "steps":
+            if not self.steps:
+                raise ValueError("generator 'steps' needs steps: [[duration_s, Mbit/s], ...]")
+            if any(d <= 0 or r < 0 for d, r in self.steps):
+                raise ValueError("steps: every duration_s must be > 0 and every rate >= 0")
+        return self
+
+
+class OutageSpec(_Strict):
+    """A window in which the link carries nothing. ``mode``: ``refuse`` (new connections reset, open ones
+    stall), ``stall`` (everything waits), ``reset`` (open connections are reset too)."""
+
+    start_s: float = Field(ge=0)
+    duration_s: float = Field(gt=0)
+    mode: Literal["refuse", "stall", "reset"] = "refuse"
+
+
+class LinkConfig(_Strict):
+    """One link between adjacent tiers. ``rate_mbit`` (constant) or ``trace`` sets the rate of the direction away
+    from the device (up); neither leaves the link unshaped. The direction back (down) gets the same unless
+    ``down_rate_mbit`` or ``down_trace`` is set (e.g. a Mahimahi ``.up``/``.down`` pair).
+    """
+
+    rate_mbit: float | None = Field(None, gt=0)
+    trace: TraceSpec | None = None
+    down_rate_mbit: float | None = Field(None, gt=0)
+    down_trace: TraceSpec | None = None
+    delay_ms: float = Field(0.0, ge=0, le=10000)
+    loss: float = Field(0.0, ge=0, lt=1)
+    outages: list[OutageSpec] = []
+
+    @model_validator(mode="after")
+    def _one_rate(self) -> "LinkConfig":
+        if self.rate_mbit is not None and self.trace is not None:
+            raise ValueError("give at most one of 'rate_mbit' or 'trace'")
+        if self.down_rate_mbit is not None and self.down_trace is not None:
+            raise ValueError("give at most one of 'down_rate_mbit' or 'down_trace'")
+        ends = sorted((o.start_s, o.start_s + o.duration_s) for o in self.outages)
+        for (_, end), (start, _) in zip(ends, ends[1:]):
+            if start < end:
+                raise ValueError("outages overlap")
+        return self
+
+
+class NodeRef(_Strict):
+    """A tier's node file plus overrides. ``overrides`` takes dotted NodeConfig paths
+    (``{"queues.compute": 16}``); the named fields are shorthands for the common ones."""
+
+    file: str | None = None  # default: ../nodes/<tier>.yaml relative to the scenario file
+    slowdown_factor: float | None = Field(None, ge=1.0, le=1000.0)
+    threads: int | None = Field(None, ge=1, le=256)
+    overrides: dict[str, Any] = {}
+
+
+class NodesConfig(_Strict):
+    device: NodeRef = NodeRef()
+    edge: NodeRef = NodeRef()
+    cloud: NodeRef = NodeRef()
+
+
+class LinksConfig(_Strict):
+    device_edge: LinkConfig = LinkConfig()
+    edge_cloud: LinkConfig = LinkConfig()
+
+
+class ModelSpec(_Strict):
+    """The artifact every tier loads (``builtin:demo``, a path, or ``zoo:NAME?...``)."""
+
+    artifact: str = "builtin:demo"
+
+
+class WorkloadSpec(_Strict):
+    """What the device sends.
+
+    ``source``: ``demo-test`` (the demo model's labelled test split, shuffled by ``seed``) or ``synthetic``
+    (photo crops, unlabelled: accuracy is not measured, agreement still is). ``arrival``: open loop with
+    ``poisson`` or ``fixed`` inter-arrival times at ``rate_hz``, or ``closed`` loop with ``concurrency``
+    requests outstanding. ``devices`` spreads the requests round-robin over that many devices, each with its
+    own device-edge link. A request not answered within ``timeout_s`` of its send time is lost.
+    """
+
+    source: Literal["demo-test", "synthetic"] = "demo-test"
+    arrival: Literal["poisson", "fixed", "closed"] = "poisson"
+    rate_hz: float = Field(10.0, gt=0, le=10000)
+    concurrency: int = Field(1, ge=1, le=256)
+    requests: int = Field(100, ge=1, le=1_000_000)
+    seed: int = 0
+    timeout_s: float = Field(10.0, gt=0, le=3600)
+    devices: int = Field(1, ge=1, le=64)
+
+
+class BestFixedSpec(_Strict):
+    """How the best-fixed-split candidates are drawn: the planner's best and ``top_k`` alternatives at the
+    mean link rates times each of ``bandwidth_factors``, plus every other run's fixed plan; the one with the
+    lowest measured median latency wins."""
+
+    bandwidth_factors: list[float] = [0.25, 4.0]
+    top_k: int = Field(1, ge=0, le=8)
+    max_candidates: int = Field(3, ge=0, le=32)
+
+
+class Scenario(_Strict):
+    """A whole scenario file. Build with :meth:`from_mapping` to get field-path errors."""
+
+    name: str = Field(min_length=1, max_length=80, pattern=r"^[A-Za-z0-9_.\-]+$")
+    description: str = ""
+    nodes: NodesConfig = NodesConfig()
+    links: LinksConfig = LinksConfig()
+    model: ModelSpec = ModelSpec()
+    workload: WorkloadSpec = WorkloadSpec()
+    objective: Literal["latency", "energy", "throughput"] = "latency"
+    slo_ms: float | None = Field(None, gt=0)
+    accuracy_floor_pts: float = Field(1.0, ge=0, le=100)
+    privacy: bool = False
+    plan: str = "auto"
+    baselines: list[Literal["device-only", "edge-only", "cloud-only", "best-fixed", "neurosurgeon"]] = list(BASELINES)
+    best_fixed: BestFixedSpec = BestFixedSpec()
+
+    @model_validator(mode="after")
+    def _plan(self) -> "Scenario":
+        if self.plan != "auto":
+            try:
+                Plan.parse(self.plan)
+            except PlanError as e:
+                raise ValueError(f"plan: {e}") from None
+        if len(set(self.baselines)) != len(self.baselines):
+            raise ValueError("baselines: listed twice")
+        return self
+
+    @property
+    def fixed_plan(self) -> Plan | None:
+        """The scenario's own plan, or None for ``plan: auto`` (the planner chooses)."""
+        return None if self.plan == "auto" else Plan.parse(self.plan)
+
+    @classmethod
+    def from_mapping(cls, data: Any, *, source: str = "scenario") -> "Scenario":
+        """Validate a mapping (parsed YAML).
+
+        Raises:
+            ConfigError: one line per problem: ``source: field.path: what is wrong``.
+        """
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{source}: expected a mapping of fields, got {type(data).__name__}")
+        try:
+            return cls.model_validate(dict(data))
+        except ValidationError as e:
+            raise ConfigError("\n".join(describe_errors(e, source))) from None
+
+    def with_overrides(self, **fields: Any) -> "Scenario":
+        """A re-validated copy with top-level or dotted fields replaced: ``with_overrides(**{"workload.requests": 20})``.
+
+        Raises:
+            ConfigError: the result is invalid.
+        """
+        data = self.model_dump(mode="json")
+        for path, value in fields.items():
+            node = data
+            keys = path.split(".")
+            for k in keys[:-1]:
+                node = node.setdefault(k, {})
+            node[keys[-1]] = value
+        return Scenario.from_mapping(data, source=f"scenario {self.name} (overridden)")
+
+
+def node_file_of(scenario_dir: Path, tier: str, ref: NodeRef) -> Path:
+    """The node file a tier uses: ``ref.file`` relative to the scenario's folder, else ``../nodes/<tier>.yaml``."""
+    if ref.file is None:
+        return (scenario_dir / ".." / "nodes" / f"{tier}.yaml").resolve()
+    p = Path(ref.file)
+    return p if p.is_absolute() else (scenario_dir / p).resolve()
+
+
+def describe_errors(e: ValidationError, source: str) -> list[str]:
+    """One line per pydantic error: ``source: a.b.c: message``, choices listed as ``is not one of ...``."""
+    lines = []
+    for err in e.errors(include_url=False):
+        loc = ".".join(str(p) for p in err["loc"] if not _is_union_tag(p))
+        given = err.get("input")
+        kind = err["type"]
+        if kind == "literal_error":
+            allowed = str(err.get("ctx", {}).get("expected", "")).replace("'", "").replace(" or ", ", ")
+            lines.append(f"{source}: {loc}: {given!r} is not one of {allowed}")
+            continue
+        msg = err["msg"].removeprefix("Value error, ")
+        if kind == "extra_forbidden":
+            known = _fields_at([p for p in err["loc"][:-1] if not _is_union_tag(p)])
+            lines.append(f"{source}: {loc}: unknown field; known: {', '.join(known)}")
+            continue
+        if not loc and msg.split(":", 1)[0] in Scenario.model_fields:
+            lines.append(f"{source}: {msg}")  # a cross-field check that names its own field
+            continue
+        shown = f" (got {given!r})" if kind != "missing" and not isinstance(given, (dict, list)) else ""
+        lines.append(f"{source}: {loc or '<root>'}: {msg}{shown}")
+    return lines
+
+
+def _fields_at(path: list[Any]) -> list[str]:
+    """Field names of the model found by walking ``path`` from :class:`Scenario` (for unknown-field errors)."""
+    model: Any = Scenario
+    for part in path:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return []
+        model = next((a for a in (field.annotation, *getattr(field.annotation, "__args__", ()))
+                      if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if model is None:
+            args = getattr(field.annotation, "__args__", ())
+            model = next((b for a in args for b in getattr(a, "__args__", ())
+                          if isinstance(b, type) and issubclass(b, BaseModel)), None)
+    return list(model.model_fields) if model is not None else []
+
+
+def _is_union_tag(part: Any) -> bool:
+    """pydantic puts the union member's type name in the location (``function-after[...]``); drop it."""
+    return isinstance(part, str) and ("[" in part or part in ("float", "int", "str", "none"))
