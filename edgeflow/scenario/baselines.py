@@ -50,6 +50,7 @@ class RunSpec:
         input_codec: codec of the raw input when the device runs nothing (else None).
         how: one line saying how the plan was chosen.
         predicted_latency_s: the cost model's expected latency at the mean link rates (None if not evaluated).
+        adaptive: the device's live planner chooses each request's plan (``plan`` is unused).
     """
 
     name: str
@@ -57,10 +58,14 @@ class RunSpec:
     input_codec: str | None = None
     how: str = ""
     predicted_latency_s: float | None = None
+    adaptive: bool = False
 
     @property
     def key(self) -> str:
-        """Identifies the plan as run (plan text plus input codec): runs with equal keys are the same experiment."""
+        """Identifies the plan as run (plan text plus input codec): runs with equal keys are the same experiment.
+        An adaptive run's plan is chosen per request: ``auto``."""
+        if self.adaptive:
+            return "auto"
         return str(self.plan) + (f"  input|{self.input_codec}" if self.input_codec else "")
 
     @property

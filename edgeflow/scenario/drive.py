@@ -2,11 +2,11 @@
 
 Two ways a device sends a request:
 
-- :class:`DeviceSender`: the device agent in this process (its range, its exits, its hop codec), the same
-  :class:`~edgeflow.agent.Agent` that ``edgeflow infer --node`` runs; several devices share the loaded model
-  but each has its own compute unit (its own emulated hardware) and link.
-- :class:`RawInputSender`: for plans whose device runs nothing: the raw input encoded with the run's input
-  codec (png/jpeg/lossless), sent to the edge, which runs or relays it.
+- :class:`PlanSender`: the device agent in this process (the same :class:`~edgeflow.agent.Agent` that
+  ``edgeflow infer --node`` runs), every request stamped with one fixed plan and input codec; upstream tiers
+  run what the request's plan gives them. Several devices share the loaded model but each has its own agent,
+  compute unit (its own emulated hardware) and link.
+- :class:`LiveSender`: the same, with the device's live planner choosing each request's plan.
 
 :func:`drive` sends the requests: open loop at the scheduled offsets (latency counts from the scheduled send
 time, so waiting behind earlier requests on the device counts), or closed loop with a fixed number
@@ -19,29 +19,30 @@ import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Callable, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import torch
 
 from edgeflow.agent.agent import Agent
-from edgeflow.core.codecs import DecodeLimits, codec_from_spec, decode
-from edgeflow.core.plan import ExitPoint
+from edgeflow.core.plan import ExitPoint, Plan
 from edgeflow.errors import EdgeflowError
-from edgeflow.transport import Breakdown, InferCall, PeerClient, TierTiming, WireTensor, datatype_of
-from edgeflow.transport.messages import encode_request
+from edgeflow.transport import Breakdown
 
-__all__ = ["Answer", "Outcome", "Sender", "DeviceSender", "RawInputSender", "drive"]
+__all__ = ["Answer", "Outcome", "Sender", "PlanSender", "LiveSender", "drive"]
 
 _MAX_WORKERS = 32  # requests outstanding at once per run (open loop); beyond, they wait in the pool's queue
 
 
 @dataclass
 class Answer:
-    """What came back for one request: the answering logits (B, classes) and where time and bytes went."""
+    """What came back for one request: the answering logits (B, classes), where time and bytes went, the plan
+    it went by (text, ``  input|codec`` appended when the raw input was sent), and the planner's prediction."""
 
     logits: torch.Tensor
     position: int
     breakdown: Breakdown
+    plan: str = ""
+    predicted_s: float | None = None
 
 
 @dataclass
@@ -54,6 +55,7 @@ class Outcome:
     send_s: float
     start_s: float = 0.0
     done_s: float = 0.0
+    plan: str = ""  # the plan it went by (or was sent with, if lost)
     answer: Answer | None = None
     error: str | None = None
     answers: int = 0  # how many answers arrived for this id (1 normally; >1 would be a duplicate)
@@ -64,6 +66,8 @@ class Outcome:
 
 
 class Sender(Protocol):
+    def plan_text(self) -> str: ...
+
     def send(self, request_id: str, x: torch.Tensor, deadline: float) -> Answer: ...
 
     def warm_up(self, request_id: str, x: torch.Tensor, deadline: float) -> None: ...
@@ -71,83 +75,81 @@ class Sender(Protocol):
     def close(self) -> None: ...
 
 
-class DeviceSender:
-    """The device tier in process (see the module doc).
+def _text(plan: Plan, input_codec: str | None) -> str:
+    return str(plan) + (f"  input|{input_codec}" if input_codec else "")
+
+
+def _warm_device_ranges(agent: Agent, plan: Plan, x: torch.Tensor) -> None:
+    """Build and run every range the device runs under ``plan``, exit heads evaluated but never taken: a range's
+    first run (graph code generation) is a one-time cost the emulated slowdown would multiply."""
+    stage = plan.stage(agent.role)
+    if stage is None:
+        return
+    stop = stage.stop or agent.runtime.num_positions
+    never = [ExitPoint(e.position, 2.0) for e in plan.exits_in(stage.start, stop)]  # confidence never exceeds 1
+    agent.runtime.run(stage.start, stop, [x], never)
+
+
+class PlanSender:
+    """The device agent in process, every request stamped with one fixed plan (and input codec).
 
     Args:
-        agent: the device agent.
-        through: an agent with the same plan minus its exits and the *same* upstream, for warm-up requests
-            that must reach the next tier whatever the exits decide (None: the plan has no exits or no upstream).
+        agent: the device agent (its upstream, if any, is the run's device-edge link).
+        plan: the plan every request goes by; upstream tiers follow the plan the request carries.
+        input_codec: the raw input's codec when the device runs nothing.
     """
 
-    def __init__(self, agent: Agent, through: Agent | None = None):
-        self.agent = agent
-        self.through = through
+    def __init__(self, agent: Agent, plan: Plan, input_codec: str | None = None):
+        self.agent, self.plan, self.input_codec = agent, plan, input_codec
+
+    def plan_text(self) -> str:
+        return _text(self.plan, self.input_codec)
 
     def send(self, request_id: str, x: torch.Tensor, deadline: float) -> Answer:
-        ans = self.agent.submit_local([x], request_id=request_id, deadline=deadline, block=True)
-        return Answer(ans.values[0], ans.position, ans.breakdown)
+        ans = self.agent.submit_local([x], request_id=request_id, deadline=deadline, block=True, plan=self.plan,
+                                      input_codec=self.input_codec)  # fmt: skip
+        return Answer(ans.values[0], ans.position, ans.breakdown, self.plan_text())
 
     def warm_up(self, request_id: str, x: torch.Tensor, deadline: float) -> None:
-        """Build and run every range the device may run (exit heads evaluated, never taken), then send one
-        request up the chain: a range's first run and the upstream handshake are one-time costs, which the
-        emulated slowdown would otherwise multiply into the first measured requests."""
-        ag = self.agent
-        if ag.stage is not None:
-            stop = ag.stage.stop or ag.runtime.num_positions
-            never = [ExitPoint(e.position, 2.0) for e in ag.plan.exits_in(ag.stage.start, stop)]  # confidence <= 1
-            ag.runtime.run(ag.stage.start, stop, [x], never)
-        (self.through or ag).submit_local([x], request_id=request_id, deadline=deadline, block=True)
+        """Warm the device's ranges, then send one request with the plan minus its exits, so it surely reaches
+        every tier of the plan (handshakes, their ranges)."""
+        _warm_device_ranges(self.agent, self.plan, x)
+        self.agent.submit_local([x], request_id=request_id, deadline=deadline, block=True, plan=Plan(self.plan.stages),
+                                input_codec=self.input_codec)  # fmt: skip
 
     def close(self) -> None:
-        if self.through is not None:
-            self.through.compute.stop()  # its upstream is the agent's, closed below
         self.agent.close()
 
 
-class RawInputSender:
-    """Sends the raw input, encoded with ``input_codec``, to ``address`` (the edge agent, through the link).
+class LiveSender:
+    """The device agent with its live planner (:class:`edgeflow.agent.live.LivePlanner`): each request goes by
+    the planner's current plan, and every reply is fed back to it (what ``DeviceClient.infer`` does, with the
+    runner's request ids)."""
 
-    The device's own share (encoding, the call) is reported as a ``device`` tier running the empty range
-    ``[0:0]``, so bytes per hop read the same as for plans the device takes part in.
-    """
+    def __init__(self, agent: Agent, live: Any):
+        self.agent, self.live = agent, live
 
-    def __init__(self, peer: PeerClient, *, fingerprint: str, input_names: Sequence[str], input_codec: str):
-        self.peer = peer
-        self.fingerprint = fingerprint
-        self.names = list(input_names)
-        self.codec = codec_from_spec(input_codec)
+    def plan_text(self) -> str:
+        plan, codec, _ = self.live.current()
+        return _text(plan, codec)
 
     def send(self, request_id: str, x: torch.Tensor, deadline: float) -> Answer:
-        t0 = time.monotonic()
-        dtype = datatype_of(str(x.dtype).removeprefix("torch."))
-        tensors = [WireTensor(self.names[0] if self.names else "", dtype, tuple(x.shape), self.codec.spec, self.codec.encode(x))]
-        data = encode_request(InferCall(request_id, self.fingerprint, 0, tensors))
-        encode_s = time.monotonic() - t0
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            from edgeflow.errors import DeadlineExceeded
-
-            raise DeadlineExceeded(f"request {request_id}: no time left to send")
-        t1 = time.monotonic()
-        reply = self.peer.infer_bytes(data, timeout_s=remaining)
-        call_s = time.monotonic() - t1
-        t2 = time.monotonic()
-        values = [decode(t.payload, DecodeLimits()) for t in reply.tensors]
-        up = reply.breakdown
-        mine = TierTiming(
-            "device", 0, 0, encode_s=encode_s, decode_s=time.monotonic() - t2,
-            network_s=max(0.0, call_s - (up.tiers[0].total_s if up.tiers else 0.0)),
-            bytes_out=len(data), bytes_back=reply.wire_nbytes,
-        )  # fmt: skip
-        mine.total_s = time.monotonic() - t0
-        return Answer(values[0], reply.position, Breakdown([mine, *up.tiers], up.answered_by, up.exit_position, up.exit_confidence))
+        plan, codec, predicted = self.live.current()
+        ans = self.agent.submit_local([x], request_id=request_id, deadline=deadline, block=True, plan=plan,
+                                      input_codec=codec)  # fmt: skip
+        self.live.observe(ans.breakdown, ans.plan)
+        return Answer(ans.values[0], ans.position, ans.breakdown, _text(plan, codec), predicted)
 
     def warm_up(self, request_id: str, x: torch.Tensor, deadline: float) -> None:
-        self.send(request_id, x, deadline)
+        """Warm the current plan's device ranges and send one request through its tiers (not fed to the planner)."""
+        plan, codec, _ = self.live.current()
+        _warm_device_ranges(self.agent, plan, x)
+        self.agent.submit_local([x], request_id=request_id, deadline=deadline, block=True, plan=Plan(plan.stages),
+                                input_codec=codec)  # fmt: skip
 
     def close(self) -> None:
-        self.peer.close()
+        self.live.close()
+        self.agent.close()
 
 
 def drive(
@@ -184,8 +186,10 @@ def drive(
         o.start_s = time.monotonic() - t0
         if o.send_s == 0.0 and send_s is None:
             o.send_s = o.start_s
+        sender = senders[o.device]
         try:
-            ans = senders[o.device].send(o.request_id, inputs[i : i + 1], t0 + o.send_s + timeout_s)
+            o.plan = sender.plan_text()
+            ans = sender.send(o.request_id, inputs[i : i + 1], t0 + o.send_s + timeout_s)
         except EdgeflowError as e:
             o.error = f"{type(e).__name__}: {e}"
         except Exception as e:  # noqa: BLE001 - a bug in a sender must not hang the run; it is recorded
@@ -195,6 +199,7 @@ def drive(
                 o.answers += 1
                 if o.answer is None:
                     o.answer = ans
+                    o.plan = ans.plan or o.plan
             o.done_s = time.monotonic() - t0
         if on_done is not None:
             on_done(o)

@@ -1,11 +1,12 @@
 """The scenario's links: bandwidth traces from the scenario file, and emulated links whose clock starts with a run.
 
-Every run replays its links from t = 0. Agents need their upstream address when they start, seconds before
-their run, so each link is a :class:`RunLink`: an unshaped userspace emulator (``warm``) listens on a port
-from the start, carrying the handshakes and the warm-up requests; when the run starts it is replaced, on the
-same port, by an emulator shaped by the scenario (``live``), whose link time starts then. Replacing it closes
-the open connections (gracefully), and gRPC reconnects on the next call through the live emulator, so the
-first request of every run pays the same connection setup over the emulated link.
+Every run replays its links from t = 0. Agents need their upstream address when they start, before any run,
+so each link is a :class:`RunLink` that keeps one port for the whole scenario: between runs a *warm* emulator
+listens there (unshaped, or at the mean rates), carrying handshakes, planner start-up probes and warm-up
+requests; when a run starts it is replaced, on the same port, by an emulator shaped by the scenario (*live*),
+whose link time starts then. Replacing it closes the open connections (gracefully), and gRPC reconnects on the
+next call through the live emulator, so the first request of every run pays the same connection setup over the
+emulated link.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from edgeflow.netem.link import LinkSpec, Outage
 from edgeflow.netem.userspace import LinkEmulator
 from edgeflow.scenario.schema import LinkConfig, TraceSpec
 
-__all__ = ["build_trace", "LinkPlan", "link_plan", "RunLink", "go_live_all"]
+__all__ = ["build_trace", "LinkPlan", "link_plan", "RunLink", "swap_all"]
 
 _MBIT = 1e6
 _OUTAGE_MODES = {"refuse": (True, False), "stall": (False, False), "reset": (True, True)}
@@ -103,6 +104,13 @@ class LinkPlan:
             for o in config.outages
         )
 
+    def mean_specs(self) -> tuple[LinkSpec, LinkSpec]:
+        """Both directions at their traces' mean rates, same delay, no loss: the link as a planner that knows only
+        its averages sees it."""
+        up = None if self.uplink.rate is None else constant(self.uplink.rate.mean_bps)
+        down = None if self.downlink.rate is None else constant(self.downlink.rate.mean_bps)
+        return LinkSpec(rate=up, delay_s=self.delay_s), LinkSpec(rate=down, delay_s=self.delay_s)
+
     def rate_bps_at(self, t_s: float) -> float | None:
         """The uplink rate set at link time ``t_s`` (0 in an outage; None when unshaped)."""
         if any(o.start_s <= t_s < o.end_s for o in self.outages):
@@ -133,7 +141,12 @@ def link_plan(name: str, config: LinkConfig, base_dir: Path, seed: int) -> LinkP
 
 
 class RunLink:
-    """An emulated link that listens on one port from :meth:`start_warm` on and shapes from :meth:`go_live`.
+    """An emulated link on one port for the whole scenario: *warm* between runs, *live* during a run.
+
+    Warm: unshaped, or at the scenario's mean rates (``mean=True``: what a planner starting up should measure),
+    without loss or outages; it carries handshakes and warm-up requests. Live: shaped as the scenario says, link
+    time 0 when it starts. Each change replaces the emulator on the same port (closing its connections, which
+    clients re-open on their next call). Use :func:`swap_all` to change several links at once.
 
     Args:
         target: ``host:port`` connections are forwarded to.
@@ -153,37 +166,38 @@ class RunLink:
             raise ScenarioError(f"link {self.label} is not started")
         return f"127.0.0.1:{self.port}"
 
-    def start_warm(self) -> str:
-        """Listen (unshaped) on a free port; returns the address."""
-        self._emu = LinkEmulator(self.target)
-        try:
-            self.port = self._emu.start()
-        except OSError as e:
-            raise ScenarioError(f"link {self.label}: cannot listen: {e}") from None
+    def start(self) -> str:
+        """Listen, unshaped, on a free port; returns the address (fixed from now on)."""
+        self._listen(LinkSpec(), LinkSpec(), ())
         return self.address
 
-    def stop_warm(self) -> None:
-        """Close the warm emulator (and its connections); the port stays this link's."""
+    def close_emulator(self) -> None:
+        """Stop the current emulator (and its connections); the port stays this link's."""
         if self._emu is not None:
             self._emu.stop()
             self._emu = None
 
+    def warm(self, plan: LinkPlan | None) -> None:
+        """Listen warm: unshaped (``plan`` None) or at ``plan``'s mean rates and delay."""
+        if plan is None:
+            self._listen(LinkSpec(), LinkSpec(), ())
+        else:
+            self._listen(*plan.mean_specs(), ())
+        self.live = False
+
     def go_live(self, plan: LinkPlan) -> None:
-        """Listen again on the same port, shaped as ``plan``; link time starts now. Call :meth:`stop_warm` first."""
-        self.stop_warm()
-        self._emu = LinkEmulator(
-            self.target, plan.uplink, plan.downlink, outages=plan.outages, listen=("127.0.0.1", self.port or 0)
-        )
-        try:
-            self.port = self._emu.start()
-        except OSError as e:
-            self._emu = None
-            raise ScenarioError(f"link {self.label}: cannot listen again on port {self.port}: {e}") from None
+        """Listen shaped as ``plan``; link time starts now."""
+        self._listen(plan.uplink, plan.downlink, plan.outages)
         self.live = True
 
-    def rate_bps_now(self) -> float | None:
-        """The live uplink rate now (0 in an outage, None when unshaped or not live)."""
-        return self._emu.current_rate_bps("uplink") if self._emu is not None and self.live else None
+    def _listen(self, up: LinkSpec, down: LinkSpec, outages: tuple[Outage, ...]) -> None:
+        self.close_emulator()
+        emu = LinkEmulator(self.target, up, down, outages=outages, listen=("127.0.0.1", self.port or 0))
+        try:
+            self.port = emu.start()
+        except OSError as e:
+            raise ScenarioError(f"link {self.label}: cannot listen on port {self.port or 0}: {e}") from None
+        self._emu = emu
 
     def stats(self) -> dict[str, int]:
         from dataclasses import asdict
@@ -191,22 +205,26 @@ class RunLink:
         return asdict(self._emu.stats()) if self._emu is not None else {}
 
     def stop(self) -> None:
-        if self._emu is not None:
-            self._emu.stop()
-            self._emu = None
+        self.close_emulator()
 
 
-def go_live_all(links: list[tuple[RunLink, LinkPlan]]) -> float:
-    """Swap every link to its live emulator at (nearly) the same moment; returns ``time.monotonic()`` of the start.
+def swap_all(links: list[tuple[RunLink, LinkPlan | None]], *, live: bool, mean: bool = False) -> float:
+    """Move every link to live (shaped by its plan) or warm (``mean``: at its plan's mean rates, else unshaped)
+    at (nearly) the same moment; returns ``time.monotonic()`` when the new emulators start.
 
-    The warm emulators all close first, then one short pause lets the clients notice (a call sent on a closed
-    connection would fail instead of reconnecting), then the live ones listen.
+    All current emulators close first, then one short pause lets the clients see their connections close (a
+    call sent on a connection it has not yet seen closed would fail instead of reconnecting), then the new ones
+    listen.
     """
     for link, _ in links:
-        link.stop_warm()
+        link.close_emulator()
     if links:
         time.sleep(_SWAP_PAUSE_S)
     t0 = time.monotonic()
     for link, plan in links:
-        link.go_live(plan)
+        if live:
+            assert plan is not None
+            link.go_live(plan)
+        else:
+            link.warm(plan if mean else None)
     return t0

@@ -46,7 +46,7 @@ def request_records(result: ScenarioResult, run: RunResult) -> list[dict[str, An
         rec: dict[str, Any] = {
             "run": run.spec.name, "id": o.request_id, "index": o.index, "device": o.device,
             "sample": int(wl.sample_index[o.index]), "send_s": round(o.send_s, 6), "start_s": round(o.start_s, 6),
-            "plan": plan, "status": "answered" if o.answer is not None else "lost", "error": o.error,
+            "plan": o.plan or plan, "status": "answered" if o.answer is not None else "lost", "error": o.error,
             "answers": o.answers,
         }  # fmt: skip
         rec["bandwidth_mbit"] = {h: _mbit(result.links[h].rate_bps_at(o.send_s)) for h in _HOPS}
@@ -64,6 +64,7 @@ def request_records(result: ScenarioResult, run: RunResult) -> list[dict[str, An
                 label=label,
                 correct=None if label is None else pred == label,
                 agree=pred == int(result.reference[o.index]),
+                predicted_ms=None if o.answer.predicted_s is None else _ms(o.answer.predicted_s),
                 bytes={h: _hop_bytes(tiers.get(_TIER_OF_HOP[h])) for h in _HOPS},
                 stages=[_stage(t) for t in b.tiers],
             )
@@ -103,6 +104,9 @@ def run_metrics(records: list[dict[str, Any]], slo_ms: float | None) -> dict[str
     ordered = sorted(records, key=lambda r: r["send_s"])
     switches = sum(1 for a, b in zip(ordered, ordered[1:]) if a["plan"] != b["plan"])
     exits = [r for r in ok if r["exit_position"] >= 0]
+    plans: dict[str, int] = {}
+    for r in records:
+        plans[r["plan"]] = plans.get(r["plan"], 0) + 1
     return {
         "requests": n,
         "answered": len(ok),
@@ -117,6 +121,7 @@ def run_metrics(records: list[dict[str, Any]], slo_ms: float | None) -> dict[str
         "deadline_miss_rate": missed / n if n else 0.0,
         "early_exit_rate": len(exits) / len(ok) if ok else 0.0,
         "answered_by": {t: sum(1 for r in ok if r["answered_by"] == t) for t in ("device", "edge", "cloud")},
+        "plans": dict(sorted(plans.items(), key=lambda kv: -kv[1])),
     }
 
 
@@ -160,7 +165,8 @@ def build_summary(result: ScenarioResult, records: dict[str, list[dict[str, Any]
     runs = {
         name: {**run_metrics(records[name], sc.slo_ms), "plan": r.spec.key, "how": r.spec.how,
                "predicted_latency_ms": None if r.spec.predicted_latency_s is None else round(r.spec.predicted_latency_s * 1e3, 3),
-               "duration_s": round(r.duration_s, 3), "notes": r.notes, "link_stats": r.link_stats}
+               "duration_s": round(r.duration_s, 3), "notes": r.notes, "link_stats": r.link_stats,
+               "plan_switch_log": r.switches}
         for name, r in result.runs.items()
     }  # fmt: skip
     return {
@@ -243,6 +249,13 @@ def markdown(s: dict[str, Any]) -> str:
     for name, r in s["ratios"].items():
         lines.append(f"| {name} | {_f(r['latency_p50'], '.2f')} | {_f(r['latency_p95'], '.2f')} | "
                      f"{_f(r['latency_mean'], '.2f')} | {_f(r['bytes_per_request'], '.2f')} |")
+    if s["adaptation"]["mode"] == "adaptive":
+        lines += ["", "## edgeflow's plans", "", "| requests | plan |", "|---|---|"]
+        lines += [f"| {n} | `{p}` |" for p, n in s["plans"].items()]
+        if s["adaptation"]["switches"]:
+            lines += ["", "| t (s) | after request | switch to | why |", "|---|---|---|---|"]
+            lines += [f"| {sw['t_s']:.2f} | {sw['request_index']} | `{sw['new']}` | {sw['reason']} |"
+                      for sw in s["adaptation"]["switches"]]
     lines += ["", "## How each plan was chosen", ""]
     for name, m in s["runs"].items():
         pred = f" (predicted {m['predicted_latency_ms']:.1f} ms)" if m.get("predicted_latency_ms") is not None else ""

@@ -2,21 +2,21 @@
 
     result = run_scenario(scenario, nodes, scenario_dir=Path("scenarios"), out_dir=Path("reports/x"))
 
-A scenario is a sequence of *runs*, one plan each (edgeflow's, then the baselines', see
-:mod:`edgeflow.scenario.baselines`), through the same kind of deployment:
+A scenario is a sequence of *runs* (edgeflow's, then the baselines', see :mod:`edgeflow.scenario.baselines`)
+through one deployment:
 
     device (this process) --[device_edge link]--> edge agent --[edge_cloud link]--> cloud agent
 
-- Cloud and edge agents are ``edgeflow agent`` processes (:mod:`edgeflow.scenario.procs`), one set per run,
-  all started up front, with node files written to ``<out>/nodes/<run>/``. A tier the plan skips relays.
-- Each link is a userspace emulator (:mod:`edgeflow.scenario.links`) that is unshaped until its run starts,
-  then shaped by the scenario with its clock at 0: every run replays the same trace from the start.
-- The device runs in this process (:mod:`edgeflow.scenario.drive`), one device agent per device.
-- Runs go one after another, so they do not share the CPU; each run's agents stop when it ends.
-
-Planning: the agents take a fixed plan per process and do not re-plan per request yet, so ``plan: auto``
-runs the plan the planner chooses once from the links' mean rates (:attr:`ScenarioResult.adaptation` says
-so, and the report repeats it). Nothing pretends to adapt.
+- The cloud and edge agents are ``edgeflow agent`` processes (:mod:`edgeflow.scenario.procs`) with ``plan:
+  auto``: every request carries its plan and each tier runs what that plan gives it, so one pair serves every
+  run. Their node files are written to ``<out>/nodes/``, their logs to ``<out>/logs/``.
+- Each link is a userspace emulator on a fixed port (:class:`~edgeflow.scenario.links.RunLink`): warm between
+  runs, live during one, with its clock at 0 when the run starts, so every run replays the same trace from the
+  start; each device has its own device-edge link.
+- The device is in this process, one agent per device sharing the loaded model (:mod:`.drive`). edgeflow's run
+  (``plan: auto``) uses the device's live planner (:class:`edgeflow.agent.live.LivePlanner`), started over links
+  at the scenario's mean rates and then fed by every reply; the baselines stamp one fixed plan on every request.
+- Runs go one after another, so they never share the CPU.
 
 Stopping: everything started is stopped in ``finally`` blocks (links, device agents, agent process groups),
 on success, on error and on Ctrl-C; SIGTERM to the runner is turned into the same path while it runs.
@@ -37,39 +37,39 @@ import numpy as np
 import torch
 import yaml
 
-from edgeflow.agent.agent import Agent, wire_limits
+from edgeflow.agent.agent import Agent
 from edgeflow.agent.client import peer_client
 from edgeflow.agent.loader import load_runtime
 from edgeflow.agent.runtime import ModelRuntime
 from edgeflow.agent.upstream import Upstream
-from edgeflow.config import NodeConfig
+from edgeflow.config import AUTO_PLAN, NodeConfig
 from edgeflow.core.plan import Plan
 from edgeflow.errors import ConfigError, EdgeflowError, PlanError, ScenarioError
 from edgeflow.scenario import baselines as bl
-from edgeflow.scenario.drive import DeviceSender, Outcome, RawInputSender, Sender, drive
-from edgeflow.scenario.links import LinkPlan, RunLink, go_live_all, link_plan
+from edgeflow.scenario.drive import LiveSender, Outcome, PlanSender, Sender, drive
+from edgeflow.scenario.links import LinkPlan, RunLink, link_plan, swap_all
 from edgeflow.scenario.planning import PlanningModel, build_planning_model, link_conditions
 from edgeflow.scenario.procs import AgentProcess, stop_all, wait_all
 from edgeflow.scenario.schema import LINK_NAMES, Scenario
 from edgeflow.scenario.workload import Workload, build_workload, reference_predictions
-from edgeflow.transport import PeerClient
 
 __all__ = ["RunResult", "ScenarioResult", "RunnerEvents", "ScenarioRunner", "run_scenario"]
 
 AGENT_START_TIMEOUT_S = 120.0
 _WARMUP_REQUESTS = 2
+_INPUT_CODECS = ["lossless", "png", "jpeg"]  # what the live planner may send the raw input as
 
 
 @dataclass
 class RunResult:
-    """One run: its plan, an outcome per request, and what its links carried."""
+    """One run: an outcome per request, what its links carried, and (adaptive runs) the plan switches."""
 
     spec: bl.RunSpec
     outcomes: list[Outcome]
     duration_s: float
     link_stats: dict[str, dict[str, int]] = field(default_factory=dict)
-    agents: dict[str, str] = field(default_factory=dict)  # tier -> address
     notes: list[str] = field(default_factory=list)
+    switches: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -84,7 +84,7 @@ class ScenarioResult:
     input_codec: bl.InputCodecChoice
     best_fixed: str | None  # name of the run chosen as best fixed split
     best_fixed_how: str
-    adaptation: dict[str, str]
+    adaptation: dict[str, Any]
     planner: dict[str, Any]
     timings_s: dict[str, float]
     baseline_names: dict[str, str]  # baseline -> run name it refers to (best-fixed -> the chosen run)
@@ -98,19 +98,6 @@ class RunnerEvents:
     on_run_start: Callable[[str, int], None] = lambda name, total: None
     on_request: Callable[[str, Outcome], None] = lambda name, outcome: None
     on_run_end: Callable[[RunResult], None] = lambda result: None
-
-
-@dataclass
-class _Deployment:
-    """The agent processes and the edge->cloud link of one run."""
-
-    procs: dict[str, AgentProcess] = field(default_factory=dict)  # tier -> process
-    edge_cloud: RunLink | None = None
-
-    @property
-    def edge_address(self) -> str | None:
-        p = self.procs.get("edge")
-        return p.address if p is not None else None
 
 
 class ScenarioRunner:
@@ -138,7 +125,7 @@ class ScenarioRunner:
 
     # ------------------------------------------------------------------------------------ top level
     def run(self) -> ScenarioResult:
-        """Prepare, start every agent, run each plan in turn, stop everything.
+        """Prepare, start the agents, run each plan in turn, stop everything.
 
         Raises:
             ScenarioError: an agent did not start, or the scenario cannot run as written.
@@ -187,16 +174,14 @@ class ScenarioRunner:
         t_start = time.monotonic()
         self.events.on_phase("loading the model and the workload")
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        device_cfg = self._node("device", Plan.parse("device[0:]"), upstream=None)
-        runtime = load_runtime(device_cfg)
-        example = runtime.example_input[0]
-        workload = build_workload(sc.workload, tuple(example.shape))
+        runtime = load_runtime(self._node("device", None))
+        workload = build_workload(sc.workload, tuple(runtime.example_input[0].shape))
         reference = reference_predictions(runtime.model, workload.inputs)
         links = {name: link_plan(name, getattr(sc.links, name), self.scenario_dir, seed=sc.workload.seed + 10 * i)
                  for i, name in enumerate(LINK_NAMES)}  # fmt: skip
         self.timings["prepare_s"] = time.monotonic() - t_start
 
-        self.events.on_phase("profiling the model for the planner")
+        self.events.on_phase("profiling the model for the baselines' planning")
         t = time.monotonic()
         planning = build_planning_model(
             runtime, self.nodes, workload.inputs[:1].contiguous(), artifact=sc.model.artifact,
@@ -205,16 +190,19 @@ class ScenarioRunner:
         truth = workload.labels if workload.labels is not None else reference
         sample = min(64, len(workload))
         codec_choice = bl.choose_input_codec(runtime.model, workload.inputs[:sample], truth[:sample])
-        specs, planner_info, adaptation = self._plan_runs(planning, links, codec_choice)
+        specs, planner_info = self._plan_runs(planning, links, codec_choice)
         self.timings["planning_s"] = time.monotonic() - t
 
         first_of: dict[str, str] = {}  # plan key -> the run that measures it (equal plans are one experiment)
         for spec in specs:
             first_of.setdefault(spec.key, spec.name)
-        unique = [s for s in specs if first_of[s.key] == s.name]
-        self.events.on_phase(f"starting agents for {len(unique)} runs")
+        self.events.on_phase("starting the edge and cloud agents")
         t = time.monotonic()
-        deployments = self._deploy(unique)
+        edge_cloud, edge_address = self._deploy()
+        device_links = [RunLink(edge_address, f"device{d}->edge") for d in range(sc.workload.devices)]
+        for link in device_links:
+            self._links.append(link)
+            link.start()
         self.timings["agents_start_s"] = time.monotonic() - t
 
         runs: dict[str, RunResult] = {}
@@ -223,11 +211,14 @@ class ScenarioRunner:
             if first_of[spec.key] != spec.name:
                 runs[spec.name] = _reused(spec, runs[first_of[spec.key]])
                 continue
-            runs[spec.name] = self._execute(spec, deployments.pop(spec.name), runtime, workload, links)
+            live = [(link, links["device_edge"]) for link in device_links] + [(edge_cloud, links["edge_cloud"])]
+            runs[spec.name] = self._execute(spec, runtime, workload, live)
         self.timings["runs_s"] = time.monotonic() - t
 
         best, how = self._pick_best_fixed(runs)
         names = {b: (best if b == "best-fixed" else b) for b in sc.baselines}
+        own = runs["edgeflow"]
+        adaptation = _adaptation(own)
         self.timings["total_s"] = time.monotonic() - t_start
         return ScenarioResult(sc, workload, reference, runs, links, codec_choice, best, how, adaptation, planner_info,
                               dict(self.timings), {k: v for k, v in names.items() if v is not None})
@@ -235,7 +226,7 @@ class ScenarioRunner:
     # ------------------------------------------------------------------------------------ planning
     def _plan_runs(
         self, planning: PlanningModel, links: Mapping[str, LinkPlan], codec: bl.InputCodecChoice
-    ) -> tuple[list[bl.RunSpec], dict[str, Any], dict[str, str]]:
+    ) -> tuple[list[bl.RunSpec], dict[str, Any]]:
         sc = self.scenario
         traces = [links[n].trace for n in LINK_NAMES]
         delays = [links[n].delay_s for n in LINK_NAMES]
@@ -248,8 +239,9 @@ class ScenarioRunner:
             "rtt_ms": {n: link.rtt_s * 1e3 for n, link in zip(LINK_NAMES, cond.links)},
             "objective": sc.objective,
         }
-        if sc.fixed_plan is not None:
-            plan = sc.fixed_plan
+        static = None
+        if sc.plan not in (AUTO_PLAN, "static"):
+            plan = Plan.parse(sc.plan)
             own = bl.RunSpec("edgeflow", plan, None, "the scenario's fixed plan", bl.predict_latency(planning, plan, None, cond))
         else:
             try:
@@ -259,19 +251,17 @@ class ScenarioRunner:
                     raise
                 cands = planning.best(cond, sc.objective, slo_s=None, top_k=3)  # SLO unreachable: best effort
                 info["slo_note"] = f"no plan meets the SLO at the mean rates ({e}); planned without it"
-            best = cands[0]
-            own = bl.RunSpec("edgeflow", best.plan, best.input_codec,
-                             f"planner's best for {sc.objective} at the mean link rates",
-                             float(best.breakdown.latency_s))  # fmt: skip
-            info["alternatives"] = [{"plan": str(c), "predicted_latency_ms": c.breakdown.latency_s * 1e3} for c in cands[1:]]
-        info["plan"] = own.key
-        info["predicted_latency_ms"] = None if own.predicted_latency_s is None else own.predicted_latency_s * 1e3
-        adaptation = {
-            "mode": "static",
-            "detail": ("plan chosen once by the planner from the links' mean rates; the agents run one plan per "
-                       "process (no per-request plan on the wire yet), so this run does not re-plan")
-            if sc.fixed_plan is None else "the scenario fixes the plan",
-        }  # fmt: skip
+            static = bl.RunSpec("edgeflow", cands[0].plan, cands[0].input_codec,
+                                f"planner's best for {sc.objective} at the mean link rates, chosen once",
+                                float(cands[0].breakdown.latency_s))  # fmt: skip
+            info["static_plan"] = static.key
+            info["static_predicted_latency_ms"] = static.predicted_latency_s * 1e3 if static.predicted_latency_s else None
+            info["static_alternatives"] = [{"plan": str(c), "predicted_latency_ms": c.breakdown.latency_s * 1e3} for c in cands[1:]]
+            if sc.plan == "static":
+                own = static
+            else:
+                own = bl.RunSpec("edgeflow", Plan.parse("device[0:]"), None,
+                                 "the device's live planner: each request goes by its current plan", None, adaptive=True)
         specs = [own]
         for name in sc.baselines:
             if name in ("device-only", "edge-only", "cloud-only"):
@@ -281,18 +271,20 @@ class ScenarioRunner:
         if "best-fixed" in sc.baselines:
             bf = sc.best_fixed
             conds = [(f, link_conditions(traces, delays, f, compute_factor=planning.compute_factor))
-                     for f in [1.0, *bf.bandwidth_factors]]
+                     for f in [1.0, *bf.bandwidth_factors]]  # fmt: skip
             specs += bl.best_fixed_candidates(
-                planning, conds, sc.objective, slo_s=None, top_k=bf.top_k, exclude=[s.key for s in specs],
+                planning, conds, sc.objective, slo_s=None, top_k=bf.top_k, exclude=[s.key for s in specs if not s.adaptive],
                 max_candidates=bf.max_candidates,
             )  # fmt: skip
-        return specs, info, adaptation
+        return specs, info
 
     def _pick_best_fixed(self, runs: Mapping[str, RunResult]) -> tuple[str | None, str]:
         if "best-fixed" not in self.scenario.baselines:
             return None, ""
         medians = {}
         for name, r in runs.items():
+            if r.spec.adaptive:
+                continue
             lat = [o.latency_s for o in r.outcomes if o.latency_s is not None]
             if len(lat) == len(r.outcomes):  # a plan that lost requests is not a candidate
                 medians[name] = float(np.median(lat)) * 1e3
@@ -303,10 +295,10 @@ class ScenarioRunner:
         return best, how
 
     # ------------------------------------------------------------------------------------ agents
-    def _node(self, tier: str, plan: Plan, upstream: str | None) -> NodeConfig:
-        """A tier's node config for one run: its plan, port 0, the scenario's model, short shutdown grace."""
+    def _node(self, tier: str, upstream: str | None) -> NodeConfig:
+        """A tier's node config for this scenario: ``plan: auto``, port 0, the scenario's model, short grace."""
         data = self.nodes[tier].model_dump(mode="json", exclude_none=True)
-        data["plan"] = str(plan)
+        data["plan"] = AUTO_PLAN
         data["listen"] = {"address": "127.0.0.1:0"}
         data["model"]["artifact"] = self.scenario.model.artifact
         data["deadlines"]["shutdown_grace_s"] = min(float(data["deadlines"]["shutdown_grace_s"]), 1.0)
@@ -314,97 +306,78 @@ class ScenarioRunner:
             data.pop("upstream", None)
         else:
             data["upstream"] = {**data.get("upstream", {}), "address": upstream}
-        return NodeConfig.from_mapping(data, source=f"nodes.{tier} for plan {plan}")
+        return NodeConfig.from_mapping(data, source=f"nodes.{tier} (scenario {self.scenario.name})")
 
-    def _start_agent(self, run: str, tier: str, plan: Plan, upstream: str | None) -> AgentProcess:
-        cfg = self._node(tier, plan, upstream)
-        folder = self.out_dir / "nodes" / run
+    def _start_agent(self, tier: str, upstream: str | None) -> AgentProcess:
+        cfg = self._node(tier, upstream)
+        folder = self.out_dir / "nodes"
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{tier}.yaml"
-        path.write_text(f"# written by edgeflow run for run {run!r}\n" + yaml.safe_dump(cfg.model_dump(mode="json", exclude_none=True), sort_keys=False))
-        proc = AgentProcess(f"{run}/{tier}", path, self.out_dir / "logs" / f"{run}-{tier}.log", ["--profile-repeats", "0"])
+        body = yaml.safe_dump(cfg.model_dump(mode="json", exclude_none=True), sort_keys=False)
+        path.write_text(f"# written by edgeflow run for scenario {self.scenario.name!r}\n" + body)
+        proc = AgentProcess(tier, path, self.out_dir / "logs" / f"{tier}.log")
         self._procs.append(proc)
         return proc
 
-    def _deploy(self, specs: list[bl.RunSpec]) -> dict[str, _Deployment]:
-        """Start every run's agents: clouds (and last-tier edges) first, then edges behind warm links."""
-        deps = {s.name: _Deployment() for s in specs}
-        for s in specs:
-            tiers = s.plan.tiers
-            if "cloud" in tiers:
-                deps[s.name].procs["cloud"] = self._start_agent(s.name, "cloud", s.plan, None)
-            elif "edge" in tiers:
-                deps[s.name].procs["edge"] = self._start_agent(s.name, "edge", s.plan, None)
-        wait_all(self._procs, AGENT_START_TIMEOUT_S)
-        second = []
-        for s in specs:
-            d = deps[s.name]
-            if "cloud" in d.procs:
-                cloud = d.procs["cloud"]
-                assert cloud.address is not None
-                d.edge_cloud = RunLink(cloud.address, f"{s.name}/edge->cloud")
-                self._links.append(d.edge_cloud)
-                d.procs["edge"] = self._start_agent(s.name, "edge", s.plan, d.edge_cloud.start_warm())
-                second.append(d.procs["edge"])
-        wait_all(second, AGENT_START_TIMEOUT_S)
-        return deps
+    def _deploy(self) -> tuple[RunLink, str]:
+        """Start the cloud agent, the edge-cloud link in front of it, and the edge agent behind that link."""
+        cloud = self._start_agent("cloud", None)
+        wait_all([cloud], AGENT_START_TIMEOUT_S)
+        assert cloud.address is not None
+        edge_cloud = RunLink(cloud.address, "edge->cloud")
+        self._links.append(edge_cloud)
+        edge = self._start_agent("edge", edge_cloud.start())
+        wait_all([edge], AGENT_START_TIMEOUT_S)
+        assert edge.address is not None
+        return edge_cloud, edge.address
 
     # ------------------------------------------------------------------------------------ one run
-    def _senders_for(self, spec: bl.RunSpec, dep: _Deployment, runtime: ModelRuntime, n: int) -> tuple[list[Sender], list[RunLink]]:
-        senders: list[Sender] = []
-        links: list[RunLink] = []
-        runs_on_device = spec.plan.stages[0].tier == "device"
-        for d in range(n):
-            upstream = None
-            if dep.edge_address is not None:
-                link = RunLink(dep.edge_address, f"{spec.name}/device{d}->edge")
-                self._links.append(link)
-                links.append(link)
-                upstream = link.start_warm()
-            if runs_on_device:
-                cfg = self._node("device", spec.plan, upstream)
-                up = None
-                if upstream is not None:
-                    up = Upstream(peer_client(cfg), fingerprint=runtime.fingerprint, role="device", connect_s=cfg.deadlines.connect_s)
-                agent = Agent(cfg, runtime, upstream=up, profile_repeats=0)
-                through = None
-                if up is not None and spec.plan.exits:  # warm-up requests that surely reach the edge
-                    bare = Plan(spec.plan.stages)
-                    through = Agent(self._node("device", bare, upstream), runtime, upstream=up, profile_repeats=0)
-                sender: Sender = DeviceSender(agent, through)
-            else:
-                if upstream is None:
-                    raise ScenarioError(f"run {spec.name}: plan {spec.plan} needs an edge agent")
-                names = [t.name for t in runtime.cut_info(0).tensors]
-                cfg = self.nodes["device"]
-                peer = PeerClient(upstream, limits=wire_limits(cfg))
-                sender = RawInputSender(peer, fingerprint=runtime.fingerprint, input_names=names,
-                                        input_codec=spec.input_codec or "lossless")
-            self._senders.append(sender)
-            senders.append(sender)
-        return senders, links
+    def _device_agent(self, runtime: ModelRuntime, upstream: str) -> Agent:
+        cfg = self._node("device", upstream)
+        up = Upstream(peer_client(cfg), fingerprint=runtime.fingerprint, role="device", connect_s=cfg.deadlines.connect_s)
+        return Agent(cfg, runtime, upstream=up, profile_repeats=0)
 
-    def _execute(self, spec: bl.RunSpec, dep: _Deployment, runtime: ModelRuntime, workload: Workload,
-                 plans: Mapping[str, LinkPlan]) -> RunResult:
+    def _sender(self, spec: bl.RunSpec, runtime: ModelRuntime, link: RunLink, example: torch.Tensor) -> Sender:
+        agent = self._device_agent(runtime, link.address)
+        if not spec.adaptive:
+            return PlanSender(agent, spec.plan, spec.input_codec)
+        from edgeflow.agent.live import LivePlanner
+
         sc = self.scenario
-        self.events.on_phase(f"run {spec.name}: {spec.key}")
-        senders, e1 = self._senders_for(spec, dep, runtime, sc.workload.devices)
-        notes = []
+        settings = self.nodes["device"].planner.model_copy(update={
+            "enabled": True, "objective": sc.objective, "slo_ms": sc.slo_ms if sc.objective != "throughput" else None,
+            "max_accuracy_drop_pts": sc.accuracy_floor_pts, "privacy": sc.privacy, "input_codecs": _INPUT_CODECS,
+        })  # fmt: skip
         try:
-            for s in senders:  # warm-up over unshaped links: handshakes, lazy model/codec set-up
+            return LiveSender(agent, LivePlanner.start(agent, settings, example=example))
+        except BaseException:
+            agent.close()
+            raise
+
+    def _execute(self, spec: bl.RunSpec, runtime: ModelRuntime, workload: Workload,
+                 live: list[tuple[RunLink, LinkPlan]]) -> RunResult:
+        sc = self.scenario
+        self.events.on_phase(f"run {spec.name}: {'live plan' if spec.adaptive else spec.key}")
+        device_links = [link for link, _ in live[: sc.workload.devices]]
+        # warm links: at the mean rates for a live planner's start-up probes (what a static plan knows), else unshaped
+        swap_all(live, live=False, mean=spec.adaptive)
+        senders: list[Sender] = []
+        notes: list[str] = []
+        try:
+            for link in device_links:
+                senders.append(self._sender(spec, runtime, link, workload.inputs[:1].contiguous()))
+                self._senders.append(senders[-1])
+            for s in senders:  # warm-up: handshakes, first runs of ranges; not measured
                 for i in range(min(_WARMUP_REQUESTS, len(workload))):
                     try:
                         s.warm_up(f"{spec.name}-warmup-{i}", workload.inputs[i : i + 1], time.monotonic() + sc.workload.timeout_s)
                     except EdgeflowError as e:
                         notes.append(f"warm-up request failed: {type(e).__name__}: {e}")
-            live = [(link, plans["device_edge"]) for link in e1]
-            if dep.edge_cloud is not None:
-                live.append((dep.edge_cloud, plans["edge_cloud"]))
             # A collection inside a measured compute would be multiplied by the emulated slowdown (a 10 ms pause
             # on a 16x device reads as 160 ms): collect now, and keep what exists out of later collections.
             gc.collect()
             gc.freeze()
-            t0 = go_live_all(live)
+            t0 = swap_all(live, live=True)
             self.events.on_run_start(spec.name, len(workload))
             _, outcomes = drive(
                 workload.inputs, workload.send_s, workload.device_of, senders, run_name=spec.name,
@@ -413,30 +386,43 @@ class ScenarioRunner:
             )  # fmt: skip
             duration = time.monotonic() - t0
             stats = {link.label: link.stats() for link, _ in live}
+            switches = [_switch_json(sw, t0) for s in senders if isinstance(s, LiveSender) for sw in s.live.switches
+                        if sw.t_s >= t0]  # fmt: skip
         finally:
             gc.unfreeze()
             for s in senders:
                 with contextlib.suppress(Exception):
                     s.close()
                 self._senders.remove(s)
-            run_links = [*e1, *([dep.edge_cloud] if dep.edge_cloud else [])]
-            for link in run_links:
-                link.stop()
-                self._links.remove(link)
-            procs = list(dep.procs.values())
-            stop_all(procs, grace_s=3.0)
-            for p in procs:
-                self._procs.remove(p)
-        result = RunResult(spec, outcomes, duration, stats, {t: p.address or "" for t, p in dep.procs.items()}, notes)
+        result = RunResult(spec, outcomes, duration, stats, notes, switches)
         self.events.on_run_end(result)
         return result
+
+
+def _switch_json(sw: Any, t0: float) -> dict[str, Any]:
+    return {"t_s": round(sw.t_s - t0, 4), "request_index": sw.request_index, "old": sw.old, "new": sw.new,
+            "reason": sw.reason}  # fmt: skip
+
+
+def _adaptation(run: RunResult) -> dict[str, Any]:
+    if run.spec.adaptive:
+        plans = {o.plan for o in run.outcomes if o.plan}
+        return {
+            "mode": "adaptive",
+            "detail": (f"the device's live planner chose each request's plan ({len(run.switches)} switches, "
+                       f"{len(plans)} distinct plans); it started on links at the scenario's mean rates and then "
+                       f"learned from every reply and from probes"),
+            "switches": run.switches,
+        }  # fmt: skip
+    how = run.spec.how
+    return {"mode": "static", "detail": how + "; every request goes by it (no re-planning)", "switches": []}
 
 
 def _reused(spec: bl.RunSpec, measured: RunResult) -> RunResult:
     """A run whose plan another run already measured: the same experiment, under this run's name."""
     outcomes = [replace(o, request_id=f"{spec.name}-{o.index}") for o in measured.outcomes]
     note = f"same plan as run {measured.spec.name!r}: its measurement is reported for this run too"
-    return RunResult(spec, outcomes, measured.duration_s, measured.link_stats, measured.agents, [note])
+    return RunResult(spec, outcomes, measured.duration_s, measured.link_stats, [note])
 
 
 def run_scenario(scenario: Scenario, nodes: Mapping[str, NodeConfig], *, scenario_dir: Path, out_dir: Path,

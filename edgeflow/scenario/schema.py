@@ -188,13 +188,13 @@ class Scenario(_Strict):
     slo_ms: float | None = Field(None, gt=0)
     accuracy_floor_pts: float = Field(1.0, ge=0, le=100)
     privacy: bool = False
-    plan: str = "auto"
+    plan: str = "auto"  # auto: the device's live planner; static: the planner's choice at the mean rates; or a plan
     baselines: list[Literal["device-only", "edge-only", "cloud-only", "best-fixed", "neurosurgeon"]] = list(BASELINES)
     best_fixed: BestFixedSpec = BestFixedSpec()
 
     @model_validator(mode="after")
     def _plan(self) -> "Scenario":
-        if self.plan != "auto":
+        if self.plan not in ("auto", "static"):
             try:
                 Plan.parse(self.plan)
             except PlanError as e:
@@ -205,8 +205,8 @@ class Scenario(_Strict):
 
     @property
     def fixed_plan(self) -> Plan | None:
-        """The scenario's own plan, or None for ``plan: auto`` (the planner chooses)."""
-        return None if self.plan == "auto" else Plan.parse(self.plan)
+        """The scenario's own plan, or None for ``auto`` / ``static`` (the planner chooses)."""
+        return None if self.plan in ("auto", "static") else Plan.parse(self.plan)
 
     @classmethod
     def from_mapping(cls, data: Any, *, source: str = "scenario") -> "Scenario":

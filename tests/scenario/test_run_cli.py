@@ -30,7 +30,17 @@ def test_quickstart_end_to_end(tmp_path: Path) -> None:
         assert (out / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (out / "report.md").read_text()
     assert "| edgeflow |" in report and "best-fixed" in report and summary["adaptation"]["mode"] in report
-    assert summary["adaptation"]["mode"] in ("static", "adaptive")
+    # plan: auto -> the device's live planner chose every request's plan; the log and the records agree
+    assert summary["adaptation"]["mode"] == "adaptive" and summary["plan"] == "auto"
+    own = [r for r in records if r["run"] == "edgeflow"]
+    used = {r["plan"] for r in own}
+    logged = summary["adaptation"]["switches"]
+    assert "auto" not in used and all(p.count("[") >= 1 for p in used)
+    if not logged:
+        assert len(used) == 1
+    else:
+        assert used <= {sw["old"] for sw in logged} | {sw["new"] for sw in logged}
+    assert all(r["predicted_ms"] is not None for r in own if r["status"] == "answered")
     assert summary["baselines"]["best-fixed"]["chosen_run"] in summary["runs"]
     assert summary["full_model_accuracy"] is not None and summary["accuracy"] is not None
     # the summary table went to stdout; agents and their node files/logs are in the report folder

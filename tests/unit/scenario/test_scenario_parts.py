@@ -135,6 +135,12 @@ class _FakeSender:
         self.lock = threading.Lock()
         self.sent: list[str] = []
 
+    def plan_text(self) -> str:
+        return "device[0:]"
+
+    def warm_up(self, request_id: str, x: torch.Tensor, deadline: float) -> None:
+        pass
+
     def send(self, request_id: str, x: torch.Tensor, deadline: float) -> Answer:
         with self.lock:
             self.active += 1
@@ -145,7 +151,7 @@ class _FakeSender:
             if int(request_id.rsplit("-", 1)[1]) in self.fail:
                 raise DeadlineExceeded("too slow")
             t = TierTiming("device", 0, 4, compute_s=self.delay_s)
-            return Answer(torch.tensor([[0.1, 0.9]]), 4, Breakdown([t], "device"))
+            return Answer(torch.tensor([[0.1, 0.9]]), 4, Breakdown([t], "device"), "device[0:]")
         finally:
             with self.lock:
                 self.active -= 1
@@ -163,6 +169,7 @@ def test_open_loop_follows_the_schedule_and_records_failures() -> None:
     for o, s in zip(out, send_s):
         assert o.start_s >= s - 1e-3
     assert out[3].answer is None and "DeadlineExceeded" in (out[3].error or "")
+    assert all(o.plan == "device[0:]" for o in out)  # a lost request still records the plan it was sent with
     assert all(o.answer is not None and o.latency_s is not None and o.latency_s >= 0.05 for i, o in enumerate(out) if i != 3)
     assert sorted(sender.sent) == sorted(f"r-{i}" for i in range(5))  # each sent once
 
