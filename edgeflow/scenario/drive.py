@@ -79,15 +79,12 @@ def _text(plan: Plan, input_codec: str | None) -> str:
     return str(plan) + (f"  input|{input_codec}" if input_codec else "")
 
 
-def _warm_device_ranges(agent: Agent, plan: Plan, x: torch.Tensor) -> None:
-    """Build and run every range the device runs under ``plan``, exit heads evaluated but never taken: a range's
-    first run (graph code generation) is a one-time cost the emulated slowdown would multiply."""
-    stage = plan.stage(agent.role)
-    if stage is None:
-        return
-    stop = stage.stop or agent.runtime.num_positions
-    never = [ExitPoint(e.position, 2.0) for e in plan.exits_in(stage.start, stop)]  # confidence never exceeds 1
-    agent.runtime.run(stage.start, stop, [x], never)
+def _never_exits(plan: Plan) -> Plan:
+    """``plan`` with every exit at threshold 1.0: each tier still runs its exit heads and the sub-ranges between
+    them (a range's first run, graph code generation, is a one-time cost the emulated slowdown would multiply
+    into the first measured requests), but a request goes on to the end of the plan (only a confidence of
+    exactly 1.0 would stop it)."""
+    return Plan(plan.stages, tuple(ExitPoint(e.position, 1.0) for e in plan.exits))
 
 
 class PlanSender:
@@ -111,11 +108,9 @@ class PlanSender:
         return Answer(ans.values[0], ans.position, ans.breakdown, self.plan_text())
 
     def warm_up(self, request_id: str, x: torch.Tensor, deadline: float) -> None:
-        """Warm the device's ranges, then send one request with the plan minus its exits, so it surely reaches
-        every tier of the plan (handshakes, their ranges)."""
-        _warm_device_ranges(self.agent, self.plan, x)
-        self.agent.submit_local([x], request_id=request_id, deadline=deadline, block=True, plan=Plan(self.plan.stages),
-                                input_codec=self.input_codec)  # fmt: skip
+        """One request through every tier and range of the plan (handshakes, first runs), not measured."""
+        self.agent.submit_local([x], request_id=request_id, deadline=deadline, block=True,
+                                plan=_never_exits(self.plan), input_codec=self.input_codec)  # fmt: skip
 
     def close(self) -> None:
         self.agent.close()
@@ -141,10 +136,9 @@ class LiveSender:
         return Answer(ans.values[0], ans.position, ans.breakdown, _text(plan, codec), predicted)
 
     def warm_up(self, request_id: str, x: torch.Tensor, deadline: float) -> None:
-        """Warm the current plan's device ranges and send one request through its tiers (not fed to the planner)."""
+        """One request through every tier and range of the current plan (not fed to the planner)."""
         plan, codec, _ = self.live.current()
-        _warm_device_ranges(self.agent, plan, x)
-        self.agent.submit_local([x], request_id=request_id, deadline=deadline, block=True, plan=Plan(plan.stages),
+        self.agent.submit_local([x], request_id=request_id, deadline=deadline, block=True, plan=_never_exits(plan),
                                 input_codec=codec)  # fmt: skip
 
     def close(self) -> None:
