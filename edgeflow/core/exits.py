@@ -40,6 +40,7 @@ __all__ = [
     "confidence",
     "TrainConfig",
     "train_with_exits",
+    "CalibrationSamples",
     "evaluate",
     "CalibrationRow",
     "CalibrationTable",
@@ -386,6 +387,58 @@ class CalibrationRow:
     overall_accuracy: float
 
 
+@dataclass(frozen=True, eq=False)
+class CalibrationSamples:
+    """Per-sample exit data (``max_prob`` criterion), from which the planner computes the exact *joint*
+    behaviour of several exits enabled at once (the table's rows are per-exit marginals).
+
+    Attributes:
+        positions: exit positions, increasing.
+        confidence: (S, E) each head's confidence on each sample (:func:`calibrate` floors it to 1e-4 steps, which
+            keeps every ``>=`` test against a threshold on that grid and keeps the JSON small).
+        exit_correct: (S, E) bool, head j's answer is right.
+        final_correct: (S,) bool, the model output is right.
+    """
+
+    positions: tuple[int, ...]
+    confidence: np.ndarray
+    exit_correct: np.ndarray
+    final_correct: np.ndarray
+
+    def __post_init__(self) -> None:
+        s, e = len(self.final_correct), len(self.positions)
+        if self.confidence.shape != (s, e) or self.exit_correct.shape != (s, e):
+            raise ValueError(f"calibration samples: confidence {self.confidence.shape} and exit_correct "
+                             f"{self.exit_correct.shape} must be ({s}, {e})")  # fmt: skip
+        if list(self.positions) != sorted(set(self.positions)):
+            raise ValueError(f"calibration samples: positions {list(self.positions)} must increase")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "positions": list(self.positions),
+            "confidence": self.confidence.tolist(),
+            "exit_correct": self.exit_correct.astype(int).tolist(),
+            "final_correct": self.final_correct.astype(int).tolist(),
+        }
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, CalibrationSamples):
+            return NotImplemented
+        return self.positions == other.positions and all(
+            np.array_equal(a, b) for a, b in ((self.confidence, other.confidence),
+                                              (self.exit_correct, other.exit_correct),
+                                              (self.final_correct, other.final_correct)))  # fmt: skip
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> CalibrationSamples:
+        """Raises: ValueError/KeyError/TypeError on malformed input."""
+        positions = tuple(int(k) for k in d["positions"])
+        e = len(positions)
+        conf = np.asarray(d["confidence"], dtype=np.float64).reshape(-1, e)
+        return cls(positions, conf, np.asarray(d["exit_correct"], dtype=bool).reshape(-1, e),
+                   np.asarray(d["final_correct"], dtype=bool).reshape(-1))  # fmt: skip
+
+
 @dataclass
 class CalibrationTable:
     """Exit behaviour measured on held-out data: the table the planner uses.
@@ -396,6 +449,7 @@ class CalibrationTable:
         exit_accuracy: position -> accuracy of that exit's head on all samples (threshold 0).
         num_samples: samples measured.
         split: name of the data they came from.
+        samples: the per-sample data behind the rows (None in artifacts written before it was kept).
     """
 
     rows: list[CalibrationRow]
@@ -403,6 +457,7 @@ class CalibrationTable:
     exit_accuracy: dict[int, float] = field(default_factory=dict)
     num_samples: int = 0
     split: str = "calibration"
+    samples: CalibrationSamples | None = None
 
     @property
     def positions(self) -> list[int]:
@@ -427,6 +482,7 @@ class CalibrationTable:
                 "exit_accuracy": {str(k): v for k, v in self.exit_accuracy.items()},
                 "num_samples": self.num_samples,
                 "split": self.split,
+                **({"samples": self.samples.to_json()} if self.samples is not None else {}),
             },
             sort_keys=True,
             separators=(",", ":"),
@@ -444,6 +500,7 @@ class CalibrationTable:
             exit_accuracy={int(k): float(v) for k, v in d.get("exit_accuracy", {}).items()},
             num_samples=int(d.get("num_samples", 0)),
             split=str(d.get("split", "calibration")),
+            samples=CalibrationSamples.from_json(d["samples"]) if d.get("samples") is not None else None,
         )
 
     def summary(self, criterion: str = "max_prob", thresholds: Sequence[float] = (0.5, 0.8, 0.9, 0.95, 0.99)) -> str:
@@ -488,9 +545,11 @@ def calibrate(
     final_ok = final.argmax(1).numpy() == labels_np
     rows = []
     exit_acc = {}
+    per_sample: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for h, lg in zip(heads, exit_logits):
         exit_ok = lg.argmax(1).numpy() == labels_np
         exit_acc[h.position] = float(exit_ok.mean())
+        per_sample[h.position] = (np.floor(confidence(lg, "max_prob").double().numpy() * 1e4) / 1e4, exit_ok)
         for criterion in criteria:
             conf = confidence(lg, criterion).numpy()
             for t in sorted(thresholds):
@@ -506,10 +565,18 @@ def calibrate(
                         overall_accuracy=float(np.where(exits, exit_ok, final_ok).mean()),
                     )
                 )
+    order = sorted(per_sample)
+    samples = CalibrationSamples(
+        tuple(order),
+        np.stack([per_sample[k][0] for k in order], 1) if order else np.zeros((len(labels_np), 0)),
+        np.stack([per_sample[k][1] for k in order], 1) if order else np.zeros((len(labels_np), 0), dtype=bool),
+        final_ok,
+    )  # fmt: skip
     return CalibrationTable(
         rows=rows,
         final_accuracy=float(final_ok.mean()),
         exit_accuracy=exit_acc,
         num_samples=len(labels_np),
         split=split,
+        samples=samples,
     )

@@ -6,8 +6,11 @@ One direction is a FIFO bottleneck shared by every connection that crosses it:
 
 - **Rate.** Bytes are serialised one chunk after another at the rate of a :class:`BandwidthTrace` over
   link time (seconds since the emulator started, plus ``trace_offset_s``). A chunk starts when the link is
-  free, but no earlier than ``burst_s`` before it arrived: an idle link banks at most ``burst_s`` of credit (a
-  token bucket of ``burst_s`` x rate), which also absorbs the event loop's timer jitter.
+  free. If the link went idle less than ``burst_s`` before the chunk arrived, the chunk continues the flow
+  from where the link went idle: that gap is the event loop's timer and read jitter, not idle air time, and
+  counting it would bulk-transfer below the set rate. A link idle for longer banks no credit, so an isolated
+  message takes its full ``size / rate`` (a token bucket that banked credit while idle made small messages
+  look faster than the rate, and fooled rate estimators that time them).
 - **Delay.** A chunk is delivered ``delay_s`` after its last bit is serialised. Chunks are pipelined, so
   delay adds latency without cutting throughput; deliveries on one connection keep their order.
 - **Loss as retransmission delay.** Over TCP a lost packet costs time, not bytes: each 1500-byte packet is
@@ -43,7 +46,7 @@ class LinkSpec:
         delay_s: one-way delay.
         loss: probability that a 1500-byte packet is lost (costs ``rto_s``, see the module doc).
         rto_s: the retransmission timeout; ``None`` means max(0.2, 2 x delay_s).
-        burst_s: credit an idle link may bank, in seconds of link time.
+        burst_s: idle gaps up to this long (link time) count as one continued flow, not idle air time.
         trace_offset_s: where in the trace link time 0 falls.
         seed: seeds the loss draws.
     """
@@ -168,8 +171,9 @@ class LinkClock:
 
     def send(self, now_s: float, nbytes: int) -> float:
         """Queues ``nbytes`` arriving at ``now_s``; returns when they may be delivered (before ordering)."""
-        start = max(now_s - self.spec.burst_s, self.next_free_s)
-        done = max(now_s, self._serialised(start, nbytes * 8))  # credit lets a chunk through now, not earlier
+        idle_s = now_s - self.next_free_s
+        start = self.next_free_s if idle_s <= self.spec.burst_s else now_s  # see "Rate" in the module doc
+        done = max(now_s, self._serialised(start, nbytes * 8))  # a continued flow goes through now, not earlier
         self.next_free_s = done
         deliver = done + self.spec.delay_s
         if self.spec.loss > 0:

@@ -2,9 +2,9 @@
 the link conditions a scenario implies.
 
 The cost model is measured here, in the runner's process, once per scenario (with one torch thread, as the
-agents run): a per-cut profile on a real input, exit-head times, and exit behaviour on the calibration split
-(the demo model) or the artifact's calibration table. Each tier's compute is the profile scaled by its node's
-``compute.slowdown_factor`` (the agents emulate a slower machine by that factor).
+agents run): a per-cut profile on a real input, exit-head times, and exit behaviour from the artifact's
+calibration table, read as the device's live planner reads it (exact joint statistics from its per-sample
+data when it keeps them). Each tier's compute is the profile scaled by its node's ``compute.slowdown_factor`` (the agents emulate a slower machine by that factor).
 """
 
 from __future__ import annotations
@@ -135,27 +135,12 @@ def _compute_factor(runtime: ModelRuntime, device: NodeConfig, example: torch.Te
 
 
 def _exit_model(runtime: ModelRuntime, artifact: str) -> tuple[ExitModel | None, str]:
-    """Exact exit statistics on held-out data for the demo model; the artifact's table otherwise."""
-    if not runtime.exits:
+    """The artifact's exit behaviour, as the device's live planner reads it (``ExitModel.from_calibration``:
+    exact joint statistics when the table keeps per-sample data, as the demo's does)."""
+    if not runtime.exits or runtime.calibration is None:
         return None, "none"
-    if artifact == "builtin:demo":
-        from edgeflow.core.data import load_demo_dataset
-        from edgeflow.core.planner.build import exit_model_from_heads
-
-        images, labels = load_demo_dataset("calibration")
-        heads = [runtime.exits[k] for k in sorted(runtime.exits)]
-        return exit_model_from_heads(runtime.partition, heads, images, labels), "samples (demo calibration split)"
-    if artifact.startswith("zoo:"):
-        return None, "none"
-    from edgeflow.agent.loader import builtin_artifact_path
-    from edgeflow.config import BUILTIN_PREFIX
-    from edgeflow.core.artifact import load_artifact
-
-    path = builtin_artifact_path(artifact[len(BUILTIN_PREFIX) :]) if artifact.startswith(BUILTIN_PREFIX) else artifact
-    table = load_artifact(path).calibration
-    if table is None:
-        return None, "none"
-    return ExitModel.from_calibration(table), "calibration table (marginals)"
+    model = ExitModel.from_calibration(runtime.calibration)
+    return model, "calibration samples (joint)" if model.source == "samples" else "calibration table (marginals)"
 
 
 def link_conditions(rates: Sequence[BandwidthTrace | None], delays_s: Sequence[float], factor: float = 1.0, *,

@@ -342,14 +342,15 @@ def test_link_clock_serialises_a_shared_fifo():
     assert clock.send(1.0, 1000) == pytest.approx(1.001 + 0.1)  # idle link: no banked credit
 
 
-def test_link_clock_skips_outages_and_banks_only_burst_s():
+def test_link_clock_skips_outages_and_banks_no_idle_credit():
     schedule = Schedule([Outage(1.0, 0.5)])
     clock = LinkClock(LinkSpec(rate=constant(8e6), burst_s=0.005), schedule)
-    assert clock.send(0.995, 20_000) == pytest.approx(1.5 + 0.01)  # 10 ms before (5 banked), 10 ms after
+    assert clock.send(0.995, 20_000) == pytest.approx(1.5 + 0.015)  # 5 ms before the outage, 15 ms after
     assert clock.rate_at(1.2) == 0.0 and clock.rate_at(2.0) == 8e6
     clock = LinkClock(LinkSpec(rate=constant(8e6), burst_s=0.005))
-    assert clock.send(10.0, 5000) == pytest.approx(10.0)  # 5 ms banked: 5000 B go at once
-    assert clock.send(10.0, 1000) == pytest.approx(10.001)
+    assert clock.send(10.0, 5000) == pytest.approx(10.005)  # idle for long: no banked credit, 5 ms on the air
+    assert clock.send(10.008, 1000) == pytest.approx(10.008)  # idle 3 ms (< burst_s): continues from 10.005
+    assert clock.send(10.0085, 9000) == pytest.approx(10.017)  # busy link: queued behind, from 10.008
     unshaped = LinkClock(LinkSpec(delay_s=0.2), schedule)
     assert unshaped.send(0.9, 10**9) == pytest.approx(1.5)  # 0.9 + 0.2 lands in the outage: its end
     with pytest.raises(Exception):

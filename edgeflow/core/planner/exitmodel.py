@@ -135,11 +135,15 @@ class ExitModel:
         criterion: str = "max_prob",
         max_enabled: int | None = None,
     ) -> "ExitModel":
-        """Conservative behaviour from the artifact's calibration table (marginals; see the module doc).
+        """Behaviour from the artifact's calibration table: exact joint statistics (:meth:`from_samples`)
+        when the table keeps its per-sample data (``max_prob``), else conservative marginals (see the module doc).
 
         Raises:
             PlanError: a grid threshold has no row in the table for some exit.
         """
+        sm = table.samples
+        if sm is not None and criterion == "max_prob" and list(sm.positions) == list(table.positions):
+            return cls.from_samples(sm.positions, sm.confidence, sm.exit_correct, sm.final_correct, grid, max_enabled)
         positions = tuple(table.positions)
         grid = _check_grid(grid)
         combos = _combos(len(positions), len(grid), max_enabled)

@@ -58,6 +58,24 @@ def test_calibration_model_is_conservative(seed, num_exits):
     assert np.allclose(cons.accuracy[single], exact.accuracy[single])
 
 
+def test_calibration_with_samples_is_exact_and_round_trips():
+    from edgeflow.core.exits import CalibrationSamples
+
+    rng = np.random.default_rng(3)
+    s, positions, grid = 120, [4, 9], (0.8, 0.9)
+    conf = np.floor(rng.random((s, 2)) * 1e4) / 1e4  # stored at 1e-4 steps
+    ok_exit, ok_final = rng.random((s, 2)) < 0.8, rng.random(s) < 0.9
+    table = _table(conf, ok_exit, ok_final, positions, grid)
+    table.samples = CalibrationSamples(tuple(positions), conf, ok_exit, ok_final)
+    table = CalibrationTable.from_json(table.to_json())
+    got = ExitModel.from_calibration(table, grid)
+    exact = ExitModel.from_samples(positions, conf, ok_exit, ok_final, grid)
+    assert got.source == "samples"
+    assert np.allclose(got.answer_prob, exact.answer_prob) and np.allclose(got.accuracy, exact.accuracy)
+    with pytest.raises(ValueError, match="must be"):
+        CalibrationSamples((4, 9), conf[:, :1], ok_exit, ok_final)
+
+
 def test_errors():
     with pytest.raises(PlanError, match="grid"):
         ExitModel.from_samples([1], [[0.5]], [[True]], [True], grid=(1.5,))
