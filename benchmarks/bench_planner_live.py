@@ -17,7 +17,9 @@ one-way delay); between edge and cloud another at 100 Mbit/s, 2 ms.
   median in the sample (target <= 1.05).
 - **prediction**: per measured request, |measured - predicted| / measured, predicted = the cost model's expected
   latency for that plan under the conditions estimated when it was sent (MAPE; target <= 15%); also per plan
-  (mean measured vs mean predicted).
+  (mean measured vs mean predicted), and per request *given the exit it took* (the cost model's latency for that
+  exit outcome): the expected value cannot predict which requests exit, so the first number mixes the cost
+  model's error with the spread of exit outcomes, and the last isolates the cost model's.
 - **adaptation**: an in-process emulated link steps from ``--drop-from`` to a tenth of it; time and requests from
   the step until the plan switches (target <= 500 ms or 3 requests); switches in 5 s on a steady link (target <=
   1); estimate / shaped rate (target within 20%).
@@ -30,13 +32,9 @@ import json
 import logging
 import os
 import platform
-import queue
 import random
-import re
 import statistics
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -52,6 +50,7 @@ from edgeflow.core.data import load_demo_dataset  # noqa: E402
 from edgeflow.core.planner import Choice  # noqa: E402
 from edgeflow.core.traces import steps  # noqa: E402
 from edgeflow.netem import LinkEmulator, LinkSpec  # noqa: E402
+from edgeflow.testing.procs import AgentProcess, ChildProcess, child_env  # noqa: E402
 
 DELAY_S = 0.001
 BACKHAUL_MBIT, BACKHAUL_DELAY_MS = 100.0, 2.0
@@ -59,48 +58,24 @@ START_TIMEOUT_S = 90.0
 
 
 # ------------------------------------------------------------------------------------------ processes
-class _Proc:
-    """A child process that prints ``listening on HOST:PORT``; stopped with SIGTERM (then killed)."""
-
-    def __init__(self, args: list[str]):
-        env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-        self.proc = subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True)  # fmt: skip
-        lines: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=lambda: [lines.put(x) for x in self.proc.stdout] + [lines.put(None)], daemon=True).start()  # type: ignore[union-attr, func-returns-value]
-        end = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < end:
-            try:
-                line = lines.get(timeout=0.5)
-            except queue.Empty:
-                continue
-            if line is None:
-                break
-            m = re.search(r"listening on (\S+)", line)
-            if m:
-                self.address = m.group(1)
-                return
-        self.stop()
-        raise RuntimeError(f"{args} did not start")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+def _agent(node: str, upstream: str | None = None) -> ChildProcess:
+    p = AgentProcess(node, REPO / "nodes" / f"{node}.yaml", port=0, upstream=upstream, profile_repeats=3,
+                     env=child_env(OMP_NUM_THREADS="1"), cwd=REPO)  # fmt: skip
+    return _ready(p)
 
 
-def _agent(node: str, upstream: str | None = None) -> _Proc:
-    args = ["-m", "edgeflow", "agent", "--node", str(REPO / "nodes" / f"{node}.yaml"), "--port", "0",
-            "--profile-repeats", "3"]  # fmt: skip
-    return _Proc(args + (["--upstream", upstream] if upstream else []))
+def _netem(target: str, rate_mbit: float, delay_ms: float) -> ChildProcess:
+    args = ["-m", "edgeflow.netem", "--target", target, "--rate-mbit", f"{rate_mbit:g}", "--delay-ms", f"{delay_ms:g}"]
+    return _ready(ChildProcess("netem", args, env=child_env(OMP_NUM_THREADS="1"), cwd=REPO))
 
 
-def _netem(target: str, rate_mbit: float, delay_ms: float) -> _Proc:
-    return _Proc(["-m", "edgeflow.netem", "--target", target, "--rate-mbit", f"{rate_mbit:g}", "--delay-ms", f"{delay_ms:g}"])
+def _ready(p: ChildProcess) -> ChildProcess:
+    try:
+        p.wait_ready(START_TIMEOUT_S)
+    except BaseException:
+        p.stop(5.0)
+        raise
+    return p
 
 
 # ------------------------------------------------------------------------------------------ plans
@@ -167,13 +142,18 @@ def _sweep_point(edge: str, rate_mbit: float, args: argparse.Namespace, images: 
             for p, i in measured_plans:  # one warm-up request per plan (first use of a range builds it)
                 dev.infer(images[0], plan=p, input_codec=i)
             rounds = 0
+            given: list[float] = []  # per request: |measured - predicted for the exit it took| / measured
             for r in range(args.rounds):
                 if r >= 2 and time.monotonic() > t_end:
                     break
                 for p, i in measured_plans:
+                    outcomes = _outcome_predictions(live, p, i)
                     out = dev.infer(images[(r + 1) % len(images)], plan=p, input_codec=i)
                     lat[str(p) + str(i)].append(out.latency_s)
                     preds[str(p) + str(i)].append(out.predicted_latency_s if out.predicted_latency_s is not None else float("nan"))
+                    took = out.exit_position if out.exit_position >= 0 else live.model.num_positions
+                    if took in outcomes:
+                        given.append(abs(out.latency_s - outcomes[took]) / out.latency_s)
                 rounds += 1
             est_after = live.estimate_bps(0)
             end = live.replanner.planner.search(live.replanner.tracker.conditions(time.monotonic()), top_k=0).best
@@ -199,12 +179,20 @@ def _sweep_point(edge: str, rate_mbit: float, args: argparse.Namespace, images: 
         "plans_pruned": pruned,
         "rounds": rounds,
         "mape_per_request": statistics.mean(errors) if errors else None,
+        "mape_per_request_given_exit": statistics.mean(given) if given else None,
         "mape_per_plan": statistics.mean(plan_errors),
         "estimate_over_shaped_after_warmup": (est / (rate_mbit * 1e6)) if est else None,
         "estimate_over_shaped_end": (est_after / (rate_mbit * 1e6)) if est_after else None,
         "plans": [{"plan": k.removesuffix("None"), "median_ms": med[k] * 1e3, "predicted_ms": statistics.mean(preds[k]) * 1e3}
                   for k in sorted(med, key=med.get)],  # type: ignore[arg-type]
     }
+
+
+def _outcome_predictions(live: Any, plan: Any, input_codec: str | None) -> dict[int, float]:
+    """The cost model's latency for each exit outcome of ``plan`` (answering position -> seconds), under the
+    conditions the live planner estimates now: the prediction for the path a request actually takes."""
+    cond = live.replanner.tracker.conditions(time.monotonic())
+    return {} if cond is None else dict(live.model.evaluate(plan, cond, input_codec).outcome_latency_s)
 
 
 def _adaptation(edge: str, args: argparse.Namespace, images: list[torch.Tensor]) -> dict[str, Any]:
@@ -284,7 +272,7 @@ def main() -> None:
     torch.set_num_threads(1)
     images = list(load_demo_dataset("test")[0][:16].split(1))
     t0 = time.monotonic()
-    procs: list[_Proc] = []
+    procs: list[ChildProcess] = []
     try:
         cloud = _agent("cloud")
         procs.append(cloud)
@@ -305,6 +293,7 @@ def main() -> None:
         for p in reversed(procs):
             p.stop()
     mape = [p["mape_per_request"] for p in sweep if p["mape_per_request"] is not None]
+    mape_given = [p["mape_per_request_given_exit"] for p in sweep if p.get("mape_per_request_given_exit") is not None]
     out = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "host": {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count()},
@@ -317,6 +306,7 @@ def main() -> None:
             "regret_ratios_choice_at_end": {f"{p['rate_mbit']:g}": p["ratio_choice_at_end"] for p in sweep},
             "mape_per_request": statistics.mean(mape) if mape else None,
             "mape_per_plan": statistics.mean(p["mape_per_plan"] for p in sweep),
+            "mape_per_request_given_exit": statistics.mean(mape_given) if mape_given else None,
             "time_to_switch_ms": adapt["time_to_switch_ms"],
             "requests_to_switch": adapt["requests_on_old_plan_after_drop"],
             "switches_per_5s_steady": adapt["switches_per_5s_steady"],

@@ -23,11 +23,8 @@ import argparse
 import json
 import os
 import platform
-import queue
-import re
 import signal
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -60,6 +57,7 @@ from edgeflow.transport import (  # noqa: E402
 from edgeflow.transport.alloc import keep_freed_buffers  # noqa: E402
 from edgeflow.transport.messages import encode_request  # noqa: E402
 from edgeflow.transport.options import Keepalive, channel_options, server_options  # noqa: E402
+from edgeflow.testing.procs import LISTENING, AgentProcess, ChildProcess  # noqa: E402
 
 LIMITS = WireLimits(max_message_bytes=64 << 20)
 HOP_MODEL = "zoo:resnet18?width=25&image_size=64&num_classes=10"  # conv1 output (1, 25, 32, 32) fp32 = 100 KB
@@ -75,46 +73,19 @@ def _env() -> dict[str, str]:
     return e
 
 
-class Child:
-    """A child process that prints a line with its address; stopped with SIGTERM."""
-
-    def __init__(self, args: list[str], pattern: str = r"listening on (\S+)", timeout_s: float = 120.0):
-        self.proc = subprocess.Popen(args, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        lines: queue.Queue[str | None] = queue.Queue()
-
-        def pump() -> None:
-            assert self.proc.stdout is not None
-            for line in self.proc.stdout:
-                lines.put(line)
-            lines.put(None)
-
-        threading.Thread(target=pump, daemon=True).start()
-        end = time.monotonic() + timeout_s
-        while time.monotonic() < end:
-            try:
-                line = lines.get(timeout=0.5)
-            except queue.Empty:
-                continue
-            if line is None:
-                break
-            m = re.search(pattern, line)
-            if m:
-                self.address = m.group(1)
-                return
-        self.proc.kill()
-        raise RuntimeError(f"child {args} did not start")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+def child(name: str, args: list[str], pattern: str = LISTENING, timeout_s: float = 120.0) -> ChildProcess:
+    """A child (``python ARGS``) that prints a line with its address; stopped with ``stop()``."""
+    p = ChildProcess(name, args, pattern=pattern, env=_env(), cwd=REPO)
+    try:
+        p.wait_ready(timeout_s)
+    except BaseException:
+        p.stop(5.0)
+        raise
+    return p
 
 
 def agent_child(node: str, *, plan: str, artifact: str, upstream: str | None = None, slowdown: float | None = None,
-                tmp: Path | None = None) -> Child:
+                tmp: Path | None = None) -> AgentProcess:
     path = REPO / "nodes" / f"{node}.yaml"
     if slowdown is not None:
         import yaml
@@ -124,11 +95,14 @@ def agent_child(node: str, *, plan: str, artifact: str, upstream: str | None = N
         assert tmp is not None
         path = tmp / f"{node}-bench.yaml"
         path.write_text(yaml.safe_dump(data))
-    args = [sys.executable, "-m", "edgeflow", "agent", "--node", str(path), "--port", "0", "--plan", plan,
-            "--artifact", artifact, "--profile-repeats", "0", "--log-level", "warning"]
-    if upstream:
-        args += ["--upstream", upstream]
-    return Child(args)
+    p = AgentProcess(node, path, port=0, plan=plan, artifact=artifact, upstream=upstream, profile_repeats=0,
+                     log_level="warning", env=_env(), cwd=REPO)  # fmt: skip
+    try:
+        p.wait_ready(120.0)
+    except BaseException:
+        p.stop(5.0)
+        raise
+    return p
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -400,15 +374,16 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.time()
-        child = Child([sys.executable, str(Path(__file__).resolve()), "--serve-children"], pattern=r"(bare \S+ sink \S+)")
-        bare_addr, sink_addr = child.address.split()[1], child.address.split()[3]
+        servers = child("servers", [str(Path(__file__).resolve()), "--serve-children"], pattern=r"(bare \S+ sink \S+)")
+        assert servers.address is not None
+        bare_addr, sink_addr = servers.address.split()[1], servers.address.split()[3]
         try:
             hop = bench_hop_overhead(repeats, 50 if ns.quick else 200, bare_addr)
             print(f"hop overhead p50 {hop['overhead_p50_ms']:.3f} ms (bare gRPC floor {hop['bare_grpc_floor_p50_ms']:.3f} ms, "
                   f"codec {hop['codec_p50_ms']:.3f} ms)", flush=True)
             large = bench_large_hop(repeats, 5 if ns.quick else 10, bare_addr, sink_addr)
         finally:
-            child.stop()
+            servers.stop()
         print(f"10 MB hop: {large['edgeflow_transport_MBps']:.0f} MB/s vs bare {large['bare_grpc_MBps']:.0f} MB/s = {large['ratio']:.2f}", flush=True)
         pipe = bench_pipeline(repeats, 20 if ns.quick else 40, Path(tmp))
         print(f"pipeline {pipe['throughput_rps']:.1f} req/s vs bound {pipe['bound_rps']:.1f} = {pipe['ratio']:.2f}", flush=True)

@@ -29,8 +29,11 @@ __all__ = [
     "ComputeConfig",
     "PowerConfig",
     "TlsConfig",
+    "AuthConfig",
     "DeadlinesConfig",
     "QueuesConfig",
+    "BatchingConfig",
+    "FallbackConfig",
     "LimitsConfig",
     "KeepaliveConfig",
     "PlannerConfig",
@@ -79,11 +82,28 @@ class TlsConfig(_Section):
         return self
 
 
+class AuthConfig(_Section):
+    """A shared bearer token, read at start from ``token_file`` or the environment variable ``token_env``
+    (exactly one). Server side (``auth``): calls without ``authorization: Bearer <token>`` are refused with
+    UNAUTHENTICATED (health and reflection stay open). Client side (``upstream.auth``): sent on every call.
+    The token itself never goes in a node file: node files get logged, copied and committed."""
+
+    token_file: Path | None = None
+    token_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "AuthConfig":
+        if (self.token_file is None) == (self.token_env is None):
+            raise ValueError("set exactly one of token_file or token_env")
+        return self
+
+
 class UpstreamConfig(_Section):
     """The next tier up the chain."""
 
     address: Address
     tls: TlsConfig | None = None
+    auth: AuthConfig | None = None  # the token to present upstream
 
 
 class ModelConfig(_Section):
@@ -140,6 +160,32 @@ class QueuesConfig(_Section):
     workers: int = Field(16, ge=2, le=1024)
 
 
+class BatchingConfig(_Section):
+    """Dynamic batching, with the names and semantics of Triton's ``dynamic_batching``: requests for the same
+    range (same exits, same input shapes but dim 0) are run as one batch of at most ``max_batch_size``
+    samples. A full batch goes at once; a partial one waits at most ``max_queue_delay_microseconds`` from its
+    oldest request's arrival. ``queues.compute`` bounds the waiting requests (Triton's ``max_queue_size``);
+    beyond it requests are refused with RESOURCE_EXHAUSTED. Off: one request at a time, first come first served.
+    """
+
+    enabled: bool = False
+    max_batch_size: int = Field(8, ge=1, le=4096)  # samples per batch (sum of the requests' dim 0)
+    max_queue_delay_microseconds: int = Field(2000, ge=0, le=10_000_000)  # a partial batch's longest wait
+
+
+class FallbackConfig(_Section):
+    """What a tier does when its upstream fails (down, stalled, overloaded): finish the model itself.
+
+    The upstream call gets the request's deadline minus a reserve for finishing here, ``safety_factor`` x this
+    tier's profiled compute for the rest of the model plus ``local_margin_s``, so a stalled peer still leaves time
+    to answer. Errors that are bugs (a fingerprint mismatch, an invalid request) are never papered over.
+    """
+
+    enabled: bool = True
+    safety_factor: float = Field(2.0, ge=1.0)  # profiles are medians of a quiet machine; x2 covers a busy one
+    local_margin_s: float = Field(0.05, ge=0)  # plus decode, encode and thread hand-offs
+
+
 class LimitsConfig(_Section):
     """Message limits, set on the server and on the upstream channel alike."""
 
@@ -179,6 +225,7 @@ class PlannerConfig(_Section):
     probe: bool = True  # probe links that carried no usable transfer for a while (Probe RPC)
     fallback_bandwidth_mbit: float = Field(100.0, gt=0)  # a link's bandwidth until it is measured
     fallback_rtt_ms: float = Field(2.0, ge=0)  # and its round trip
+    down_probe_s: float = Field(0.25, gt=0)  # a tier found down (a reply fell back) is probed this often until back
 
 
 class NodeConfig(_Section):
@@ -191,10 +238,13 @@ class NodeConfig(_Section):
     compute: ComputeConfig = ComputeConfig()
     power: PowerConfig = PowerConfig()
     tls: TlsConfig | None = None  # this node's server
+    auth: AuthConfig | None = None  # this node's server: require a bearer token
     plan: str  # a plan's text form, or "auto" (see PlannerConfig)
     planner: PlannerConfig = PlannerConfig()
     deadlines: DeadlinesConfig = DeadlinesConfig()
     queues: QueuesConfig = QueuesConfig()
+    batching: BatchingConfig = BatchingConfig()
+    fallback: FallbackConfig = FallbackConfig()
     limits: LimitsConfig = LimitsConfig()
     keepalive: KeepaliveConfig = KeepaliveConfig()
 
@@ -267,7 +317,7 @@ class NodeConfig(_Section):
         return NodeConfig.from_mapping(data, source="overrides")
 
     def resolve_paths(self, base: Path) -> "NodeConfig":
-        """A copy with relative file paths (artifact, TLS files) made relative to ``base`` (the file's folder)."""
+        """A copy with relative paths (artifact, TLS and token files) made relative to ``base`` (the file's folder)."""
 
         def fix(p: Any) -> Any:
             return str(base / p) if p and not Path(p).is_absolute() else p
@@ -275,9 +325,10 @@ class NodeConfig(_Section):
         data = self.model_dump(mode="json", exclude_none=True)
         if not data["model"]["artifact"].startswith(BUILTIN_PREFIX):
             data["model"]["artifact"] = fix(data["model"]["artifact"])
-        for section in (data.get("tls"), data.get("upstream", {}).get("tls")):
+        up = data.get("upstream", {})
+        for section in (data.get("tls"), up.get("tls"), data.get("auth"), up.get("auth")):
             if section:
-                for k in ("cert", "key", "ca"):
+                for k in ("cert", "key", "ca", "token_file"):
                     if k in section:
                         section[k] = fix(section[k])
         return NodeConfig.from_mapping(data, source=str(base))

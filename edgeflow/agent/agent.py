@@ -4,7 +4,8 @@ A request carries the live values at position ``start``. The agent
 
 1. checks the fingerprint, the position and the declared tensors (before decoding anything),
 2. decodes the payloads (bounded by the declared shapes),
-3. waits for its turn on the single compute unit and runs the range ``[start:stop]``, evaluating the plan's exits on the way,
+3. waits for its turn on the single compute unit (alone, or batched with compatible requests: ``batching``) and
+   runs the range ``[start:stop]``, evaluating the plan's exits on the way,
 4. answers if an exit was confident or the range reached the model output, else encodes the values at
    ``stop`` with the plan's hop codec and forwards them upstream; the reply comes back down unchanged,
    with this tier's timing prepended to the breakdown.
@@ -12,12 +13,19 @@ A request carries the live values at position ``start``. The agent
 ``stop`` is this tier's stage end in the request's plan: the plan text the device stamped on the request
 (``InferCall.plan``), else this agent's configured plan. A tier absent from the plan relays payloads untouched.
 Because every tier follows the plan the request carries, the device can switch plans between two requests and
-every request in flight still finishes under the plan it started with. A request with an explicit ``stop`` runs just ``[start:stop]`` here and returns the values (range calls, e.g.
-for profiling by a planner). Inputs from the device's own caller enter at :meth:`Agent.submit_local`.
+every request in flight still finishes under the plan it started with. A request with an explicit ``stop`` runs
+just ``[start:stop]`` here and returns the values (range calls, e.g. for profiling by a planner). Inputs from the
+device's own caller enter at :meth:`Agent.submit_local`.
+
+Failures (:mod:`edgeflow.agent.failover`): when the call upstream fails because the peer is down, stalled or
+overloaded, the tier finishes the model itself (every agent loads the whole artifact) and says so in
+``Breakdown.fallback``; the upstream call gets the deadline minus a reserve for that. A request id seen twice is
+computed once (:mod:`edgeflow.agent.replay`), so the channel may retry calls.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -25,13 +33,15 @@ from typing import Sequence
 
 import torch
 
+from edgeflow.agent.failover import failure_kind, fallback_reason, reserve_s, upstream_deadline
+from edgeflow.agent.replay import ReplyCache, request_key
 from edgeflow.agent.runtime import ModelRuntime
 from edgeflow.agent.upstream import Upstream
-from edgeflow.agent.compute import ComputeUnit, MemoryBudget
+from edgeflow.agent.compute import BatchingComputeUnit, BatchJob, ComputeUnit, MemoryBudget
 from edgeflow.config import NodeConfig
 from edgeflow.core.codecs import CODEC_NAMES, Codec, DecodeLimits, codec_from_spec, decode, get_codec, read_header
-from edgeflow.core.plan import Plan
-from edgeflow.errors import ConfigError, PlanError
+from edgeflow.core.plan import TIERS, Plan
+from edgeflow.errors import CodecError, ConfigError, PlanError, TransportError
 from edgeflow.transport import (
     Breakdown,
     Description,
@@ -51,6 +61,8 @@ from edgeflow.transport.messages import encode_request
 __all__ = ["Agent", "LocalAnswer", "wire_limits"]
 
 _PLAN_CACHE = 64  # parsed request plans kept (a live planner uses a handful)
+_CODEC_CACHE = 64  # parsed codec specs kept: requests name a handful; hostile ones could name millions
+_log = logging.getLogger(__name__)
 
 
 def wire_limits(config: NodeConfig) -> WireLimits:
@@ -113,7 +125,7 @@ class Agent:
             if upstream is None:
                 raise ConfigError(f"upstream: plan {self.plan} continues past {self.role}, but no upstream is given")
         self.limits = wire_limits(config)
-        self.compute = ComputeUnit(config.queues.compute, slowdown_factor=config.compute.slowdown_factor)
+        self.compute = _compute_unit(config)
         cap = config.compute.memory_cap_mb
         self.memory = MemoryBudget(int(cap * 2**20) if cap else None)
         self._codecs: dict[str, Codec] = {}
@@ -123,6 +135,11 @@ class Agent:
         self._draining = False
         self._idle = threading.Condition()
         self.profile = self._measure_profile(profile_repeats) if profile_repeats else []
+        self.replies = ReplyCache()  # idempotent request ids
+        self.fallbacks = 0  # requests this tier finished itself because its upstream failed
+        self.last_fallback = ""  # the latest one's Breakdown.fallback
+        self._fallback_lock = threading.Lock()
+        self._reserve_profile: list[RangeProfile] | None = None  # without a handshake profile: measured when needed
 
     # ------------------------------------------------------------------------------------ handshake
     def describe(self, caller_fingerprint: str = "", caller_role: str = "") -> Description:
@@ -175,41 +192,53 @@ class Agent:
 
         Raises:
             FingerprintMismatch, InvalidRequest, RequestTooLarge, CodecError, Overloaded, ShuttingDown,
-            DeadlineExceeded, and upstream failures as TransportError.
+            DeadlineExceeded, and upstream failures as TransportError (those the fallback does not cover, see
+            :mod:`edgeflow.agent.failover`).
+
+        A request whose id this agent has seen recently is not computed again: a copy that arrives while the
+        first runs waits for its reply, a later one gets the stored reply (see :mod:`edgeflow.agent.replay`).
         """
-        t0 = time.monotonic()
         with self._request():
-            if call.fingerprint != self.fingerprint:
-                got = call.fingerprint or "none"
-                raise FingerprintMismatch(
-                    f"model fingerprint mismatch: request {call.request_id!r} carries {got}, this {self.role} agent "
-                    f"serves {self.fingerprint}"
-                )
-            plan = self.plan_of(call.plan)
-            start, stop, forward = self._local_range(call.start, call.stop, plan)
-            out_codec = self._codec(call.output_codec or "lossless")  # refuse a bad one before computing
-            timing = TierTiming(self.role, start, stop, bytes_in=call.wire_nbytes)
-            if forward and start == stop:  # not our range: relay the payloads untouched
-                answer = self._forward(call.request_id, start, call.tensors, timing, deadline, call.plan)
-            else:
-                self.runtime.check_wire_tensors(start, call.tensors)
-                nbytes = sum(_declared_nbytes(t) for t in call.tensors)
-                self.memory.acquire(nbytes)
-                try:
-                    t = time.monotonic()
-                    values = [self._decode(i, t_, start) for i, t_ in enumerate(call.tensors)]
-                    timing.decode_s = time.monotonic() - t
-                    answer = self._run(call.request_id, start, stop, forward, values, timing, deadline, plan, call.plan)
-                finally:
-                    self.memory.release(nbytes)
-            tensors = answer.wire
-            if tensors is None:
+            return self.replies.run(request_key(call), lambda: self._serve(call, deadline), deadline)
+
+    @property
+    def duplicates_served(self) -> int:
+        """Requests answered by an earlier copy's work (same id, see :meth:`infer`)."""
+        return self.replies.duplicates
+
+    def _serve(self, call: InferCall, deadline: float) -> InferReply:
+        t0 = time.monotonic()
+        if call.fingerprint != self.fingerprint:
+            got = call.fingerprint or "none"
+            raise FingerprintMismatch(
+                f"model fingerprint mismatch: request {call.request_id!r} carries {got}, this {self.role} agent "
+                f"serves {self.fingerprint}"
+            )
+        plan = self.plan_of(call.plan)
+        start, stop, forward = self._local_range(call.start, call.stop, plan)
+        out_codec = self._codec(call.output_codec or "lossless")  # refuse a bad one before computing
+        timing = TierTiming(self.role, start, stop, bytes_in=call.wire_nbytes)
+        if forward and start == stop:  # not our range: relay the payloads untouched
+            answer = self._forward(call.request_id, start, call.tensors, None, timing, deadline, plan, call.plan)
+        else:
+            self.runtime.check_wire_tensors(start, call.tensors)
+            nbytes = sum(_declared_nbytes(t) for t in call.tensors)
+            self.memory.acquire(nbytes)
+            try:
                 t = time.monotonic()
-                names = self._names(answer.position, len(answer.values or []))
-                tensors = [self._wire(name, v, out_codec) for name, v in zip(names, answer.values or [])]
-                timing.encode_s += time.monotonic() - t
-            self._finish(timing, t0)
-            return InferReply(call.request_id, self.fingerprint, answer.position, tensors, answer.breakdown)
+                values = [self._decode(i, t_, start) for i, t_ in enumerate(call.tensors)]
+                timing.decode_s = time.monotonic() - t
+                answer = self._run(call.request_id, start, stop, forward, values, timing, deadline, plan, call.plan)
+            finally:
+                self.memory.release(nbytes)
+        tensors = answer.wire
+        if tensors is None:
+            t = time.monotonic()
+            names = self._names(answer.position, len(answer.values or []))
+            tensors = [self._wire(name, v, out_codec) for name, v in zip(names, answer.values or [])]
+            timing.encode_s += time.monotonic() - t
+        self._finish(timing, t0)
+        return InferReply(call.request_id, self.fingerprint, answer.position, tensors, answer.breakdown)
 
     def submit_local(
         self,
@@ -251,7 +280,7 @@ class Agent:
                 codec = self._codec(input_codec or "lossless")
                 wire = [self._wire(i.name, v, codec) for i, v in zip(info, values)]
                 timing.encode_s = time.monotonic() - t
-                answer = self._forward(request_id, 0, wire, timing, deadline, plan_text)
+                answer = self._forward(request_id, 0, wire, values, timing, deadline, resolved, plan_text)
             else:
                 answer = self._run(request_id, start, stop, forward, values, timing, deadline, resolved, plan_text,
                                    block=block)  # fmt: skip
@@ -320,8 +349,11 @@ class Agent:
         block: bool = False,
     ) -> _Answer:
         exits = plan.exits_in(start, stop) if forward or stop == self.runtime.num_positions else ()
-        outcome, job = self.compute.run(lambda: self.runtime.run(start, stop, values, exits), deadline, block=block)
-        timing.queue_s, timing.compute_s = job.queue_s, job.compute_s
+        key = self.runtime.batch_key(start, stop, values, exits)
+        size = int(values[0].shape[0]) if values and values[0].dim() else 1
+        job = BatchJob(values, lambda batch: self.runtime.run_batch(start, stop, batch, exits), key, size)
+        outcome, took = self.compute.run_job(job, deadline, block=block)
+        timing.queue_s, timing.compute_s, timing.batch_size = took.queue_s, took.compute_s, took.batch_size
         if outcome.exit_position >= 0:
             timing.stop = outcome.exit_position
             b = Breakdown([timing], self.role, outcome.exit_position, outcome.exit_confidence)
@@ -334,12 +366,44 @@ class Agent:
         hop = self._codec(stage.codec) if stage is not None and stage.codec else self.hop_codec
         wire = [self._wire(name, v, hop) for name, v in zip(names, outcome.values)]
         timing.encode_s = time.monotonic() - t
-        return self._forward(request_id, stop, wire, timing, deadline, plan_text)
+        return self._forward(request_id, stop, wire, outcome.values, timing, deadline, plan, plan_text)
 
     def _forward(
+        self,
+        request_id: str,
+        position: int,
+        wire: list[WireTensor],
+        values: list[torch.Tensor] | None,
+        timing: TierTiming,
+        deadline: float,
+        plan: Plan,
+        plan_text: str,
+    ) -> _Answer:
+        """Send the values at ``position`` upstream; should that fail for a reason nobody's bug, finish here.
+
+        ``values`` are the decoded ``wire`` when at hand (``None``: decoded only for a fallback).
+        """
+        assert self.upstream is not None, "checked in plan_of and __init__"
+        f = self.config.fallback
+        up_deadline = deadline
+        if f.enabled:
+            profile = self._local_profile()
+            reserve = reserve_s(profile, position, safety_factor=f.safety_factor, margin_s=f.local_margin_s)
+            up_deadline = upstream_deadline(deadline, reserve, time.monotonic())
+        t = time.monotonic()
+        try:
+            return self._call_upstream(request_id, position, wire, timing, up_deadline, plan_text)
+        except TransportError as e:
+            kind = failure_kind(e)
+            if kind is None or not f.enabled or time.monotonic() >= deadline:  # a bug, or an answer nobody awaits
+                raise
+            timing.network_s, timing.bytes_out, timing.bytes_back = time.monotonic() - t, 0, 0  # nothing got through
+            return self._finish_here(position, wire, values, timing, deadline, plan, kind, e)
+
+    def _call_upstream(
         self, request_id: str, position: int, wire: list[WireTensor], timing: TierTiming, deadline: float, plan_text: str
     ) -> _Answer:
-        assert self.upstream is not None, "checked in plan_of and __init__"
+        assert self.upstream is not None
         data = encode_request(InferCall(request_id, self.fingerprint, position, wire, plan=plan_text))
         timing.bytes_out = len(data)
         self.upstream.handshake(deadline)  # once; kept out of the network time
@@ -349,8 +413,73 @@ class Agent:
         up = reply.breakdown
         timing.network_s = max(0.0, call_s - (up.tiers[0].total_s if up.tiers else 0.0))
         timing.bytes_back = reply.wire_nbytes
-        b = Breakdown([timing, *up.tiers], up.answered_by, up.exit_position, up.exit_confidence)
+        b = Breakdown([timing, *up.tiers], up.answered_by, up.exit_position, up.exit_confidence, up.fallback)
         return _Answer(reply.position, b, wire=reply.tensors)
+
+    def _finish_here(
+        self,
+        position: int,
+        wire: list[WireTensor],
+        values: list[torch.Tensor] | None,
+        timing: TierTiming,
+        deadline: float,
+        plan: Plan,
+        kind: str,
+        error: TransportError,
+    ) -> _Answer:
+        """The fallback: run ``[position:]`` here with the plan's exits (waiting for the compute unit rather than
+        refusing: this request was accepted already)."""
+        n = self.runtime.num_positions
+        nbytes = 0
+        if values is None:  # relayed payloads: check and decode them now
+            self.runtime.check_wire_tensors(position, wire)
+            nbytes = sum(_declared_nbytes(t) for t in wire)
+            self.memory.acquire(nbytes)
+        try:
+            if values is None:
+                t = time.monotonic()
+                values = [self._decode(i, t_, position) for i, t_ in enumerate(wire)]
+                timing.decode_s += time.monotonic() - t
+            exits = plan.exits_in(position, n)
+            vals = values
+            outcome, job = self.compute.run(lambda: self.runtime.run(position, n, vals, exits), deadline, block=True)
+        finally:
+            self.memory.release(nbytes)
+        timing.queue_s += job.queue_s
+        timing.compute_s += job.compute_s
+        timing.stop = outcome.exit_position if outcome.exit_position >= 0 else n
+        d = self.upstream.description if self.upstream is not None else None
+        nxt = plan.upstream_of(self.role)
+        up_role = d.role if d is not None else nxt.tier if nxt is not None else _next_tier(self.role)
+        address = self.upstream.address if self.upstream is not None else "?"
+        reason = fallback_reason(self.role, up_role, address, kind, error, position, timing.stop)
+        with self._fallback_lock:
+            self.fallbacks += 1
+            self.last_fallback = reason
+        _log.warning("fallback: %s", reason)
+        b = Breakdown([timing], self.role, outcome.exit_position, outcome.exit_confidence, reason)
+        return _Answer(outcome.position, b, values=outcome.values)
+
+    def _local_profile(self) -> list[RangeProfile]:
+        """This tier's compute profile for fallback reserves: the handshake's, else measured once, cheaply (tens
+        of ms; ``_measure_profile``'s per-node medians take ~1 s): one pass segment by segment gives the shape,
+        one warm pass of the whole model the scale (the per-call overhead of many short ranges would inflate it)."""
+        if self.profile:
+            return self.profile
+        with self._fallback_lock:
+            if self._reserve_profile is None:
+                rt, n = self.runtime, self.runtime.num_positions
+                bounds = [0, *rt.cuts, n]
+                values, times = list(rt.example_input), []
+                for a, b in zip(bounds, bounds[1:]):
+                    t = time.perf_counter()
+                    values = rt.run(a, b, values).values
+                    times.append(time.perf_counter() - t)
+                t = time.perf_counter()
+                rt.run(0, n, list(rt.example_input))
+                scale = self.config.compute.slowdown_factor * (time.perf_counter() - t) / max(sum(times), 1e-9)
+                self._reserve_profile = [RangeProfile(a, b, scale * s) for a, b, s in zip(bounds, bounds[1:], times)]
+            return self._reserve_profile
 
     def _finish(self, timing: TierTiming, t0: float) -> None:
         timing.total_s = time.monotonic() - t0
@@ -363,7 +492,9 @@ class Agent:
         if codec is None:
             if spec.split(":")[0] not in CODEC_NAMES:
                 raise InvalidRequest(f"unknown codec {spec!r}; known: {', '.join(CODEC_NAMES)}")
-            codec = self._codecs[spec] = codec_from_spec(spec)
+            codec = codec_from_spec(spec)
+            if len(self._codecs) < _CODEC_CACHE:  # bounded: int8c:a<N> alone spells unboundedly many specs
+                self._codecs[spec] = codec
         return codec
 
     def _wire(self, name: str, value: torch.Tensor, codec: Codec) -> WireTensor:
@@ -374,6 +505,10 @@ class Agent:
         label = f"input {index} ({t.name!r}) at position {position}"
         if t.codec.split(":")[0] not in CODEC_NAMES:
             raise InvalidRequest(f"{label}: unknown codec {t.codec!r}; known: {', '.join(CODEC_NAMES)}")
+        try:
+            self._codec(t.codec)  # the whole spec must parse, not just its name ("lossless:j1" is garbage)
+        except CodecError as e:
+            raise InvalidRequest(f"{label}: declared codec {t.codec!r} is not a codec spec: {e}") from None
         declared = _declared_nbytes(t)
         limits = DecodeLimits(max_elements=max(1, _numel(t.shape)), max_bytes=max(1, declared))
         header = read_header(t.payload, limits)
@@ -441,6 +576,20 @@ class _InFlight:
         with a._idle:
             a._inflight -= 1
             a._idle.notify_all()
+
+
+def _compute_unit(config: NodeConfig) -> ComputeUnit | BatchingComputeUnit:
+    """First come first served, or Triton-style dynamic batching (``batching.enabled``)."""
+    b, f = config.batching, config.compute.slowdown_factor
+    if not b.enabled:
+        return ComputeUnit(config.queues.compute, slowdown_factor=f)
+    return BatchingComputeUnit(config.queues.compute, max_batch_size=b.max_batch_size,
+                               max_queue_delay_s=b.max_queue_delay_microseconds * 1e-6, slowdown_factor=f)  # fmt: skip
+
+
+def _next_tier(role: str) -> str:
+    i = TIERS.index(role) if role in TIERS else len(TIERS)
+    return TIERS[i + 1] if i + 1 < len(TIERS) else "upstream"
 
 
 def _numel(shape: Sequence[int]) -> int:

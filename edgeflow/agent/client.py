@@ -39,6 +39,7 @@ from edgeflow.transport import (
     datatype_of,
     raise_for_error,
 )
+from edgeflow.transport.auth import load_token
 
 __all__ = ["Result", "DeviceClient", "AgentClient", "peer_client"]
 
@@ -101,14 +102,19 @@ def _as_output(values: list[torch.Tensor]) -> torch.Tensor | tuple[torch.Tensor,
 
 
 def peer_client(config: NodeConfig) -> PeerClient:
-    """A channel to ``config.upstream`` with the node's limits, keepalive and TLS."""
+    """A channel to ``config.upstream`` with the node's limits, keepalive, TLS and token.
+
+    Raises:
+        ConfigError: ``upstream.auth`` names a token that cannot be read.
+    """
     assert config.upstream is not None
-    tls = config.upstream.tls
+    tls, auth = config.upstream.tls, config.upstream.auth
     return PeerClient(
         config.upstream.address,
         limits=wire_limits(config),
         keepalive=Keepalive(config.keepalive.time_s, config.keepalive.timeout_s, config.keepalive.permit_without_calls),
         tls=TlsFiles(tls.cert, tls.key, tls.ca) if tls else None,
+        token=load_token(auth.token_file, auth.token_env) if auth else None,
     )
 
 
@@ -251,6 +257,7 @@ class AgentClient:
         address: the agent's ``host:port``.
         limits, keepalive, tls: as the agent's server is configured.
         codec: codec for the input payloads (``lossless`` keeps results bit-exact).
+        token: bearer token, for an agent whose node file sets ``auth``.
     """
 
     def __init__(
@@ -261,8 +268,9 @@ class AgentClient:
         keepalive: Keepalive = Keepalive(),
         tls: TlsFiles | None = None,
         codec: str = "lossless",
+        token: str | None = None,
     ):
-        self.peer = PeerClient(address, limits=limits, keepalive=keepalive, tls=tls)
+        self.peer = PeerClient(address, limits=limits, keepalive=keepalive, tls=tls, token=token)
         self._codec = get_codec(codec)
         self._description: Description | None = None
 

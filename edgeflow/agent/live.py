@@ -17,6 +17,13 @@ never drops or repeats one. Links that carried nothing usable for a while are pr
 
 The edge-to-cloud link is probed from the device straight to the address the edge calls (an approximation: the
 device's own path to that address stands in for the edge's).
+
+Peers down and back: a reply that says a tier fell back (``Breakdown.fallback``, e.g. the edge finished because
+the cloud did not answer) marks the tier after it down. The replanner then plans without it (and without any tier
+past it) at once, so later requests do not wait on a dead peer, and a background thread probes the peer (``Probe``,
+short timeout, every ``planner.down_probe_s``). When it answers, its link is measured afresh and the best plan is
+taken at once. Both switches are logged and listed in :attr:`LivePlanner.switches` (reasons ``"cloud down: ..."``,
+``"cloud back"``); :meth:`LivePlanner.down_tiers` tells what is down now.
 """
 
 from __future__ import annotations
@@ -44,6 +51,8 @@ _log = logging.getLogger(__name__)
 _RTT_PROBES = 3
 _START_PROBE_NBYTES = 16_384  # the first bandwidth probe: 1.3 s at 0.1 Mbit/s, so start-up stays short
 _PROBE_TIMEOUT_S = 5.0
+_DOWN_PROBE_TIMEOUT_S = 0.5  # a peer that does not answer an empty probe within this is still down (or stalled)
+_DOWN_RETRY_S = 5.0  # a down tier without a client to probe it with is tried again after this
 
 
 @dataclass(frozen=True)
@@ -118,6 +127,10 @@ class LivePlanner:
         self._probe: threading.Thread | None = None
         self._closed = False
         self._predicted_s: float | None = None
+        self._down: dict[str, tuple[float, str]] = {}  # tier -> (since, why)
+        self._back_at: dict[str, float] = {}  # tier -> when it was last found back
+        self._watch: threading.Thread | None = None
+        self._wake = threading.Event()  # cuts the watcher's wait short on close
 
     # ------------------------------------------------------------------------------------ building
     @classmethod
@@ -267,18 +280,79 @@ class LivePlanner:
                     except EdgeflowError:
                         pass  # a range the cost model cannot price (not at its cuts): no correction from it
                 rp.observe_queue(t.tier, t.queue_s)
+            if breakdown.fallback:
+                sent_s = now - (breakdown.tiers[0].total_s if breakdown.tiers else 0.0)
+                self._mark_down(breakdown.fallback_tier, breakdown.fallback, sent_s, now)
             if decide:
                 self._decide(now)
         if self.settings.probe:
             self._probe_stale(now)
 
-    def _decide(self, now: float) -> None:
+    def down_tiers(self) -> frozenset[str]:
+        """The tiers found down (a reply fell back at the tier before) and not answering probes since."""
+        with self._lock:
+            return frozenset(self._down)
+
+    def _mark_down(self, fell_back: str, why: str, sent_s: float, now: float) -> None:
+        """``fell_back`` finished a request itself: the tier after it is down (lock held)."""
+        names = self.model.names
+        if fell_back not in names or names.index(fell_back) + 1 >= len(names):
+            return
+        tier = names[names.index(fell_back) + 1]
+        if tier in self._down or sent_s < self._back_at.get(tier, -1.0):
+            return  # known, or a request sent before the tier came back
+        self._down[tier] = (now, why)
+        _log.warning("live planner: %s down (%s); planning without it", tier, why)
+        self.replanner.set_unavailable(self._down)
+        self._decide(now, why=f"{tier} down: {why}")
+        if not self._closed and (self._watch is None or not self._watch.is_alive()):
+            self._watch = threading.Thread(target=self._watch_down, daemon=True, name="edgeflow-down-probe")
+            self._watch.start()
+
+    def _watch_down(self) -> None:
+        """Probe the down tiers until each answers (or the planner closes); re-plan as each comes back."""
+        names = self.model.names
+        while not self._closed:
+            with self._lock:
+                down = dict(self._down)
+            if not down:
+                return
+            for tier, (since, _) in down.items():
+                link = names.index(tier) - 1
+                peer = self.peers[link] if link < len(self.peers) else None
+                if peer is None:
+                    if self.clock() - since < _DOWN_RETRY_S:
+                        continue
+                else:
+                    try:
+                        peer.probe(timeout_s=_DOWN_PROBE_TIMEOUT_S)
+                        peer.probe(timeout_s=_DOWN_PROBE_TIMEOUT_S)  # a restarted peer's first calls are slow
+                    except EdgeflowError:
+                        continue
+                    with self._lock:
+                        nbytes = self.replanner.tracker.links[link].probe_nbytes(self.clock())
+                    _probe_link(self.replanner.tracker, link, peer, nbytes, self.clock, self._lock)
+                with self._lock:
+                    now = self.clock()
+                    self._down.pop(tier, None)
+                    self._back_at[tier] = now
+                    _log.info("live planner: %s back after %.2f s", tier, now - since)
+                    self.replanner.set_unavailable(self._down)
+                    self._decide(now, why=f"{tier} back")
+            self._wake.wait(self.settings.down_probe_s)
+
+    def _decide(self, now: float, why: str | None = None) -> None:
         rp = self.replanner
         old = str(rp.current) + _inp(rp.input_codec)
-        d = rp.decide(now)
+        try:
+            d = rp.decide(now)
+        except EdgeflowError as e:  # no feasible plan (e.g. with tiers down): keep the current one
+            _log.warning("live planner: keeping %s: %s", old, e)
+            self.last_reason = f"keep: {e}"
+            return
         if d.switched:
             new = str(d.plan) + _inp(d.input_codec)
-            why = d.reason.split(f"-> {new}: ", 1)[-1]  # the replanner's reason repeats both plans
+            why = why or d.reason.split(f"-> {new}: ", 1)[-1]  # the replanner's reason repeats both plans
             sw = PlanSwitch(now, self.requests, old, new, why)
             self.switches.append(sw)
             _log.info("plan switch: %s -> %s (%s)", old, new, why)
@@ -301,7 +375,8 @@ class LivePlanner:
     # ------------------------------------------------------------------------------------ probes
     def _probe_stale(self, now: float) -> None:
         with self._lock:
-            stale = [i for i in self.replanner.stale_links(now) if i < len(self.peers)]
+            down = {self.model.names.index(t) - 1 for t in self._down}  # the watcher probes those
+            stale = [i for i in self.replanner.stale_links(now) if i < len(self.peers) and i not in down]
             if not stale or self._closed or (self._probe is not None and self._probe.is_alive()):
                 return
             self._probe = threading.Thread(target=self._run_probes, args=(stale,), daemon=True,
@@ -318,8 +393,11 @@ class LivePlanner:
 
     def close(self) -> None:
         self._closed = True
+        self._wake.set()
         if self._probe is not None:
             self._probe.join(timeout=_PROBE_TIMEOUT_S + 1)
+        if self._watch is not None:
+            self._watch.join(timeout=_PROBE_TIMEOUT_S * (_RTT_PROBES + 1) + 1)
         for p in self._owned:
             p.close()
 

@@ -7,13 +7,16 @@ tiers agree on the model by fingerprint. Values received from the wire are check
 - the number of tensors, their names (when the sender gives them), dtypes and ranks must match;
 - dim 0 is the batch dim and may be anything in ``1..max_batch``; every other dim must match exactly
   (0-d tensors must match exactly). All tensors of one request must share the batch size.
+
+Several requests can run as one batch (:meth:`ModelRuntime.run_batch`, for dynamic batching): their values
+are concatenated along dim 0, run once and split back; early exits stay per request.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Hashable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -78,6 +81,7 @@ class ModelRuntime:
         self.exits = {int(k): v.eval().to(self.device) for k, v in (exits or {}).items()}
         self.max_batch = max_batch
         self.calibration: Any = None  # the artifact's exit calibration table, when loaded from one (planner input)
+        self._batch_dims: dict[tuple[int, ...], bool] = {}  # positions -> every value there has a batch dim
         for pos, head in self.exits.items():
             if pos not in self.partition.cuts:
                 raise PartitionError(f"exit head at position {pos} is not at a candidate cut")
@@ -166,6 +170,83 @@ class ModelRuntime:
             if pos < stop:
                 current = self._run_range(pos, stop, current)
         return RunOutcome(current, stop)
+
+    def batch_key(
+        self, start: int, stop: int, values: Sequence[torch.Tensor], exits: Sequence[ExitPoint] = ()
+    ) -> Hashable | None:
+        """Requests with equal keys may share a batch (:meth:`run_batch`); ``None``: this one runs alone.
+
+        Equal keys mean the same range, the same exits (positions and thresholds), and values that agree in
+        everything but dim 0 (shape, dtype, device). Ranges whose values at ``start``, ``stop`` or an exit
+        include a 0-d tensor (no batch dim) are never batched.
+        """
+        used = tuple(
+            sorted((e.position, e.threshold) for e in exits if start < e.position <= stop and e.position in self.exits)
+        )
+        positions = (start, stop, *(p for p, _ in used))
+        ok = self._batch_dims.get(positions)
+        if ok is None:
+            ok = all(len(t.shape) >= 1 for p in positions for t in self.cut_info(p).tensors)
+            self._batch_dims[positions] = ok
+        if not ok or any(v.dim() == 0 for v in values):
+            return None
+        return start, stop, used, tuple((tuple(v.shape[1:]), v.dtype, v.device) for v in values)
+
+    def run_batch(
+        self, start: int, stop: int, batch: Sequence[Sequence[torch.Tensor]], exits: Sequence[ExitPoint] = ()
+    ) -> list[RunOutcome]:
+        """Run several requests' values (equal :meth:`batch_key`) as one batch; one outcome per request.
+
+        Each request's outcome is what :meth:`run` gives it alone, up to batch-size dependent rounding of the
+        kernels (ulps). The values are concatenated along dim 0, (B_1 + ... + B_n, ...), and run once. Exits
+        stay per request: at an exit the head runs on the whole batch, a request exits when *its own* samples
+        are all confident (as in :meth:`run`) and gets its rows of the logits; the others continue as a
+        smaller batch (their rows, selected along dim 0) to the next exit or ``stop``. Results are split
+        back along dim 0. Should a range's output not keep the batch dim, the requests are run one by one.
+        """
+        if len(batch) == 1:
+            return [self.run(start, stop, batch[0], exits)]
+        sizes = [int(values[0].shape[0]) for values in batch]
+        current = [torch.cat([values[i] for values in batch]).to(self.device) for i in range(len(batch[0]))]
+        live = list(range(len(batch)))  # requests still computing, in batch order
+        out: list[RunOutcome | None] = [None] * len(batch)
+        pos = start
+        with torch.inference_mode():
+            for e in sorted(exits, key=lambda e: e.position):
+                if not start < e.position <= stop or e.position not in self.exits:
+                    continue
+                current = self._run_range(pos, e.position, current)
+                pos = e.position
+                logits = self.exits[pos](current[self.cut_info(pos).primary])  # (B, C)
+                rows = sum(sizes[r] for r in live)
+                if logits.dim() == 0 or logits.shape[0] != rows:
+                    return [self.run(start, stop, values, exits) for values in batch]
+                confidence = exit_confidence(logits)  # (B,)
+                staying, keep, offset = [], [], 0
+                for r in live:
+                    n = sizes[r]
+                    c = float(confidence[offset : offset + n].min())  # the request's least confident sample
+                    if c >= e.threshold:
+                        out[r] = RunOutcome([logits[offset : offset + n]], self.num_positions, e.position, c)
+                    else:
+                        staying.append(r)
+                        keep.append(torch.arange(offset, offset + n))
+                    offset += n
+                if not staying:
+                    return out  # type: ignore[return-value]
+                if len(staying) < len(live):
+                    index = torch.cat(keep).to(self.device)
+                    current = [v.index_select(0, index) for v in current]
+                    live = staying
+            if pos < stop:
+                current = self._run_range(pos, stop, current)
+        rows = sum(sizes[r] for r in live)
+        if any(v.dim() == 0 or v.shape[0] != rows for v in current):
+            return [self.run(start, stop, values, exits) for values in batch]
+        parts = [torch.split(v, [sizes[r] for r in live]) for v in current]
+        for j, r in enumerate(live):
+            out[r] = RunOutcome([p[j] for p in parts], stop)
+        return out  # type: ignore[return-value]
 
     def _run_range(self, a: int, b: int, values: list[torch.Tensor]) -> list[torch.Tensor]:
         out: Any = self.partition.range_module(a, b)(*values)

@@ -19,6 +19,7 @@ from edgeflow.config import NodeConfig
 from edgeflow.errors import EdgeflowError
 from edgeflow.transport import AgentServer, Keepalive, TlsFiles
 from edgeflow.transport.alloc import keep_freed_buffers
+from edgeflow.transport.auth import load_token
 
 __all__ = ["ServedAgent", "serve"]
 
@@ -77,7 +78,7 @@ def serve(config: NodeConfig, *, profile_repeats: int = 3) -> ServedAgent:
     if config.upstream is not None:
         upstream = Upstream(peer_client(config), fingerprint=runtime.fingerprint, role=config.role, connect_s=config.deadlines.connect_s)
     agent = Agent(config, runtime, upstream=upstream, profile_repeats=profile_repeats)
-    tls = config.tls
+    tls, auth = config.tls, config.auth
     server = AgentServer(
         agent,
         address=config.listen.address,
@@ -87,6 +88,7 @@ def serve(config: NodeConfig, *, profile_repeats: int = 3) -> ServedAgent:
         max_workers=config.queues.workers,
         stream_inflight=config.queues.inflight,
         default_timeout_s=config.deadlines.request_s,
+        auth_token=load_token(auth.token_file, auth.token_env) if auth else None,
     )
     server.start()
     return ServedAgent(agent, server)

@@ -1,8 +1,10 @@
 """The link to the next tier up: a peer client plus the handshake (Describe with our fingerprint).
 
 The handshake runs once, lazily (the upstream may start after us), and is retried until the connect
-deadline. A peer serving another model is refused (``FingerprintMismatch`` -> FAILED_PRECONDITION for our
-own callers too), so a mis-deployed chain fails loudly on its first request instead of computing garbage.
+deadline. After a handshake that found no peer, later ones try for at most ``_RETRY_S`` (the caller's fallback
+should not wait ``connect_s`` on every request for a peer that is down). A peer serving another model is refused
+(``FingerprintMismatch`` -> FAILED_PRECONDITION for our own callers too), so a mis-deployed chain fails loudly on
+its first request instead of computing garbage.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from edgeflow.transport import Description, FingerprintMismatch, InferReply, Rem
 __all__ = ["PeerLike", "Upstream"]
 
 _log = logging.getLogger(__name__)
+_RETRY_S = 0.5
 
 
 class PeerLike(Protocol):
@@ -49,6 +52,7 @@ class Upstream:
         self.connect_s = connect_s
         self._description: Description | None = None
         self._lock = threading.Lock()
+        self._unreachable = False  # the last handshake found no peer
 
     @property
     def address(self) -> str:
@@ -71,7 +75,8 @@ class Upstream:
         with self._lock:
             if self._description is not None:
                 return self._description
-            end = time.monotonic() + self.connect_s if deadline is None else min(deadline, time.monotonic() + self.connect_s)
+            wait_s = _RETRY_S if self._unreachable else self.connect_s
+            end = time.monotonic() + wait_s if deadline is None else min(deadline, time.monotonic() + wait_s)
             while True:
                 remaining = end - time.monotonic()
                 try:
@@ -83,7 +88,8 @@ class Upstream:
                     raise
                 except (PeerUnavailable, DeadlineExceeded):
                     if time.monotonic() + 0.2 >= end:
-                        raise PeerUnavailable(f"upstream {self.address} did not answer the handshake within {self.connect_s:g} s") from None
+                        self._unreachable = True
+                        raise PeerUnavailable(f"upstream {self.address} did not answer the handshake within {wait_s:g} s") from None
                     time.sleep(0.2)
             if d.fingerprint != self.fingerprint:
                 raise FingerprintMismatch(

@@ -157,6 +157,7 @@ def infer(
     input: Path = typer.Option(..., "--input", help="image (.png/.jpg) or .npy array"),
     node: Optional[Path] = typer.Option(None, "--node", help="run the device tier in process from this node file"),
     via: Optional[str] = typer.Option(None, "--via", help="instead, submit to a running agent at host:port"),
+    token_file: Optional[Path] = typer.Option(None, "--token-file", help="with --via: bearer token file (agent's auth)"),
     upstream: Optional[str] = typer.Option(None, "--upstream", help="override upstream.address of --node"),
     plan: Optional[str] = typer.Option(None, "--plan", help="override the plan of --node"),
     artifact: Optional[str] = typer.Option(None, "--artifact", help="override model.artifact of --node"),
@@ -170,7 +171,10 @@ def infer(
         if via is not None:
             from edgeflow.agent.client import AgentClient
 
-            with AgentClient(via) as client:
+            from edgeflow.transport.auth import load_token
+
+            token = load_token(token_file) if token_file is not None else None
+            with AgentClient(via, token=token) as client:
                 d = client.describe(timeout_s=timeout_s)
                 shape = d.inputs[0][2] if d.inputs else ()
                 x = load_input(input, tuple(shape[-2:]) if len(shape) == 4 else None)

@@ -216,7 +216,8 @@ def run(
         except ConfigError as e:
             _err.print(f"[bold red]error:[/] {path}: {e}", highlight=False)
             raise typer.Exit(2)
-        _out.print(f"{path}: scenario {sc.name!r} is valid; " + "; ".join(f"{p.name}: {p.describe()}" for p in plans),
+        faults = [f"faults: {', '.join(f.describe() for f in sc.faults)}"] if sc.faults else []
+        _out.print(f"{path}: scenario {sc.name!r} is valid; " + "; ".join([*(f"{p.name}: {p.describe()}" for p in plans), *faults]),
                    highlight=False)
         return
     out_dir = out if out is not None else Path("reports") / f"{sc.name}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -1,7 +1,8 @@
 """PNG plots of a scenario report (matplotlib, Agg backend: no display needed).
 
-- ``latency_over_time.png``: edgeflow's per-request latency over the run, lost requests marked, the links'
-  set bandwidth underneath (outages at 0), and plan switches as vertical lines.
+- ``latency_over_time.png``: edgeflow's per-request latency over the run, lost requests and fallback answers
+  marked, the links' set bandwidth underneath (outages at 0), plan switches as vertical lines, and faults as
+  shaded spans from the moment a peer went down to its return.
 - ``latency_cdf.png``: latency CDF of edgeflow and every baseline.
 - ``bytes_per_request.png``: mean bytes per request per run, split by hop.
 """
@@ -26,7 +27,7 @@ def write_plots(result: Any, records: dict[str, list[dict[str, Any]]], summary: 
     import matplotlib.pyplot as plt
 
     paths = [
-        _over_time(plt, result, records["edgeflow"], out_dir / "latency_over_time.png"),
+        _over_time(plt, result, records["edgeflow"], out_dir / "latency_over_time.png", summary.get("faults", [])),
         _cdf(plt, records, summary, out_dir / "latency_cdf.png"),
         _bytes(plt, records, summary, out_dir / "bytes_per_request.png"),
     ]
@@ -34,13 +35,23 @@ def write_plots(result: Any, records: dict[str, list[dict[str, Any]]], summary: 
     return paths
 
 
-def _over_time(plt: Any, result: Any, recs: list[dict[str, Any]], path: Path) -> Path:
+def _over_time(plt: Any, result: Any, recs: list[dict[str, Any]], path: Path, faults: list[dict[str, Any]]) -> Path:
     fig, (ax, bx) = plt.subplots(2, 1, figsize=(9, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 2]})
     ok = [r for r in recs if r["status"] == "answered"]
     lost = [r for r in recs if r["status"] != "answered"]
+    fell = [r for r in ok if r.get("fallback")]
     ax.plot([r["send_s"] for r in ok], [r["latency_ms"] for r in ok], ".", ms=4, label="edgeflow latency")
+    if fell:
+        ax.plot([r["send_s"] for r in fell], [r["latency_ms"] for r in fell], "o", ms=6, mfc="none", color="tab:orange",
+                label="fallback")  # fmt: skip
     if lost:
         ax.plot([r["send_s"] for r in lost], [0] * len(lost), "rx", label="lost")
+    for f in (x for x in faults if x.get("down_s") is not None):
+        end = f["up_s"] if f.get("up_s") is not None else max([r["send_s"] for r in recs] + [f["down_s"]])
+        for axis in (ax, bx):
+            axis.axvspan(f["down_s"], end, color="tab:purple", alpha=0.12, lw=0)
+        ax.text(f["down_s"], 0.02, f" {f['kind']} {f['target']}", transform=ax.get_xaxis_transform(), fontsize=7,
+                va="bottom", color="tab:purple")  # fmt: skip
     ordered = sorted(recs, key=lambda r: r["send_s"])
     for a, b in zip(ordered, ordered[1:]):
         if a["plan"] != b["plan"]:

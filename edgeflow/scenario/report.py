@@ -11,6 +11,11 @@ Metrics per run (edgeflow's and each baseline's, computed the same way):
   (``bytes_per_hop`` splits it: ``device_edge`` / ``edge_cloud``, request up + reply down).
 - ``plan_switches``: changes of plan between consecutive requests (by send time).
 - ``deadline_miss_rate``: share of requests lost or slower than the SLO (lost only, when there is no SLO).
+- ``fallbacks``: requests answered although a tier could not reach its upstream (it finished the model itself:
+  the reply's ``breakdown.fallback`` says which tier and why).
+
+With faults or link outages (:func:`recovery_metrics`): ``faults`` (what happened when, each with its
+``resume_s`` and ``deadline_misses``), ``split_resumed``, ``resume_s`` and ``deadline_misses_per_outage``.
 
 ``ratios``: for each baseline, baseline / edgeflow for latency p50, p95 and mean, and for bytes per request;
 above 1 means edgeflow is better.
@@ -18,19 +23,28 @@ above 1 means edgeflow is better.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import re
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from edgeflow.core.plan import Plan
+from edgeflow.errors import PlanError
 from edgeflow.scenario.runner import RunResult, ScenarioResult
 
-__all__ = ["request_records", "run_metrics", "build_summary", "write_report"]
+__all__ = ["request_records", "run_metrics", "recovery_metrics", "build_summary", "write_report"]
 
 _HOPS = ("device_edge", "edge_cloud")
 _TIER_OF_HOP = {"device_edge": "device", "edge_cloud": "edge"}  # the tier whose bytes_out is the hop
+# The tiers a fault takes out of reach of the device: the edge is the device's only way to the cloud.
+_OUT_OF_REACH = {"edge": ("edge", "cloud"), "cloud": ("cloud",), "device_edge": ("edge", "cloud"), "edge_cloud": ("cloud",)}
+# After a peer returns, requests sent within this long still count towards its fault's deadline misses (the
+# switch back to split mode is part of the recovery; target <= 2 s, benchmarks/bench_chaos.py).
+SETTLE_S = 2.0
 
 
 def _ms(x: float) -> float:
@@ -47,7 +61,7 @@ def request_records(result: ScenarioResult, run: RunResult) -> list[dict[str, An
             "run": run.spec.name, "id": o.request_id, "index": o.index, "device": o.device,
             "sample": int(wl.sample_index[o.index]), "send_s": round(o.send_s, 6), "start_s": round(o.start_s, 6),
             "plan": o.plan or plan, "status": "answered" if o.answer is not None else "lost", "error": o.error,
-            "answers": o.answers,
+            "answers": o.answers, "fallback": "",
         }  # fmt: skip
         rec["bandwidth_mbit"] = {h: _mbit(result.links[h].rate_bps_at(o.send_s)) for h in _HOPS}
         if o.answer is not None:
@@ -60,6 +74,7 @@ def request_records(result: ScenarioResult, run: RunResult) -> list[dict[str, An
                 answered_by=b.answered_by,
                 exit_position=b.exit_position,
                 exit_confidence=round(b.exit_confidence, 6),
+                fallback=b.fallback,
                 prediction=pred,
                 label=label,
                 correct=None if label is None else pred == label,
@@ -119,10 +134,80 @@ def run_metrics(records: list[dict[str, Any]], slo_ms: float | None) -> dict[str
         "bytes_per_hop": per_hop,
         "plan_switches": switches,
         "deadline_miss_rate": missed / n if n else 0.0,
+        "fallbacks": sum(1 for r in ok if r.get("fallback")),
         "early_exit_rate": len(exits) / len(ok) if ok else 0.0,
         "answered_by": {t: sum(1 for r in ok if r["answered_by"] == t) for t in ("device", "edge", "cloud")},
         "plans": dict(sorted(plans.items(), key=lambda kv: -kv[1])),
     }
+
+
+def recovery_metrics(records: list[dict[str, Any]], faults: Sequence[dict[str, Any]], *, slo_ms: float | None,
+                     timeout_s: float) -> dict[str, Any]:
+    """How a run came through its faults and link outages.
+
+    A peer *returns* at its fault's ``up_s`` (a restarted agent listens again, a stalled one resumes, an outage
+    ends). A request is *split* when it was answered without a fallback by a plan that uses a tier the fault
+    took out of reach (edge down: the edge or the cloud; cloud down: the cloud).
+
+    Returns:
+        ``faults``: each fault's record with ``resume_s`` (from its return to the first split answer among the
+        requests sent after it; None if there was none) and ``deadline_misses`` (requests in flight during the
+        fault or sent up to ``SETTLE_S`` after its return that were lost or slower than ``slo_ms``);
+        ``split_resumed``: a request sent after the last return was split (None without faults);
+        ``resume_s``: the largest ``resume_s`` (None if none resumed); ``deadline_misses_per_outage``: the
+        ``deadline_misses`` of each fault, in order.
+    """
+    out = []
+    for f in faults:
+        rec = dict(f)
+        up, down = f.get("up_s"), f.get("down_s")
+        if up is None or down is None:  # not done (the run ended first), or never came back
+            rec.update(resume_s=None, deadline_misses=None)
+            out.append(rec)
+            continue
+        tiers = _OUT_OF_REACH.get(f["target"], ())
+        after = sorted((r for r in records if r["send_s"] >= up and _split(r, tiers)), key=_done_s)
+        rec["resume_s"] = round(_done_s(after[0]) - up, 4) if after else None
+        hit = [r for r in records if r["send_s"] < up + SETTLE_S and _end_s(r, timeout_s) > down]
+        rec["deadline_misses"] = sum(1 for r in hit if _missed(r, slo_ms))
+        out.append(rec)
+    done = [f for f in out if f.get("up_s") is not None]
+    resumed = None
+    if done:
+        last = max(done, key=lambda f: f["up_s"])
+        tiers = _OUT_OF_REACH.get(last["target"], ())
+        resumed = any(r["send_s"] >= last["up_s"] and _split(r, tiers) for r in records)
+    times = [f["resume_s"] for f in done if f["resume_s"] is not None]
+    return {
+        "faults": out,
+        "split_resumed": resumed,
+        "resume_s": max(times) if times else None,
+        "deadline_misses_per_outage": [f["deadline_misses"] for f in out if f["deadline_misses"] is not None],
+    }
+
+
+@functools.lru_cache(maxsize=256)
+def _plan_tiers(text: str) -> tuple[str, ...]:
+    try:
+        return Plan.parse(re.sub(r"\s+input\|\S+", "", text)).tiers
+    except PlanError:
+        return ()
+
+
+def _split(r: dict[str, Any], tiers: Sequence[str]) -> bool:
+    return r["status"] == "answered" and not r.get("fallback") and any(t in tiers for t in _plan_tiers(r["plan"]))
+
+
+def _done_s(r: dict[str, Any]) -> float:
+    return r["send_s"] + r["latency_ms"] / 1e3
+
+
+def _end_s(r: dict[str, Any], timeout_s: float) -> float:
+    return _done_s(r) if r["status"] == "answered" else r["send_s"] + timeout_s
+
+
+def _missed(r: dict[str, Any], slo_ms: float | None) -> bool:
+    return r["status"] != "answered" or (slo_ms is not None and r["latency_ms"] > slo_ms)
 
 
 def _percentiles(lat: np.ndarray) -> dict[str, float | None]:
@@ -142,10 +227,15 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 def build_summary(result: ScenarioResult, records: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """``summary.json``: edgeflow's metrics at the top level, ``baselines`` by name, ``ratios``, and context."""
     sc = result.scenario
-    own = run_metrics(records["edgeflow"], sc.slo_ms)
+    def metrics(run: str) -> dict[str, Any]:
+        m = run_metrics(records[run], sc.slo_ms)
+        m.update(recovery_metrics(records[run], result.runs[run].faults, slo_ms=sc.slo_ms, timeout_s=sc.workload.timeout_s))
+        return m
+
+    own = metrics("edgeflow")
     base: dict[str, Any] = {}
     for name, run_name in result.baseline_names.items():
-        m = run_metrics(records[run_name], sc.slo_ms)
+        m = metrics(run_name)
         base[name] = {**m, "plan": result.runs[run_name].spec.key, "how": result.runs[run_name].spec.how}
         if name == "best-fixed":
             base[name]["chosen_run"] = run_name
@@ -163,7 +253,7 @@ def build_summary(result: ScenarioResult, records: dict[str, list[dict[str, Any]
     if result.workload.labels is not None:
         full_acc = float(np.mean(result.reference == result.workload.labels))
     runs = {
-        name: {**run_metrics(records[name], sc.slo_ms), "plan": r.spec.key, "how": r.spec.how,
+        name: {**metrics(name), "plan": r.spec.key, "how": r.spec.how,
                "predicted_latency_ms": None if r.spec.predicted_latency_s is None else round(r.spec.predicted_latency_s * 1e3, 3),
                "duration_s": round(r.duration_s, 3), "notes": r.notes, "link_stats": r.link_stats,
                "plan_switch_log": r.switches}
@@ -256,6 +346,16 @@ def markdown(s: dict[str, Any]) -> str:
             lines += ["", "| t (s) | after request | switch to | why |", "|---|---|---|---|"]
             lines += [f"| {sw['t_s']:.2f} | {sw['request_index']} | `{sw['new']}` | {sw['reason']} |"
                       for sw in s["adaptation"]["switches"]]
+    if s.get("faults"):
+        others = ", ".join(f"{n}: {m['fallbacks']} fallbacks" for n, m in s["baselines"].items()) or "no baselines"
+        lines += ["", "## Faults", "",
+                  f"edgeflow: {s['fallbacks']} requests answered by a fallback; back in split mode after the last "
+                  f"fault: {'yes' if s['split_resumed'] else 'no'}; worst time back: {_f(s['resume_s'], '.2f')} s. "
+                  f"Every run had the same faults ({others}).",
+                  "", "| fault | down at (s) | back at (s) | split again after (s) | deadline misses |", "|---|---|---|---|---|"]
+        lines += [f"| {f['fault']}{' (' + f['error'] + ')' if f.get('error') else ''} | {_f(f['down_s'], '.2f')} | "
+                  f"{_f(f['up_s'], '.2f')} | {_f(f['resume_s'], '.2f')} | {'–' if f['deadline_misses'] is None else f['deadline_misses']} |"
+                  for f in s["faults"]]  # fmt: skip
     lines += ["", "## How each plan was chosen", ""]
     for name, m in s["runs"].items():
         pred = f" (predicted {m['predicted_latency_ms']:.1f} ms)" if m.get("predicted_latency_ms") is not None else ""

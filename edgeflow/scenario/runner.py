@@ -7,7 +7,7 @@ through one deployment:
 
     device (this process) --[device_edge link]--> edge agent --[edge_cloud link]--> cloud agent
 
-- The cloud and edge agents are ``edgeflow agent`` processes (:mod:`edgeflow.scenario.procs`) with ``plan:
+- The cloud and edge agents are ``edgeflow agent`` processes (:mod:`edgeflow.testing.procs`) with ``plan:
   auto``: every request carries its plan and each tier runs what that plan gives it, so one pair serves every
   run. Their node files are written to ``<out>/nodes/``, their logs to ``<out>/logs/``.
 - Each link is a userspace emulator on a fixed port (:class:`~edgeflow.scenario.links.RunLink`): warm between
@@ -17,6 +17,9 @@ through one deployment:
   (``plan: auto``) uses the device's live planner (:class:`edgeflow.agent.live.LivePlanner`), started over links
   at the scenario's mean rates and then fed by every reply; the baselines stamp one fixed plan on every request.
 - Runs go one after another, so they never share the CPU.
+- The scenario's ``faults`` (:mod:`.faults`) are done to the agents in every run, at the same times after its
+  start, as the links' outages are: a killed agent comes back on its port (the link in front of it keeps its
+  target), and whatever is still down when a run ends is brought back before the next one.
 
 Stopping: everything started is stopped in ``finally`` blocks (links, device agents, agent process groups),
 on success, on error and on Ctrl-C; SIGTERM to the runner is turned into the same path while it runs.
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 import signal
 import threading
 import time
@@ -49,9 +53,10 @@ from edgeflow.scenario import baselines as bl
 from edgeflow.scenario.drive import LiveSender, Outcome, PlanSender, Sender, drive
 from edgeflow.scenario.links import LinkPlan, RunLink, link_plan, swap_all
 from edgeflow.scenario.planning import PlanningModel, build_planning_model, link_conditions
-from edgeflow.scenario.procs import AgentProcess, stop_all, wait_all
+from edgeflow.scenario.faults import FaultInjector, link_outage_records
 from edgeflow.scenario.schema import LINK_NAMES, Scenario
 from edgeflow.scenario.workload import Workload, build_workload, reference_predictions
+from edgeflow.testing.procs import AgentProcess, stop_all, wait_all
 
 __all__ = ["RunResult", "ScenarioResult", "RunnerEvents", "ScenarioRunner", "run_scenario"]
 
@@ -62,7 +67,8 @@ _INPUT_CODECS = ["lossless", "png", "jpeg"]  # what the live planner may send th
 
 @dataclass
 class RunResult:
-    """One run: an outcome per request, what its links carried, and (adaptive runs) the plan switches."""
+    """One run: an outcome per request, what its links carried, (adaptive runs) the plan switches, and what its
+    faults and link outages did when (seconds after the run's start, see :mod:`.faults`)."""
 
     spec: bl.RunSpec
     outcomes: list[Outcome]
@@ -70,6 +76,7 @@ class RunResult:
     link_stats: dict[str, dict[str, int]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     switches: list[dict[str, Any]] = field(default_factory=list)
+    faults: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -119,6 +126,8 @@ class ScenarioRunner:
         self.out_dir = out_dir
         self.events = events or RunnerEvents()
         self._procs: list[AgentProcess] = []
+        self._agents: dict[str, AgentProcess] = {}
+        self._injector: FaultInjector | None = None
         self._links: list[RunLink] = []
         self._senders: list[Sender] = []
         self.timings: dict[str, float] = {}
@@ -133,7 +142,7 @@ class ScenarioRunner:
             KeyboardInterrupt: Ctrl-C or SIGTERM (after stopping everything).
         """
         threads = torch.get_num_threads()
-        with self._sigterm_as_interrupt():
+        with self._sigterm_as_interrupt(), self._device_log():
             try:
                 torch.set_num_threads(self.nodes["device"].compute.threads)  # the in-process device computes as its node says
                 return self._run()
@@ -141,8 +150,36 @@ class ScenarioRunner:
                 self.close()
                 torch.set_num_threads(threads)
 
+    @contextlib.contextmanager
+    def _device_log(self) -> Iterator[None]:
+        """The in-process device agents log to ``<out>/logs/device.log`` (as the edge and cloud agents do to
+        theirs), not to the terminal: a fault makes every request log its fallback."""
+        log = logging.getLogger("edgeflow")
+        (self.out_dir / "logs").mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(self.out_dir / "logs" / "device.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        propagate, level = log.propagate, log.level
+        log.addHandler(handler)
+        log.propagate = False
+        if level == logging.NOTSET or level > logging.INFO:
+            log.setLevel(logging.INFO)
+        try:
+            yield
+        finally:
+            log.removeHandler(handler)
+            log.propagate = propagate
+            log.setLevel(level)
+            handler.close()
+
+    def agent_pids(self) -> dict[str, int]:
+        """The process id of each running agent by tier (e.g. to sample their memory while a run goes)."""
+        return {tier: p.pid for tier, p in self._agents.items() if p.running()}
+
     def close(self) -> None:
         """Stop whatever is still running. Idempotent."""
+        if self._injector is not None:
+            self._injector.abort()
+            self._injector = None
         for s in self._senders:
             with contextlib.suppress(Exception):
                 s.close()
@@ -315,7 +352,7 @@ class ScenarioRunner:
         path = folder / f"{tier}.yaml"
         body = yaml.safe_dump(cfg.model_dump(mode="json", exclude_none=True), sort_keys=False)
         path.write_text(f"# written by edgeflow run for scenario {self.scenario.name!r}\n" + body)
-        proc = AgentProcess(tier, path, self.out_dir / "logs" / f"{tier}.log")
+        proc = AgentProcess(tier, path, log_path=self.out_dir / "logs" / f"{tier}.log")
         self._procs.append(proc)
         return proc
 
@@ -324,11 +361,13 @@ class ScenarioRunner:
         cloud = self._start_agent("cloud", None)
         wait_all([cloud], AGENT_START_TIMEOUT_S)
         assert cloud.address is not None
+        self._agents["cloud"] = cloud
         edge_cloud = RunLink(cloud.address, "edge->cloud")
         self._links.append(edge_cloud)
         edge = self._start_agent("edge", edge_cloud.start())
         wait_all([edge], AGENT_START_TIMEOUT_S)
         assert edge.address is not None
+        self._agents["edge"] = edge
         return edge_cloud, edge.address
 
     # ------------------------------------------------------------------------------------ one run
@@ -378,6 +417,9 @@ class ScenarioRunner:
             gc.collect()
             gc.freeze()
             t0 = swap_all(live, live=True)
+            if sc.faults:
+                self._injector = FaultInjector(sc.faults, self._agents, start=t0, restart_timeout_s=AGENT_START_TIMEOUT_S)
+                self._injector.start()
             self.events.on_run_start(spec.name, len(workload))
             _, outcomes = drive(
                 workload.inputs, workload.send_s, workload.device_of, senders, run_name=spec.name,
@@ -385,16 +427,25 @@ class ScenarioRunner:
                 on_done=lambda o: self.events.on_request(spec.name, o),
             )  # fmt: skip
             duration = time.monotonic() - t0
+            faults = link_outage_records({plan.name: plan for _, plan in live[sc.workload.devices - 1 :]})
+            if self._injector is not None:
+                self.events.on_phase(f"run {spec.name}: bringing back agents that are down")
+                faults = self._injector.finish() + faults
+                self._injector = None
+            faults.sort(key=lambda f: (f["down_s"] is None, f["down_s"] or 0.0))
             stats = {link.label: link.stats() for link, _ in live}
             switches = [_switch_json(sw, t0) for s in senders if isinstance(s, LiveSender) for sw in s.live.switches
                         if sw.t_s >= t0]  # fmt: skip
         finally:
             gc.unfreeze()
+            if self._injector is not None:  # the run failed or was interrupted: inject nothing more
+                self._injector.abort()
+                self._injector = None
             for s in senders:
                 with contextlib.suppress(Exception):
                     s.close()
                 self._senders.remove(s)
-        result = RunResult(spec, outcomes, duration, stats, notes, switches)
+        result = RunResult(spec, outcomes, duration, stats, notes, switches, faults)
         self.events.on_run_end(result)
         return result
 
@@ -422,7 +473,7 @@ def _reused(spec: bl.RunSpec, measured: RunResult) -> RunResult:
     """A run whose plan another run already measured: the same experiment, under this run's name."""
     outcomes = [replace(o, request_id=f"{spec.name}-{o.index}") for o in measured.outcomes]
     note = f"same plan as run {measured.spec.name!r}: its measurement is reported for this run too"
-    return RunResult(spec, outcomes, measured.duration_s, measured.link_stats, [note])
+    return RunResult(spec, outcomes, measured.duration_s, measured.link_stats, [note], faults=measured.faults)
 
 
 def run_scenario(scenario: Scenario, nodes: Mapping[str, NodeConfig], *, scenario_dir: Path, out_dir: Path,

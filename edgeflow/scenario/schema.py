@@ -28,6 +28,7 @@ __all__ = [
     "LINK_NAMES",
     "TraceSpec",
     "OutageSpec",
+    "FaultSpec",
     "LinkConfig",
     "NodeRef",
     "NodesConfig",
@@ -89,6 +90,52 @@ class OutageSpec(_Strict):
     start_s: float = Field(ge=0)
     duration_s: float = Field(gt=0)
     mode: Literal["refuse", "stall", "reset"] = "refuse"
+
+
+class FaultSpec(_Strict):
+    """Something done to an agent process at ``at_s`` seconds after a run starts (every run; see docs/SCENARIOS.md).
+
+    ``kill: edge`` sends ``signal`` (``KILL``: a crash; ``TERM``: a clean shutdown that drains for the node's
+    grace period) to the tier's agent; it is started again, on the same port, ``restart_after_s`` later (default:
+    when the run ends, before the next one). ``stall: cloud`` freezes the agent (SIGSTOP: its sockets stay open,
+    nothing is answered) for ``for_s``. Link outages are ``links.<name>.outages``.
+    """
+
+    at_s: float = Field(ge=0, le=86400)
+    kill: Literal["edge", "cloud"] | None = None
+    stall: Literal["edge", "cloud"] | None = None
+    signal: Literal["KILL", "TERM"] = "KILL"
+    restart_after_s: float | None = Field(None, gt=0, le=86400)
+    for_s: float | None = Field(None, gt=0, le=86400)
+
+    @model_validator(mode="after")
+    def _one_action(self) -> "FaultSpec":
+        if (self.kill is None) == (self.stall is None):
+            raise ValueError("give exactly one of 'kill' or 'stall'")
+        if self.stall is not None:
+            if self.for_s is None:
+                raise ValueError("'stall' needs for_s")
+            if self.restart_after_s is not None or "signal" in self.model_fields_set:
+                raise ValueError("'stall' takes for_s, not restart_after_s or signal")
+        elif self.for_s is not None:
+            raise ValueError("'kill' takes restart_after_s, not for_s")
+        return self
+
+    @property
+    def tier(self) -> str:
+        return self.kill or self.stall or ""
+
+    @property
+    def end_s(self) -> float | None:
+        """When the tier is back (planned: the restart starts then), or None (at the run's end)."""
+        length = self.for_s if self.stall is not None else self.restart_after_s
+        return None if length is None else self.at_s + length
+
+    def describe(self) -> str:
+        if self.stall is not None:
+            return f"stall {self.stall} at {self.at_s:g} s for {self.for_s:g} s"
+        back = f"restart after {self.restart_after_s:g} s" if self.restart_after_s else "restart at the run's end"
+        return f"kill {self.kill} (SIG{self.signal}) at {self.at_s:g} s, {back}"
 
 
 class LinkConfig(_Strict):
@@ -191,6 +238,7 @@ class Scenario(_Strict):
     plan: str = "auto"  # auto: the device's live planner; static: the planner's choice at the mean rates; or a plan
     baselines: list[Literal["device-only", "edge-only", "cloud-only", "best-fixed", "neurosurgeon"]] = list(BASELINES)
     best_fixed: BestFixedSpec = BestFixedSpec()
+    faults: list[FaultSpec] = []  # done to the agents in every run, at the same times after its start
 
     @model_validator(mode="after")
     def _plan(self) -> "Scenario":
@@ -201,6 +249,11 @@ class Scenario(_Strict):
                 raise ValueError(f"plan: {e}") from None
         if len(set(self.baselines)) != len(self.baselines):
             raise ValueError("baselines: listed twice")
+        for tier in ("edge", "cloud"):
+            mine = sorted((f for f in self.faults if f.tier == tier), key=lambda f: f.at_s)
+            for a, b in zip(mine, mine[1:]):
+                if a.end_s is None or b.at_s <= a.end_s:
+                    raise ValueError(f"faults: {tier}: {b.describe()} starts before {a.describe()} is over")
         return self
 
     @property

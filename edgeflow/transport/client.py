@@ -25,6 +25,7 @@ from edgeflow.transport.messages import (
     decode_reply,
     encode_request,
 )
+from edgeflow.transport.auth import bearer_metadata
 from edgeflow.transport.options import Keepalive, TlsFiles, channel_credentials, channel_options
 from edgeflow.transport.server import SERVICE_NAME
 from edgeflow.transport.status import code_from_number, error_of
@@ -57,6 +58,7 @@ class PeerClient:
         limits: message limits, the same as the peer's server uses.
         keepalive: keepalive settings, the same as the peer's server uses.
         tls: connect with TLS (client certificate when ``tls.cert``/``tls.key`` are set); ``None``: plaintext.
+        token: send ``authorization: Bearer <token>`` on every call (see :mod:`edgeflow.transport.auth`).
     """
 
     def __init__(
@@ -66,8 +68,10 @@ class PeerClient:
         limits: WireLimits = WireLimits(),
         keepalive: Keepalive = Keepalive(),
         tls: TlsFiles | None = None,
+        token: str | None = None,
     ):
         self.address = address
+        self._metadata = bearer_metadata(token)
         self.limits = limits
         options = channel_options(limits, keepalive)
         if tls is not None:
@@ -106,7 +110,8 @@ class PeerClient:
         """
         req = pb.DescribeRequest(model_fingerprint=fingerprint, caller_role=role).SerializeToString()
         with self._mapped():
-            return decode_description(self._describe(req, timeout=timeout_s, wait_for_ready=True))
+            data = self._describe(req, timeout=timeout_s, wait_for_ready=True, metadata=self._metadata)
+            return decode_description(data)
 
     def infer(self, call: InferCall, *, timeout_s: float, wait_for_ready: bool = False) -> InferReply:
         """Send one request; the reply's payloads are views of the received message.
@@ -119,7 +124,7 @@ class PeerClient:
     def infer_bytes(self, request: bytes, *, timeout_s: float, wait_for_ready: bool = False) -> InferReply:
         """Send an already encoded ``InferRequest`` (see :func:`~edgeflow.transport.messages.encode_request`)."""
         with self._mapped():
-            data = self._infer(request, timeout=timeout_s, wait_for_ready=wait_for_ready)
+            data = self._infer(request, timeout=timeout_s, wait_for_ready=wait_for_ready, metadata=self._metadata)
             return decode_reply(data, self.limits)
 
     def infer_stream(self, calls: Iterable[InferCall], *, timeout_s: float) -> Iterator[InferReply]:
@@ -129,7 +134,8 @@ class PeerClient:
         the whole stream.
         """
         with self._mapped():
-            for data in self._infer_stream((encode_request(c) for c in calls), timeout=timeout_s):
+            requests = (encode_request(c) for c in calls)
+            for data in self._infer_stream(requests, timeout=timeout_s, metadata=self._metadata):
                 yield decode_reply(data, self.limits)
 
     def probe(self, *, send_nbytes: int = 0, reply_nbytes: int = 0, echo: bool = False, timeout_s: float = 10.0) -> float:
@@ -141,7 +147,7 @@ class PeerClient:
         data = frame(meta, 15, [bytes(send_nbytes)])
         with self._mapped():
             t0 = time.perf_counter()
-            out = self._probe(data, timeout=timeout_s)
+            out = self._probe(data, timeout=timeout_s, metadata=self._metadata)
             elapsed = time.perf_counter() - t0
             split_fields(out, 15, max_payloads=1, max_payload_nbytes=self.limits.max_message_bytes)
         return elapsed

@@ -157,6 +157,7 @@ class TierTiming:
     bytes_out: int = 0
     bytes_back: int = 0
     energy_j: float = 0.0
+    batch_size: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -164,18 +165,30 @@ class TierTiming:
 
 @dataclass
 class Breakdown:
-    """Where a request's time and bytes went, tier by tier in chain order."""
+    """Where a request's time and bytes went, tier by tier in chain order.
+
+    ``fallback`` is empty unless a tier could not reach its upstream and finished the model itself; then it says
+    which tier, why, and what it ran, starting with that tier's role:
+    ``"edge: upstream cloud at 127.0.0.1:5 unavailable: ...; finished [52:70] locally"``.
+    """
 
     tiers: list[TierTiming] = field(default_factory=list)
     answered_by: str = ""
     exit_position: int = -1
     exit_confidence: float = 0.0
+    fallback: str = ""
+
+    @property
+    def fallback_tier(self) -> str:
+        """The role of the tier that fell back (``""``: none)."""
+        return self.fallback.split(":", 1)[0] if self.fallback else ""
 
     def to_json(self) -> dict[str, Any]:
         return {
             "answered_by": self.answered_by,
             "exit_position": self.exit_position,
             "exit_confidence": self.exit_confidence,
+            "fallback": self.fallback,
             "tiers": [t.to_json() for t in self.tiers],
         }
 
@@ -249,6 +262,7 @@ def _breakdown_meta(b: Breakdown, into: Any) -> None:
     into.answered_by = b.answered_by
     into.exit_position = b.exit_position
     into.exit_confidence = b.exit_confidence
+    into.fallback = b.fallback
     for t in b.tiers:
         into.tiers.add(**vars(t))  # the dataclass fields are exactly TierTiming's proto fields
 
@@ -328,6 +342,7 @@ def decode_request(data: bytes | memoryview, limits: WireLimits) -> InferCall:
     msg = pb.InferRequest()
     _parse(msg, rest, "InferRequest")
     _check_name(msg.id, "request id", limits)
+    _check_name(msg.model_fingerprint, "model fingerprint", limits)  # echoed in error messages: keep it short
     codec = msg.parameters["output_codec"].string_param if "output_codec" in msg.parameters else ""
     _check_name(codec, "output_codec", limits)
     plan = msg.parameters["plan"].string_param if "plan" in msg.parameters else ""
@@ -363,6 +378,7 @@ def decode_reply(data: bytes | memoryview, limits: WireLimits) -> InferReply:
         answered_by=b.answered_by,
         exit_position=b.exit_position if msg.HasField("breakdown") else -1,
         exit_confidence=b.exit_confidence,
+        fallback=b.fallback,
     )
     return InferReply(
         request_id=msg.id,

@@ -3,19 +3,28 @@
 Keepalive must match across ends: a client pinging more often than the server permits gets GOAWAY
 ``too_many_pings``. Both option lists below derive from the same :class:`Keepalive`; the server tolerates
 pings at half the client's interval, a margin for timer jitter. Message-size limits are set on both ends.
+
+Reconnecting and retrying are gRPC's, configured here rather than hand-rolled: a channel whose peer went away
+reconnects with exponential backoff (:class:`Reconnect`), and a call that fails with UNAVAILABLE before the peer
+answered (refused connection, reset, a peer shutting down) is retried by the channel's service config
+(:func:`service_config`). Re-sending ``Infer`` is safe because agents are idempotent per request id (a peer that
+sees an id again answers from its reply cache, see ``edgeflow.agent.replay``).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
 from edgeflow.errors import ConfigError
+from edgeflow.transport._gen import agent_pb2 as pb
 from edgeflow.transport.messages import WireLimits
 
-__all__ = ["Keepalive", "TlsFiles", "channel_options", "server_options", "channel_credentials", "server_credentials"]
+__all__ = ["Keepalive", "Reconnect", "TlsFiles", "channel_options", "service_config", "server_options",
+           "channel_credentials", "server_credentials"]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -34,6 +43,46 @@ class Keepalive:
 
 
 @dataclass(frozen=True)
+class Reconnect:
+    """How a channel reconnects to a peer that went away, and how calls are retried (gRPC does both).
+
+    gRPC's connection backoff (``doc/connection-backoff.md`` in grpc/grpc): attempts start ``initial_backoff_s``
+    apart, growing x1.6 (jitter +-20%) up to ``max_backoff_s``; each attempt may take ``min_connect_timeout_s``.
+    gRPC's defaults (1 s, 120 s, 20 s) suit a fleet of clients hammering a server; here one agent watches one
+    peer, and a peer that comes back should carry traffic again within a second, so the cap is 0.5 s (gRPC's floor
+    for each of these is 0.1 s).
+
+    Attributes:
+        initial_backoff_s, max_backoff_s, min_connect_timeout_s: as above.
+        retry_attempts: attempts per call (first included) that failed with UNAVAILABLE; 1: no retries.
+        retry_backoff_s: the first retry's delay (doubling, capped at 4x): a short wait, since a stalled call
+            only has its own deadline to spend.
+    """
+
+    initial_backoff_s: float = 0.1
+    max_backoff_s: float = 0.5
+    min_connect_timeout_s: float = 2.0
+    retry_attempts: int = 3
+    retry_backoff_s: float = 0.05
+
+
+def service_config(reconnect: Reconnect) -> str:
+    """The channel's service config (gRFC A6 retry policy, JSON): UNAVAILABLE is retried on Describe, Probe and
+    Infer (idempotent, see the module doc); never on InferStream, whose items may already have been answered."""
+    service = pb.DESCRIPTOR.services_by_name["Agent"].full_name
+    policy = {
+        "maxAttempts": reconnect.retry_attempts,
+        "initialBackoff": f"{reconnect.retry_backoff_s:g}s",
+        "maxBackoff": f"{4 * reconnect.retry_backoff_s:g}s",
+        "backoffMultiplier": 2,
+        "retryableStatusCodes": ["UNAVAILABLE"],
+    }
+    names = [{"service": service, "method": m} for m in ("Describe", "Probe", "Infer")]
+    config: dict = {"methodConfig": [{"name": names, "retryPolicy": policy}] if reconnect.retry_attempts > 1 else []}
+    return json.dumps(config)
+
+
+@dataclass(frozen=True)
 class TlsFiles:
     """PEM files for TLS. With ``ca`` on the server, clients must present a certificate (mTLS)."""
 
@@ -49,7 +98,9 @@ def _limit_options(limits: WireLimits) -> list[tuple[str, int]]:
     ]
 
 
-def channel_options(limits: WireLimits, keepalive: Keepalive) -> list[tuple[str, int]]:
+def channel_options(
+    limits: WireLimits, keepalive: Keepalive, reconnect: Reconnect = Reconnect()
+) -> list[tuple[str, int | str]]:
     """Options for a client channel to a peer agent."""
     ms = int(keepalive.time_s * 1000)
     return [
@@ -58,7 +109,16 @@ def channel_options(limits: WireLimits, keepalive: Keepalive) -> list[tuple[str,
         ("grpc.keepalive_timeout_ms", int(keepalive.timeout_s * 1000)),
         ("grpc.keepalive_permit_without_calls", int(keepalive.permit_without_calls)),
         ("grpc.http2.max_pings_without_data", 0),
-        ("grpc.enable_retries", 0),  # the agent decides what to retry; a re-sent request is recomputed
+        ("grpc.initial_reconnect_backoff_ms", int(reconnect.initial_backoff_s * 1000)),
+        ("grpc.max_reconnect_backoff_ms", int(reconnect.max_backoff_s * 1000)),
+        ("grpc.min_reconnect_backoff_ms", int(reconnect.min_connect_timeout_s * 1000)),  # gRPC: the connect timeout
+        # retries are safe since agents answer a repeated request id from their reply cache instead of computing
+        # it again (they were off while a re-sent request was recomputed)
+        ("grpc.enable_retries", int(reconnect.retry_attempts > 1)),
+        ("grpc.service_config", service_config(reconnect)),
+        # a call can be retried only while its request is still buffered (gRPC's default: 256 KiB, less than one
+        # hop's activations); one message per call in flight, which the caller holds anyway
+        ("grpc.per_rpc_retry_buffer_size", min(limits.max_message_bytes, 2**31 - 1)),
     ]
 
 

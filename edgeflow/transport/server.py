@@ -28,6 +28,7 @@ from edgeflow.transport.messages import (
     encode_description,
     encode_reply,
 )
+from edgeflow.transport.auth import TokenInterceptor
 from edgeflow.transport.options import Keepalive, TlsFiles, server_credentials, server_options
 from edgeflow.transport.pool import LifoThreadPool
 from edgeflow.transport.status import code_number, status_of
@@ -65,6 +66,8 @@ class AgentServer:
         stream_inflight: items of one InferStream served at once (reading the stream pauses beyond it,
             which pushes back on the sender through HTTP/2 flow control).
         default_timeout_s: deadline for calls that arrive without one.
+        auth_token: require ``authorization: Bearer <auth_token>`` on edgeflow.v1.Agent calls (UNAUTHENTICATED
+            otherwise; health and reflection stay open, see :mod:`edgeflow.transport.auth`); ``None``: no token.
     """
 
     def __init__(
@@ -78,6 +81,7 @@ class AgentServer:
         max_workers: int = 16,
         stream_inflight: int = 4,
         default_timeout_s: float = 30.0,
+        auth_token: str | None = None,
     ):
         self._handler = handler
         self._requested = address
@@ -91,6 +95,7 @@ class AgentServer:
             self._rpcs,
             options=server_options(limits, keepalive),
             maximum_concurrent_rpcs=max_workers,  # beyond it gRPC answers RESOURCE_EXHAUSTED at once
+            interceptors=[TokenInterceptor(auth_token)] if auth_token is not None else None,
         )
         self._server.add_generic_rpc_handlers([self._generic_handler()])
         self._health = health.HealthServicer(experimental_non_blocking=True)
@@ -153,7 +158,7 @@ class AgentServer:
         try:
             return fn()
         except Exception as e:  # every failure becomes a status; the server keeps serving
-            code, message = status_of(e)
+            code, message = _status(e)
             if code == grpc.StatusCode.INTERNAL:
                 _log.exception("internal error serving %s", context.peer())
             context.abort(code, message)
@@ -179,7 +184,7 @@ class AgentServer:
         try:
             return encode_reply(self._handler.infer(decode_request(data, self.limits), deadline))
         except Exception as e:
-            code, message = status_of(e)
+            code, message = _status(e)
             if code == grpc.StatusCode.INTERNAL:
                 _log.exception("internal error serving a stream item")
             failed = InferReply(_peek_id(data), "", 0, [], error_code=code_number(code), error_message=message)
@@ -245,6 +250,19 @@ class AgentServer:
             return frame(pb.ProbeResponse(id=req.id).SerializeToString(), 15, [out])
 
         return self._run(context, go)
+
+
+# A status message travels as an HTTP/2 header; gRPC clients refuse header blocks over 8 KiB (the call then
+# fails RESOURCE_EXHAUSTED instead of with our status), and messages echo values taken from requests.
+_MAX_DETAILS_CHARS = 2048
+
+
+def _status(e: BaseException) -> tuple[grpc.StatusCode, str]:
+    """:func:`status_of`, with the message cut to :data:`_MAX_DETAILS_CHARS`."""
+    code, message = status_of(e)
+    if len(message) > _MAX_DETAILS_CHARS:
+        message = f"{message[:_MAX_DETAILS_CHARS]}... ({len(message) - _MAX_DETAILS_CHARS} more characters)"
+    return code, message
 
 
 def _peek_id(data: bytes) -> str:

@@ -7,19 +7,15 @@ is the demo artifact when it is present, else a seeded zoo model of the same arc
 from __future__ import annotations
 
 import os
-import queue
-import re
-import signal
-import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
 from edgeflow.agent.loader import builtin_artifact_path
+from edgeflow.errors import ScenarioError
+from edgeflow.testing import procs
 
 REPO = Path(__file__).resolve().parents[2]
 NODES = REPO / "nodes"
@@ -41,62 +37,26 @@ def env() -> dict[str, str]:
     return e
 
 
-class AgentProcess:
-    """``edgeflow agent`` in a subprocess; :attr:`address` is read from its 'listening on' line."""
+class AgentProcess(procs.AgentProcess):
+    """``edgeflow agent`` in a subprocess (:class:`edgeflow.testing.procs.AgentProcess`) with the test defaults:
+    a shipped node file by name, port 0, the test artifact; waits until it listens (:attr:`address`)."""
 
     def __init__(self, node: str | Path, *extra: str, port: int = 0, upstream: str | None = None,
                  plan: str | None = None, artifact: str = ARTIFACT):
         path = node if isinstance(node, Path) else NODES / f"{node}.yaml"
-        args = ["agent", "--node", str(path), "--port", str(port), "--artifact", artifact, "--profile-repeats", "1",
-                *extra]
-        if upstream:
-            args += ["--upstream", upstream]
-        if plan:
-            args += ["--plan", plan]
-        self.name = path.stem
-        self.proc = subprocess.Popen(edgeflow_cmd(*args), cwd=REPO, env=env(), stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
-        self._lines: queue.Queue[str | None] = queue.Queue()
-        self.stderr: list[str] = []
-        threading.Thread(target=self._pump, args=(self.proc.stdout, self._lines.put), daemon=True).start()
-        threading.Thread(target=self._pump, args=(self.proc.stderr, self.stderr.append), daemon=True).start()
-        self.address = self._wait_address()
-
-    @staticmethod
-    def _pump(stream, sink) -> None:  # type: ignore[no-untyped-def]
-        for line in stream:
-            sink(line)
-        sink(None)
-
-    def _wait_address(self) -> str:
-        end = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < end:
-            try:
-                line = self._lines.get(timeout=0.5)
-            except queue.Empty:
-                continue
-            if line is None:
-                break
-            m = re.search(r"listening on (\S+)", line)
-            if m:
-                return m.group(1)
-        self.proc.kill()
-        raise RuntimeError(f"{self.name} agent did not start: rc={self.proc.poll()}\n{''.join(l for l in self.stderr if l)}")
-
-    def stop(self, timeout_s: float = 20.0) -> int:
-        """SIGTERM, then wait; returns the exit code (kills after ``timeout_s``)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+        super().__init__(path.stem, path, *extra, port=port, upstream=upstream, plan=plan, artifact=artifact,
+                         profile_repeats=1, env=env(), cwd=REPO)  # fmt: skip
         try:
-            return self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-            raise
+            self.wait_ready(START_TIMEOUT_S)
+        except ScenarioError as e:
+            self.stop(5.0)
+            raise RuntimeError(f"{self.name} agent did not start: {e}\n{self.log}") from None
 
-    @property
-    def log(self) -> str:
-        return "".join(l for l in self.stderr if l)
+    def stop(self, timeout_s: float = 20.0) -> int:  # type: ignore[override]
+        """SIGTERM, wait ``timeout_s``, then SIGKILL; returns the exit code."""
+        code = super().stop(grace_s=timeout_s)
+        assert code is not None
+        return code
 
 
 @pytest.fixture(scope="session")

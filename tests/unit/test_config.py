@@ -60,6 +60,10 @@ def _base(**changes: object) -> dict:
         (_base(typo=1), "typo: Extra inputs are not permitted"),
         (_base(compute={"thread": 2}), "compute.thread: Extra inputs are not permitted"),
         ({"plan": PLAN}, "role: Field required"),
+        (_base(auth={}), "auth: set exactly one of token_file or token_env"),
+        (_base(upstream={"address": "h:1", "auth": {"token_file": "t", "token_env": "T"}}), "upstream.auth:"),
+        (_base(auth={"token_env": "NOT A NAME"}), "auth.token_env:"),
+        (_base(auth={"token": "s3cret"}), "auth.token: Extra inputs are not permitted"),  # never inline
     ],
 )
 def test_bad_node_names_the_field(data: dict, expected: str) -> None:
@@ -101,4 +105,8 @@ def test_relative_paths_resolve_against_the_node_file(tmp_path: Path) -> None:
     cfg = read_node_file(f, port=0)
     assert cfg.model.artifact == str(tmp_path / "weights/m.safetensors")
     assert cfg.tls.cert == tmp_path / "c.pem"
+    f.write_text("role: edge\nplan: cloud[0:]\nauth: {token_file: certs/token}\n"
+                 "upstream: {address: '127.0.0.1:1', auth: {token_file: t}, tls: {ca: ca.pem}}\n")
+    cfg = read_node_file(f)
+    assert cfg.auth.token_file == tmp_path / "certs/token" and cfg.upstream.auth.token_file == tmp_path / "t"
     assert cfg.listen.address == "127.0.0.1:0"

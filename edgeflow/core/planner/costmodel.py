@@ -161,6 +161,8 @@ class Breakdown:
     energy_j: float
     bottleneck_s: float
     uplink_nbytes: float
+    # latency of each exit outcome: answering position (N: the model output) -> seconds; filled by evaluate()
+    outcome_latency_s: Mapping[int, float] = field(default_factory=dict)
 
     @property
     def throughput_rps(self) -> float:
@@ -394,9 +396,12 @@ class CostModel:
 
         compute, busy, link_busy = [0.0] * m, [0.0] * m, [0.0] * max(m - 1, 0)
         enc = dec = transfer = rtt = wait = up_bytes = 0.0
+        path_s: dict[int, float] = {}  # each outcome's own latency (unweighted)
         for x, w in outcomes:
+            path = 0.0
             if ch.tiers[0] == 0:
                 wait += w * queue[0]
+                path += queue[0]
             for seg, t in enumerate(ch.tiers):
                 a, b = bounds[seg], bounds[seg + 1]
                 if incoming[seg] is not None:
@@ -409,11 +414,13 @@ class CostModel:
                     busy[s] += w * e_s
                     busy[r] += w * d_s
                     up_bytes += w * nb
+                    path += e_s + d_s + queue[r]
                     for link in range(s, r):
                         tx = 8.0 * nb / cond.links[link].bandwidth_bps
                         transfer += w * tx
                         link_busy[link] += w * tx
                         rtt += w * cond.links[link].rtt_s
+                        path += tx + cond.links[link].rtt_s
                     wait += w * queue[r]
                 stop = min(x, b)
                 c = factor[t] * (self.cum_compute[t, stop] - self.cum_compute[t, a])
@@ -422,10 +429,13 @@ class CostModel:
                         c += factor[t] * self.head_s[t, j]
                 compute[t] += w * c
                 busy[t] += w * c
+                path += c
                 if x <= b:  # answered here: the reply goes back to the source
                     for link in range(0, t):
                         transfer += w * 8.0 * self.reply_nbytes / cond.links[link].bandwidth_bps
+                        path += 8.0 * self.reply_nbytes / cond.links[link].bandwidth_bps
                     break
+            path_s[x] = path
         latency = sum(compute) + enc + dec + transfer + rtt + wait
         drop = sum(self._drop(pos, c) for pos, c in self._hops(ch))
         power = self.tiers[0].power
@@ -444,6 +454,7 @@ class CostModel:
             energy_j=energy,
             bottleneck_s=max([*busy, *link_busy]),
             uplink_nbytes=up_bytes,
+            outcome_latency_s=path_s,
         )
 
 

@@ -6,6 +6,11 @@ by ``margin`` (relative) on every evaluation for at least ``hold_s`` seconds *an
 evaluations in a row, and not sooner than ``min_interval_s`` after the previous switch. An infeasible current
 plan (e.g. over the latency SLO) is left at once. Every decision carries a one-line reason for the log.
 
+Tiers can go down and come back (:meth:`Replanner.set_unavailable`, told by the caller, who sees the failures):
+a current plan that uses a down tier is infeasible, so it is left at once; when a tier comes back, decisions take
+the best plan at once, without hysteresis, for ``back_window_s`` (the conditions changed for certain, not by
+noise, and the returning tier's link is being measured afresh: its first samples may be slow).
+
 The caller applies the returned plan (the agents switch at a request boundary); the replanner takes it as current
 when it returns it.
 """
@@ -15,7 +20,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from typing import Collection
+
 from edgeflow.core.plan import Plan
+from edgeflow.errors import PlanError
 
 from .costmodel import Conditions
 from .estimator import ConditionsTracker
@@ -64,6 +72,7 @@ class Replanner:
         hold_s: how long it must keep it.
         min_evaluations: in how many evaluations in a row.
         min_interval_s: the least time between two switches.
+        back_window_s: how long after a tier's return a better plan is taken without hysteresis.
     """
 
     def __init__(
@@ -79,6 +88,7 @@ class Replanner:
         hold_s: float = 0.3,
         min_evaluations: int = 2,
         min_interval_s: float = 1.0,
+        back_window_s: float = 2.0,
     ):
         self.planner = planner
         self.model = planner.model
@@ -90,6 +100,21 @@ class Replanner:
         self._pending_since: float | None = None
         self._pending_count = 0
         self._last_switch_s: float | None = None
+        self.unavailable: frozenset[str] = frozenset()  # tiers down (see set_unavailable)
+        self.back_window_s = back_window_s
+        self._back: frozenset[str] = frozenset()  # tiers back recently (see back_window_s) ...
+        self._back_since: float | None = None  # ... since the first decision after their return
+
+    def set_unavailable(self, tiers: Collection[str]) -> None:
+        """The tiers that are down now (all others are up); the next decision plans around them.
+
+        Raises:
+            PlanError: a tier not in the chain, or the source.
+        """
+        new = frozenset(tiers)
+        self.planner.reach_of(new)
+        self._back |= self.unavailable - new
+        self.unavailable = new
 
     # ------------------------------------------------------------------------------------ observations
     def observe_transfer(self, link: int, nbytes: float, seconds: float, now_s: float, *, includes_rtt: bool = True) -> bool:
@@ -122,7 +147,19 @@ class Replanner:
     def decide_with(self, cond: Conditions, now_s: float) -> Decision:
         """Evaluate under given conditions (the state machine itself; :meth:`decide` feeds it the tracker's)."""
         md, obj = self.model, self.objective
-        result = self.planner.search(cond, obj, latency_slo_s=self.latency_slo_s, top_k=0)
+        down = self.unavailable
+        if self._back and self._back_since is None:
+            self._back_since = now_s
+        if self._back_since is not None and now_s - self._back_since > self.back_window_s:
+            self._back, self._back_since = frozenset(), None
+        back = self._back
+        try:
+            result = self.planner.search(cond, obj, latency_slo_s=self.latency_slo_s, top_k=0, unavailable=down)
+        except PlanError:
+            if not down or self.latency_slo_s is None:
+                raise
+            # with tiers down, the best plan left beats no plan, SLO or not
+            result = self.planner.search(cond, obj, top_k=0, unavailable=down)
         best = result.best
         cur = md.choice_of(self.current, self.input_codec)
         cur_b = md.evaluate(cur, cond)
@@ -130,11 +167,17 @@ class Replanner:
         broken = md.violations(cur)
         if self.latency_slo_s is not None and cur_b.latency_s > self.latency_slo_s:
             broken.append(f"latency {cur_b.latency_s * 1e3:.1f} ms over the SLO {self.latency_slo_s * 1e3:.1f} ms")
+        used_down = [t for t in self.current.tiers if t in down or md.names.index(t) >= self.planner.reach_of(down)]
+        if used_down:
+            broken.append(f"{', '.join(used_down)} unreachable ({', '.join(sorted(down))} down)")
         unit = _unit(obj)
         if best.plan == self.current and best.input_codec == self.input_codec:
             self._reset()
             why = f"keep: {self._cur_text()} is the best ({unit(cur_v)})"
             return Decision(None, None, why, self.current, cur_v, best.value, result)
+        if back:
+            self._back, self._back_since = frozenset(), None
+            return self._switch(best, now_s, cur_v, result, f"{', '.join(sorted(back))} back")
         if broken:
             return self._switch(best, now_s, cur_v, result, f"current plan infeasible ({'; '.join(broken)})")
         gain = (cur_v - best.value) / cur_v if cur_v > 0 and math.isfinite(cur_v) else 0.0

@@ -26,13 +26,15 @@ O(Q · P² · K²), with Q combos, P hop positions and K codecs.
   it the bottleneck is ``u + v``, minimised exactly. These arrays run codec-first with codecs sorted by drop,
   so a level minimum is a cumulative minimum over codecs.
 
-Exit combos that alone break the accuracy floor are dropped up front. The returned plans are re-evaluated with
-:meth:`CostModel.evaluate` (the explicit per-outcome walk that ``oracle.py`` enumerates).
+A tier that is down (``unavailable``) takes no part: neither do the tiers past it, since a hop relays through
+every tier between its ends. Exit combos that alone break the accuracy floor are dropped up front. The returned
+plans are re-evaluated with :meth:`CostModel.evaluate` (the explicit per-outcome walk that ``oracle.py`` enumerates).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Collection
 
 import numpy as np
 
@@ -148,7 +150,13 @@ class Planner:
 
     # ------------------------------------------------------------------------------------ search
     def search(
-        self, cond: Conditions, objective: str = "latency", *, latency_slo_s: float | None = None, top_k: int = 3
+        self,
+        cond: Conditions,
+        objective: str = "latency",
+        *,
+        latency_slo_s: float | None = None,
+        top_k: int = 3,
+        unavailable: Collection[str] = (),
     ) -> SearchResult:
         """The best feasible plan for ``objective`` and the best plan of each other tier set.
 
@@ -158,9 +166,11 @@ class Planner:
                 when given) or ``"throughput"`` (bottleneck seconds per request).
             latency_slo_s: expected latency bound for latency and energy objectives.
             top_k: alternatives to return.
+            unavailable: tiers that are down: plans use none of them, nor any tier past them.
 
         Raises:
-            PlanError: unknown objective, conditions that do not fit the chain, or no feasible plan.
+            PlanError: unknown objective, conditions that do not fit the chain, an unknown or source tier in
+                ``unavailable``, or no feasible plan.
         """
         md = self.model
         if objective not in OBJECTIVES:
@@ -168,16 +178,34 @@ class Planner:
         if latency_slo_s is not None and objective == "throughput":
             raise PlanError("latency_slo_s applies to the latency and energy objectives, not throughput")
         md.check_conditions(cond)
+        reach = self.reach_of(unavailable)
         dyn = _Dynamic(self, cond)
         found = [g for g in self._groups(dyn, objective, latency_slo_s) if np.isfinite(g[0])] if len(self.rows) else []
+        found = [g for g in found if max(g[1].tiers) < reach]
         if not found:
-            raise PlanError(_why_none(md, objective, latency_slo_s))
+            down = f"; {', '.join(sorted(unavailable))} down" if reach < len(md.tiers) else ""
+            raise PlanError(_why_none(md, objective, latency_slo_s) + down)
         found.sort(key=lambda vc: vc[0])
         cands = [
             Candidate(md.to_plan(ch), ch.input_codec, float(value), md.evaluate(ch, cond), ch)
             for value, ch in found[: top_k + 1]
         ]
         return SearchResult(objective, cands[0], tuple(cands[1:]), self.num_plans)
+
+    def reach_of(self, unavailable: Collection[str]) -> int:
+        """How many tiers, from the source, plans may use while ``unavailable`` are down.
+
+        Raises:
+            PlanError: a tier not in the chain, or the source.
+        """
+        names = self.model.names
+        unknown = [t for t in unavailable if t not in names]
+        if unknown:
+            raise PlanError(f"unavailable tiers {unknown} are not in the chain {' > '.join(names)}")
+        reach = min((names.index(t) for t in unavailable), default=len(names))
+        if reach == 0:
+            raise PlanError(f"the source tier {names[0]} cannot be unavailable: it plans")
+        return reach
 
     def _groups(self, dyn: "_Dynamic", objective: str, slo: float | None):
         """Yield (value, choice) for the best plan of each tier set."""

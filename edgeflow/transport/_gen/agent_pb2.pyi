@@ -38,7 +38,7 @@ class Tensor(_message.Message):
     def __init__(self, name: _Optional[str] = ..., datatype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., parameters: _Optional[_Mapping[str, InferParameter]] = ...) -> None: ...
 
 class TierTiming(_message.Message):
-    __slots__ = ("tier", "start", "stop", "queue_s", "compute_s", "encode_s", "decode_s", "network_s", "total_s", "bytes_in", "bytes_out", "bytes_back", "energy_j")
+    __slots__ = ("tier", "start", "stop", "queue_s", "compute_s", "encode_s", "decode_s", "network_s", "total_s", "bytes_in", "bytes_out", "bytes_back", "energy_j", "batch_size")
     TIER_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
     STOP_FIELD_NUMBER: _ClassVar[int]
@@ -52,6 +52,7 @@ class TierTiming(_message.Message):
     BYTES_OUT_FIELD_NUMBER: _ClassVar[int]
     BYTES_BACK_FIELD_NUMBER: _ClassVar[int]
     ENERGY_J_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     tier: str
     start: int
     stop: int
@@ -65,19 +66,22 @@ class TierTiming(_message.Message):
     bytes_out: int
     bytes_back: int
     energy_j: float
-    def __init__(self, tier: _Optional[str] = ..., start: _Optional[int] = ..., stop: _Optional[int] = ..., queue_s: _Optional[float] = ..., compute_s: _Optional[float] = ..., encode_s: _Optional[float] = ..., decode_s: _Optional[float] = ..., network_s: _Optional[float] = ..., total_s: _Optional[float] = ..., bytes_in: _Optional[int] = ..., bytes_out: _Optional[int] = ..., bytes_back: _Optional[int] = ..., energy_j: _Optional[float] = ...) -> None: ...
+    batch_size: int
+    def __init__(self, tier: _Optional[str] = ..., start: _Optional[int] = ..., stop: _Optional[int] = ..., queue_s: _Optional[float] = ..., compute_s: _Optional[float] = ..., encode_s: _Optional[float] = ..., decode_s: _Optional[float] = ..., network_s: _Optional[float] = ..., total_s: _Optional[float] = ..., bytes_in: _Optional[int] = ..., bytes_out: _Optional[int] = ..., bytes_back: _Optional[int] = ..., energy_j: _Optional[float] = ..., batch_size: _Optional[int] = ...) -> None: ...
 
 class Breakdown(_message.Message):
-    __slots__ = ("tiers", "answered_by", "exit_position", "exit_confidence")
+    __slots__ = ("tiers", "answered_by", "exit_position", "exit_confidence", "fallback")
     TIERS_FIELD_NUMBER: _ClassVar[int]
     ANSWERED_BY_FIELD_NUMBER: _ClassVar[int]
     EXIT_POSITION_FIELD_NUMBER: _ClassVar[int]
     EXIT_CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_FIELD_NUMBER: _ClassVar[int]
     tiers: _containers.RepeatedCompositeFieldContainer[TierTiming]
     answered_by: str
     exit_position: int
     exit_confidence: float
-    def __init__(self, tiers: _Optional[_Iterable[_Union[TierTiming, _Mapping]]] = ..., answered_by: _Optional[str] = ..., exit_position: _Optional[int] = ..., exit_confidence: _Optional[float] = ...) -> None: ...
+    fallback: str
+    def __init__(self, tiers: _Optional[_Iterable[_Union[TierTiming, _Mapping]]] = ..., answered_by: _Optional[str] = ..., exit_position: _Optional[int] = ..., exit_confidence: _Optional[float] = ..., fallback: _Optional[str] = ...) -> None: ...
 
 class InferRequest(_message.Message):
     __slots__ = ("id", "model_fingerprint", "start", "stop", "inputs", "parameters", "raw_input_contents")

@@ -183,6 +183,8 @@ BAD = {
     "corrupt body": (lambda c, rt: _mutate(c, payload=_corrupt(bytes(c.tensors[0].payload), -3)), "INVALID_ARGUMENT", ""),
     "unknown output codec": (lambda c, rt: setattr(c, "output_codec", "gzip"), "INVALID_ARGUMENT", "unknown codec 'gzip'"),
     "bad codec spec": (lambda c, rt: _mutate(c, codec="int8:q5"), "INVALID_ARGUMENT", "declared codec"),
+    "garbage codec spec": (lambda c, rt: _mutate(c, codec="lossless:j1"), "INVALID_ARGUMENT", "declared codec 'lossless:j1'"),
+    "long fingerprint": (lambda c, rt: setattr(c, "fingerprint", "f" * 5000), "INVALID_ARGUMENT", "model fingerprint is 5000"),
     "not a payload": (lambda c, rt: _mutate(c, payload=b"\x80\x04pickle"), "INVALID_ARGUMENT", "truncated payload"),
 }
 
@@ -243,7 +245,8 @@ def test_upstream_down_is_reported_as_unavailable(runtime: ModelRuntime, make_no
     from edgeflow.transport import PeerClient
 
     up = Upstream(PeerClient("127.0.0.1:1"), fingerprint=runtime.fingerprint, role="device", connect_s=0.3)
-    agent = Agent(make_node("device", "device[0:13]|int8 > cloud[13:]", True), runtime, upstream=up, profile_repeats=0)
+    node = make_node("device", "device[0:13]|int8 > cloud[13:]", True, fallback={"enabled": False})  # else: finished here
+    agent = Agent(node, runtime, upstream=up, profile_repeats=0)
     try:
         with pytest.raises(PeerUnavailable, match="did not answer the handshake"):
             DeviceClient(agent).infer(_x())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from collections import Counter
 from typing import Callable
 
@@ -170,3 +171,59 @@ def test_live_planner_learns_the_link_from_replies_and_switches(chain: ChainFact
     assert after and after[0].request_index <= 8 + 3  # and away from it within 3 replies of the drop
     assert live.plan.tiers[0] == "device" and all(s.new != s.old and s.reason for s in live.switches)
     live.close()
+
+
+class _Peer:
+    """A link to probe: 1 ms round trip, 1 Gbit/s; raises PeerUnavailable while ``down``."""
+
+    def __init__(self) -> None:
+        self.down = False
+        self.probes = 0
+
+    def probe(self, *, send_nbytes: int = 0, reply_nbytes: int = 0, echo: bool = False, timeout_s: float = 10.0) -> float:
+        from edgeflow.errors import PeerUnavailable
+
+        self.probes += 1
+        if self.down:
+            raise PeerUnavailable("peer: connection refused")
+        return 1e-3 + 8 * (send_nbytes + reply_nbytes) / 1e9
+
+
+def _fell_back(plan: Plan, *, sent_s_ago: float = 0.01) -> Breakdown:
+    tiers = [TierTiming("device", 0, 13, compute_s=1e-3, total_s=sent_s_ago),
+             TierTiming("edge", 13, 70, compute_s=1e-3)]  # fmt: skip
+    return Breakdown(tiers, "edge", fallback="edge: upstream cloud at 127.0.0.1:9 unavailable: refused; finished [13:70] locally")
+
+
+def test_live_planner_plans_without_a_down_tier_and_returns_when_it_answers(chain: ChainFactory) -> None:
+    import dataclasses
+
+    agents = chain("auto", roles=("device", "edge", "cloud"), compute={"slowdown_factor": 30.0})
+    descriptions = [a.describe() for a in agents[1:]]
+    descriptions[-1] = dataclasses.replace(descriptions[-1], slowdown_factor=1.0)  # a fast cloud: worth the hops
+    peers = [_Peer(), _Peer()]
+    live = LivePlanner.start(agents[0], PlannerConfig(down_probe_s=0.01), descriptions=descriptions, peers=peers,
+                             profile_repeats=1)  # fmt: skip
+    try:
+        assert "cloud" in live.plan.tiers
+        peers[1].down = True
+        live.observe(_fell_back(live.plan), live.plan)
+        assert live.down_tiers() == {"cloud"} and "cloud" not in live.plan.tiers
+        assert live.switches[-1].reason.startswith("cloud down: edge: upstream cloud at 127.0.0.1:9 unavailable")
+        probes = peers[1].probes
+        for _ in range(500):  # the watcher probes it meanwhile
+            if peers[1].probes > probes + 2:
+                break
+            time.sleep(0.01)
+        assert live.down_tiers() == {"cloud"}
+        peers[1].down = False
+        for _ in range(500):
+            if not live.down_tiers():
+                break
+            time.sleep(0.01)
+        assert live.down_tiers() == frozenset() and "cloud" in live.plan.tiers
+        assert live.switches[-1].reason == "cloud back"
+        live.observe(_fell_back(live.plan, sent_s_ago=60.0), live.plan)  # sent before the cloud came back
+        assert live.down_tiers() == frozenset()
+    finally:
+        live.close()

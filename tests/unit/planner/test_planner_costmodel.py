@@ -60,6 +60,8 @@ def test_exit_outcomes_are_weighted(tiny):
     assert b.exit_prob == pytest.approx(0.25)
     assert b.latency_s == pytest.approx(0.25 * 0.04 + 0.75 * full)
     assert b.accuracy == pytest.approx(1.0)
+    n = md.num_positions  # each outcome's own latency: exit at 1 pays only the device's 40 ms
+    assert b.outcome_latency_s == pytest.approx({1: 0.04, n: full})
 
 
 def test_accuracy_subtracts_codec_drops_and_checks_the_floor(tiny):

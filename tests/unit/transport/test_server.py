@@ -48,6 +48,7 @@ FAILURES = {
     "upstream-down": PeerUnavailable("upstream 127.0.0.1:1 unavailable"),
     "relayed": RemoteError("INVALID_ARGUMENT", "cloud says no", "127.0.0.1:2"),
     "bug": ValueError("oops"),
+    "long": InvalidRequest("codec " + "x" * 20_000),  # echoed request values must not overflow the status header
 }
 
 
@@ -224,3 +225,10 @@ def test_keepalive_options_agree() -> None:
     assert server["grpc.keepalive_permit_without_calls"] == client["grpc.keepalive_permit_without_calls"] == 1
     for side in (client, server):
         assert side["grpc.max_receive_message_length"] == side["grpc.max_send_message_length"] == LIMITS.max_message_bytes
+
+
+def test_long_status_messages_are_cut_to_fit_a_header(client: PeerClient) -> None:
+    with pytest.raises(RemoteError) as err:
+        client.infer(_call("fail:long"), timeout_s=5)
+    assert err.value.code == "INVALID_ARGUMENT"  # not RESOURCE_EXHAUSTED for an 8 KiB header block
+    assert 2000 < len(err.value.details) < 2200 and err.value.details.endswith("more characters)")
