@@ -54,7 +54,8 @@ def test_pipelined_stream_through_three_processes(edge, runtime, images, make_de
     with DeviceClient.from_config(make_device_config(edge.address)) as device:
         xs = images[:4] * 3
         outs = [r.output for r in device.infer_many(xs)]
-    assert all(torch.equal(o, _ref(runtime, x)) for o, x in zip(outs, xs))
+    # edge and cloud batch concurrent requests (nodes/*.yaml): a batched conv may differ from batch 1 in the last ulp
+    assert all(torch.allclose(o, _ref(runtime, x), rtol=0, atol=1e-5) for o, x in zip(outs, xs))
 
 
 def test_early_exit_answers_on_the_device(edge, runtime, images, make_device_config) -> None:  # type: ignore[no-untyped-def]
