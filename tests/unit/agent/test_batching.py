@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from edgeflow.agent import ModelRuntime
+from edgeflow.testing.threads import in_thread as _in_thread
 from edgeflow.agent.compute import BatchingComputeUnit, BatchJob, ComputeUnit
 from edgeflow.config import NodeConfig
 from edgeflow.core.plan import ExitPoint
@@ -25,20 +26,6 @@ FOREVER_S = 1000.0  # a queue delay no test waits out: a batch that goes anyway 
 
 def _far() -> float:
     return time.monotonic() + 30
-
-
-def _in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
-    out: list[Any] = []
-
-    def run() -> None:
-        try:
-            out.append(fn())
-        except Exception as e:  # returned to the test
-            out.append(e)
-
-    t = threading.Thread(target=run)
-    t.start()
-    return t, out
 
 
 def _until(cond: Callable[[], bool]) -> None:

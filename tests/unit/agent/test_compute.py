@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable
 
 import pytest
 
+from edgeflow.testing.threads import in_thread as _in_thread
 from edgeflow.agent.compute import ComputeUnit, MemoryBudget
 from edgeflow.errors import DeadlineExceeded
 from edgeflow.transport import Overloaded, RequestTooLarge, ShuttingDown
@@ -15,20 +15,6 @@ from edgeflow.transport import Overloaded, RequestTooLarge, ShuttingDown
 
 def _far() -> float:
     return time.monotonic() + 10
-
-
-def _in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
-    out: list[Any] = []
-
-    def run() -> None:
-        try:
-            out.append(fn())
-        except Exception as e:  # returned to the test
-            out.append(e)
-
-    t = threading.Thread(target=run)
-    t.start()
-    return t, out
 
 
 def test_runs_one_at_a_time_in_arrival_order() -> None:
