@@ -31,7 +31,9 @@ def test_estimate_tracks_a_shaped_link(edge, make_device_config, images) -> None
 
 
 def test_plan_switches_soon_after_a_10x_drop(edge, make_device_config, images, caplog) -> None:  # type: ignore[no-untyped-def]
-    high, drop_at_s = 2e6, 3.0
+    # the live planner needs ~1-3 s to profile, probe and plan (the link clock runs meanwhile), then a steady
+    # stretch before the drop: its last switch must be >= min_interval_s before it, or the test measures that
+    high, drop_at_s = 2e6, 6.0
     trace = steps([(drop_at_s, high), (600.0, high / 10)])
     spec = LinkSpec(rate=trace, delay_s=DELAY_S)
     caplog.set_level(logging.INFO, logger="edgeflow.agent.live")

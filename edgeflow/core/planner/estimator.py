@@ -14,6 +14,13 @@ side for a planner; byte weighting lets big transfers, whose timing is mostly se
 whose timing is mostly overhead. An EWMA was not chosen: one clipped sample still moves it by its weight, and
 its reaction to a step depends on the sample rate.
 
+**Level shifts restart the window.** When the last ``shift_samples`` raw rates all lie more than
+``shift_ratio`` times away from the estimate, on the same side, the link changed level (a handover, a 10x drop,
+the end of an outage), not by noise: the older samples are dropped and the estimate restarts from the new ones.
+Without this a drop shows in full only once it has filled most of the window (4 to 6 transfers), and a planner
+keeps a bad plan that long. One outlier never triggers it (it needs ``shift_samples`` in a row, 2 by default:
+the same evidence the median filter needs to let a step through).
+
 Samples whose transfer part is small next to the round trip (``seconds - rtt < min_transfer_fraction *
 seconds``) carry no rate information and are rejected; when no sample has been accepted for ``stale_after_s``
 the link :meth:`LinkEstimator.needs_probe` and :meth:`LinkEstimator.probe_nbytes` says how big a probe makes a
@@ -52,6 +59,9 @@ class LinkEstimator:
         rtt_window: RTT samples kept; the estimate is their median.
         min_transfer_fraction: reject a transfer whose time is mostly the round trip.
         min_nbytes: reject transfers smaller than this (headers and timer resolution dominate).
+        shift_ratio: how far (as a factor, either way) the last ``shift_samples`` raw rates must lie from the
+            estimate to restart the window (see the module doc); ``None`` turns this off.
+        shift_samples: how many raw rates in a row.
     """
 
     def __init__(
@@ -63,12 +73,19 @@ class LinkEstimator:
         rtt_window: int = 16,
         min_transfer_fraction: float = 0.2,
         min_nbytes: int = 256,
+        shift_ratio: float | None = 2.0,
+        shift_samples: int = 2,
     ):
+        if shift_ratio is not None and not shift_ratio > 1:
+            raise PlanError(f"estimator: shift_ratio {shift_ratio} must be > 1")
+        if shift_samples < 1:
+            raise PlanError(f"estimator: shift_samples {shift_samples} must be >= 1")
         if window < 1 or rtt_window < 1 or not max_age_s > 0 or not stale_after_s > 0:
             raise PlanError("estimator: window, rtt_window, max_age_s and stale_after_s must be positive")
         self.window, self.max_age_s, self.stale_after_s = window, max_age_s, stale_after_s
         self.min_transfer_fraction, self.min_nbytes = min_transfer_fraction, min_nbytes
-        self._raw: deque[float] = deque(maxlen=3)  # last raw rates, for the median filter
+        self.shift_ratio, self.shift_samples = shift_ratio, shift_samples
+        self._raw: deque[float] = deque(maxlen=max(3, shift_samples))  # last raw rates: median filter, shifts
         self._samples: deque[_Sample] = deque(maxlen=window)
         self._rtts: deque[tuple[float, float]] = deque(maxlen=rtt_window)
         self._last_accept_s: float | None = None
@@ -91,8 +108,20 @@ class LinkEstimator:
         transfer = seconds - rtt
         if transfer < self.min_transfer_fraction * seconds:
             return False
-        self._raw.append(8.0 * nbytes / transfer)
-        self._samples.append(_Sample(now_s, float(nbytes), float(statistics.median(self._raw))))
+        rate = 8.0 * nbytes / transfer
+        before = self.bandwidth_bps(now_s)
+        self._raw.append(rate)
+        recent = list(self._raw)[-self.shift_samples :]
+        if before is not None and self.shift_ratio is not None and len(recent) == self.shift_samples and (
+            all(r * self.shift_ratio < before for r in recent) or all(r > before * self.shift_ratio for r in recent)
+        ):
+            # a level shift: restart from the new level (the samples in ``recent`` are its evidence)
+            self._samples.clear()
+            self._raw.clear()
+            self._raw.extend(recent)
+            self._samples.append(_Sample(now_s, float(nbytes), float(statistics.median(recent))))
+        else:
+            self._samples.append(_Sample(now_s, float(nbytes), float(statistics.median(list(self._raw)[-3:]))))
         self._last_accept_s = now_s
         return True
 

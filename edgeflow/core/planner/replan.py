@@ -3,8 +3,11 @@
 Each :meth:`Replanner.decide` searches the best plan for the current conditions and compares it with the plan
 in use, both predicted under the *same* conditions. It switches only when some other plan beats the current one
 by ``margin`` (relative) on every evaluation for at least ``hold_s`` seconds *and* ``min_evaluations``
-evaluations in a row, and not sooner than ``min_interval_s`` after the previous switch. An infeasible current
-plan (e.g. over the latency SLO) is left at once. Every decision carries a one-line reason for the log.
+evaluations in a row, and not sooner than ``min_interval_s`` after the previous switch — unless the current plan's
+predicted value has grown ``changed_ratio`` times since it was chosen: the interval guards against flapping on
+noise, and a plan that now predicts twice its cost was overtaken by a real change (a 10x bandwidth drop right
+after a switch must not wait out the interval). An infeasible current plan (e.g. over the latency SLO) is left
+at once. Every decision carries a one-line reason for the log.
 
 Tiers can go down and come back (:meth:`Replanner.set_unavailable`, told by the caller, who sees the failures):
 a current plan that uses a down tier is infeasible, so it is left at once; when a tier comes back, decisions take
@@ -73,6 +76,8 @@ class Replanner:
         min_evaluations: in how many evaluations in a row.
         min_interval_s: the least time between two switches.
         back_window_s: how long after a tier's return a better plan is taken without hysteresis.
+        changed_ratio: ``min_interval_s`` is waived once the current plan predicts this many times its value
+            when it was chosen (see the module doc); ``None``: never.
     """
 
     def __init__(
@@ -89,7 +94,12 @@ class Replanner:
         min_evaluations: int = 2,
         min_interval_s: float = 1.0,
         back_window_s: float = 2.0,
+        changed_ratio: float | None = 2.0,
     ):
+        if changed_ratio is not None and not changed_ratio > 1:
+            raise PlanError(f"replanner: changed_ratio {changed_ratio} must be > 1")
+        self.changed_ratio = changed_ratio
+        self._chosen_value: float | None = None  # the current plan's predicted value when it was chosen
         self.planner = planner
         self.model = planner.model
         self.model.choice_of(current, input_codec)  # raises PlanError when it does not fit
@@ -171,6 +181,8 @@ class Replanner:
         if used_down:
             broken.append(f"{', '.join(used_down)} unreachable ({', '.join(sorted(down))} down)")
         unit = _unit(obj)
+        if self._chosen_value is None and math.isfinite(cur_v) and cur_v > 0:
+            self._chosen_value = cur_v
         if best.plan == self.current and best.input_codec == self.input_codec:
             self._reset()
             why = f"keep: {self._cur_text()} is the best ({unit(cur_v)})"
@@ -191,9 +203,14 @@ class Replanner:
         self._pending_count += 1
         held = now_s - self._pending_since
         since_switch = math.inf if self._last_switch_s is None else now_s - self._last_switch_s
-        if held >= self.hold_s and self._pending_count >= self.min_evaluations and since_switch >= self.min_interval_s:
+        grown = self.changed_ratio is not None and self._chosen_value is not None and (
+            cur_v >= self.changed_ratio * self._chosen_value
+        )
+        if held >= self.hold_s and self._pending_count >= self.min_evaluations and (since_switch >= self.min_interval_s or grown):
             why = (f"{unit(cur_v)} -> {unit(best.value)} (-{gain:.1%}), held {held:.2f} s over "
                    f"{self._pending_count} evaluations")  # fmt: skip
+            if since_switch < self.min_interval_s:
+                why += f"; {since_switch:.2f} s after the last switch: the current plan's cost grew {cur_v / self._chosen_value:.1f}x since"  # type: ignore[operator]
             return self._switch(best, now_s, cur_v, result, why)
         return Decision(
             None, None,
@@ -207,6 +224,7 @@ class Replanner:
         self.current, self.input_codec = best.plan, best.input_codec
         self._reset()
         self._last_switch_s = now_s
+        self._chosen_value = best.value if math.isfinite(best.value) and best.value > 0 else None
         return Decision(best.plan, best.input_codec, f"switch: {old} -> {best}: {why}", best.plan, cur_v, best.value, result)
 
     def _reset(self) -> None:

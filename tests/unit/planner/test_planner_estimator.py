@@ -102,3 +102,26 @@ def test_conditions_need_estimates_or_a_fallback():
     assert cond.compute_factor == {"device": pytest.approx(3.0)} and cond.queue_s == {"cloud": 0.004}
     with pytest.raises(PlanError, match="link estimators"):
         ConditionsTracker(["device", "cloud"], fallback=[])
+
+
+@pytest.mark.parametrize("factor", [0.1, 10.0])
+def test_a_level_shift_restarts_the_window_after_two_samples(factor):
+    rate, new = 5e6, 5e6 * factor
+    sizes = (int(new * 0.05 / 8), int(new * 0.5 / 8))  # transfers of 50-500 ms at the new rate
+    est, rng = LinkEstimator(), np.random.default_rng(6)
+    t = feed(est, rng, rate, 0.02, 0.0, 20, noise=0.05)
+    t = feed(est, rng, new, 0.02, t, 1, noise=0.05, sizes=sizes)
+    assert est.bandwidth_bps(t) == pytest.approx(rate, rel=0.1)  # one sample: maybe an outlier
+    t = feed(est, rng, new, 0.02, t, 1, noise=0.05, sizes=sizes)
+    assert est.bandwidth_bps(t) == pytest.approx(new, rel=0.15)  # two: the new level
+    off = LinkEstimator(shift_ratio=None)
+    t = feed(off, rng, rate, 0.02, 0.0, 20, noise=0.05)
+    t = feed(off, rng, new, 0.02, t, 2, noise=0.05, sizes=sizes)
+    assert off.bandwidth_bps(t) != pytest.approx(new, rel=0.5)  # without: still mostly the old level
+
+
+def test_noise_does_not_restart_the_window():
+    est, rng = LinkEstimator(), np.random.default_rng(8)
+    t = feed(est, rng, 5e6, 0.02, 0.0, 200, noise=0.25)
+    assert len(est._samples) == est.window
+    assert est.bandwidth_bps(t) == pytest.approx(5e6, rel=0.25)

@@ -127,3 +127,32 @@ def test_a_single_stalled_transfer_never_switches(planner):
             switches.append(t)
         t = round(t + 0.1, 1)
     assert switches == []
+
+
+def test_a_real_change_right_after_a_switch_does_not_wait_out_the_interval(planner):
+    mid, low, high = 1.3e5, 2e4, 1e9  # between the crossovers the best plan splits
+    assert len({str(best(planner, b).plan) for b in (mid, low, high)}) == 3
+    cond = {b: Conditions((LinkState(b, 0.02),)) for b in (mid, low, high)}
+
+    def drive(changed_ratio):
+        rp = Replanner(planner, best(planner, high).plan, hold_s=0.0, min_evaluations=1, min_interval_s=1.0,
+                       changed_ratio=changed_ratio)  # fmt: skip
+        assert rp.decide_with(cond[mid], 0.0).switched  # chosen for mid
+        return [rp.decide_with(cond[low], t) for t in (0.2, 0.4, 1.2)]
+
+    fast = drive(2.0)  # at 20 kbit/s the split costs over twice its value at 130 kbit/s
+    assert fast[0].switched and "grew" in fast[0].reason and fast[0].plan == best(planner, low).plan
+    slow = drive(None)
+    assert [d.switched for d in slow] == [False, False, True]
+    assert "after a switch" in slow[0].reason
+
+
+def test_noise_never_waives_the_interval(planner):
+    bw = CROSSOVERS[1]
+    start = best(planner, bw)
+    rp = Replanner(planner, start.plan, input_codec=start.input_codec, margin=0.0, hold_s=0.0, min_evaluations=1,
+                   min_interval_s=1.0)  # fmt: skip
+    switches = run(rp, np.random.default_rng(7), lambda t: bw, until=20.0, noise=0.25)
+    times = [t for t, _, _ in switches]
+    assert all(b - a >= 1.0 - 1e-9 for a, b in zip(times, times[1:])), times
+    assert not any("grew" in r for _, _, r in switches)
