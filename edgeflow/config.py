@@ -179,11 +179,17 @@ class FallbackConfig(_Section):
     The upstream call gets the request's deadline minus a reserve for finishing here, ``safety_factor`` x this
     tier's profiled compute for the rest of the model plus ``local_margin_s``, so a stalled peer still leaves time
     to answer. Errors that are bugs (a fingerprint mismatch, an invalid request) are never papered over.
+
+    With a latency target (``slo_ms``, default: the planner's), the source also gives the upstream up at the
+    target minus the same reserve after the request started: past that the split cannot make the target and
+    finishing here still can (a stalled link then costs no SLO miss). It applies only where the reserve fits in
+    the target at all.
     """
 
     enabled: bool = True
     safety_factor: float = Field(2.0, ge=1.0)  # profiles are medians of a quiet machine; x2 covers a busy one
     local_margin_s: float = Field(0.05, ge=0)  # plus decode, encode and thread hand-offs
+    slo_ms: float | None = Field(None, gt=0)  # latency target per request at the source; null: planner.slo_ms
 
 
 class LimitsConfig(_Section):

@@ -41,7 +41,7 @@ from edgeflow.agent.compute import BatchingComputeUnit, BatchJob, ComputeUnit, M
 from edgeflow.config import NodeConfig
 from edgeflow.core.codecs import CODEC_NAMES, Codec, DecodeLimits, codec_from_spec, decode, get_codec, read_header
 from edgeflow.core.plan import TIERS, Plan
-from edgeflow.errors import CodecError, ConfigError, PlanError, TransportError
+from edgeflow.errors import CodecError, ConfigError, DeadlineExceeded, PlanError, TransportError
 from edgeflow.transport import (
     Breakdown,
     Description,
@@ -249,6 +249,7 @@ class Agent:
         block: bool = True,
         plan: Plan | str | None = None,
         input_codec: str | None = None,
+        target: float | None = None,
     ) -> LocalAnswer:
         """Serve the device's own input (the model inputs, position 0) without a network hop in.
 
@@ -262,6 +263,8 @@ class Agent:
             block: wait for room in the compute queue (backpressure) instead of raising Overloaded.
             plan: the plan this request goes by (default: the agent's plan).
             input_codec: codec of the raw input when the plan gives the device nothing to run (default lossless).
+            target: ``time.monotonic()`` value to answer by when possible (the latency target): with fallback on,
+                the upstream is given up in time to finish here by then (see ``FallbackConfig``).
 
         Raises:
             InvalidRequest: the input does not fit the model, or the plan does not fit the model or this chain.
@@ -280,10 +283,11 @@ class Agent:
                 codec = self._codec(input_codec or "lossless")
                 wire = [self._wire(i.name, v, codec) for i, v in zip(info, values)]
                 timing.encode_s = time.monotonic() - t
-                answer = self._forward(request_id, 0, wire, values, timing, deadline, resolved, plan_text)
+                answer = self._forward(request_id, 0, wire, values, timing, deadline, resolved, plan_text,
+                                       target=target)  # fmt: skip
             else:
                 answer = self._run(request_id, start, stop, forward, values, timing, deadline, resolved, plan_text,
-                                   block=block)  # fmt: skip
+                                   block=block, target=target)  # fmt: skip
             out = answer.values
             if out is None:
                 t = time.monotonic()
@@ -347,6 +351,7 @@ class Agent:
         plan_text: str,
         *,
         block: bool = False,
+        target: float | None = None,
     ) -> _Answer:
         exits = plan.exits_in(start, stop) if forward or stop == self.runtime.num_positions else ()
         key = self.runtime.batch_key(start, stop, values, exits)
@@ -366,7 +371,7 @@ class Agent:
         hop = self._codec(stage.codec) if stage is not None and stage.codec else self.hop_codec
         wire = [self._wire(name, v, hop) for name, v in zip(names, outcome.values)]
         timing.encode_s = time.monotonic() - t
-        return self._forward(request_id, stop, wire, outcome.values, timing, deadline, plan, plan_text)
+        return self._forward(request_id, stop, wire, outcome.values, timing, deadline, plan, plan_text, target=target)
 
     def _forward(
         self,
@@ -378,18 +383,26 @@ class Agent:
         deadline: float,
         plan: Plan,
         plan_text: str,
+        *,
+        target: float | None = None,
     ) -> _Answer:
         """Send the values at ``position`` upstream; should that fail for a reason nobody's bug, finish here.
 
-        ``values`` are the decoded ``wire`` when at hand (``None``: decoded only for a fallback).
+        ``values`` are the decoded ``wire`` when at hand (``None``: decoded only for a fallback). ``target``: see
+        :meth:`submit_local`.
         """
         assert self.upstream is not None, "checked in plan_of and __init__"
         f = self.config.fallback
-        up_deadline = deadline
+        up_deadline, by_target = deadline, False
         if f.enabled:
+            now = time.monotonic()
             profile = self._local_profile()
             reserve = reserve_s(profile, position, safety_factor=f.safety_factor, margin_s=f.local_margin_s)
-            up_deadline = upstream_deadline(deadline, reserve, time.monotonic())
+            up_deadline = upstream_deadline(deadline, reserve, now)
+            if target is not None:
+                give_up = target - reserve
+                if now < give_up < up_deadline:
+                    up_deadline, by_target = give_up, True
         t = time.monotonic()
         try:
             return self._call_upstream(request_id, position, wire, timing, up_deadline, plan_text)
@@ -397,6 +410,8 @@ class Agent:
             kind = failure_kind(e)
             if kind is None or not f.enabled or time.monotonic() >= deadline:  # a bug, or an answer nobody awaits
                 raise
+            if by_target and isinstance(e, DeadlineExceeded):
+                kind += " for the latency target"
             timing.network_s, timing.bytes_out, timing.bytes_back = time.monotonic() - t, 0, 0  # nothing got through
             return self._finish_here(position, wire, values, timing, deadline, plan, kind, e)
 

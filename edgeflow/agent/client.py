@@ -21,6 +21,7 @@ from typing import Any, Iterable, Iterator
 import torch
 
 from edgeflow.agent.agent import Agent, wire_limits
+from edgeflow.agent.failover import latency_target_s
 from edgeflow.agent.live import LivePlanner, PlanSwitch
 from edgeflow.agent.loader import load_runtime
 from edgeflow.agent.upstream import Upstream
@@ -126,6 +127,9 @@ class DeviceClient:
     re-chosen after every reply; :attr:`plan` and :attr:`plan_switches` tell what it is doing, and each
     :class:`Result` carries its own ``plan``.
 
+    With a latency target (``fallback.slo_ms``, default ``planner.slo_ms``) each request is given up upstream in
+    time to finish here within it (see :class:`edgeflow.config.FallbackConfig`).
+
     Args:
         agent: an agent (usually role ``device``) whose plan starts the chain.
         max_inflight: requests in flight at once in :meth:`infer_many`.
@@ -136,6 +140,7 @@ class DeviceClient:
         self.agent = agent
         self.max_inflight = max_inflight
         self.live = live
+        self._target_s = latency_target_s(agent.config.fallback, agent.config.planner.slo_ms)
         self._pool = ThreadPoolExecutor(max_workers=max_inflight, thread_name_prefix="edgeflow-device")
 
     @property
@@ -209,8 +214,9 @@ class DeviceClient:
             p = plan if isinstance(plan, Plan) else Plan.parse(str(plan))
             predicted = self.live.predict_s(p, input_codec)
         t0 = time.monotonic()
+        target = t0 + self._target_s if self._target_s is not None else None
         ans = self.agent.submit_local(values, request_id=_request_id(self.agent.role), deadline=t0 + timeout,
-                                      plan=plan, input_codec=input_codec)  # fmt: skip
+                                      plan=plan, input_codec=input_codec, target=target)  # fmt: skip
         latency = time.monotonic() - t0
         if self.live is not None:
             self.live.observe(ans.breakdown, ans.plan, decide=not forced)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from edgeflow.config import FallbackConfig
 from edgeflow.errors import DeadlineExceeded, PeerUnavailable, RemoteError
 from edgeflow.transport import RangeProfile
 
@@ -66,3 +67,10 @@ def fallback_reason(role: str, upstream_role: str, address: str, kind: str, exc:
     if len(detail) > _MAX_DETAIL:
         detail = detail[: _MAX_DETAIL - 3] + "..."
     return f"{role}: upstream {upstream_role} at {address} {kind}: {detail}; finished [{start}:{stop}] locally"
+
+
+def latency_target_s(fallback: FallbackConfig, planner_slo_ms: float | None) -> float | None:
+    """Seconds after its start by which a source request should be answered where it can be (the ``target`` of
+    ``Agent.submit_local``): ``fallback.slo_ms``, else the planner's SLO; None without one or with fallback off."""
+    slo_ms = fallback.slo_ms if fallback.slo_ms is not None else planner_slo_ms
+    return slo_ms / 1e3 if slo_ms is not None and fallback.enabled else None

@@ -137,6 +137,20 @@ def test_stalled_cloud_is_answered_within_the_deadline(healthy: Chain, runtime, 
         assert device.infer(images[2]).answered_by == "cloud"
 
 
+def test_stalled_edge_is_given_up_in_time_for_the_latency_target(healthy: Chain, runtime, images, make_device_config) -> None:  # type: ignore[no-untyped-def]
+    cfg = make_device_config(healthy.edge.address).with_overrides(**{"fallback.slo_ms": 300.0})
+    with DeviceClient.from_config(cfg) as device:
+        assert device.infer(images[0]).answered_by == "cloud"
+        healthy.edge.pause()
+        try:  # a 20 s deadline: without the target the device would wait ~20 s for the stalled edge
+            r = device.infer(images[1], timeout_s=20.0)
+        finally:
+            healthy.edge.resume()
+        print(f"\nstalled edge, 300 ms target: answered in {r.latency_s:.2f} s by {r.answered_by}: {r.breakdown.fallback}")
+        assert r.answered_by == "device" and "in time for the latency target" in r.breakdown.fallback
+        assert _same(r.output, _ref(runtime, images[1]))
+
+
 # ------------------------------------------------------------------------------------------- live planner
 def test_live_planner_leaves_a_dead_cloud_and_returns_when_it_restarts(healthy: Chain, images, make_device_config) -> None:  # type: ignore[no-untyped-def]
     cfg = make_device_config(healthy.edge.address, plan="auto").with_overrides(**{"compute.slowdown_factor": 30.0})

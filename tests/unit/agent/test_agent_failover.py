@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from edgeflow.agent import Agent, DeviceClient, ModelRuntime
-from edgeflow.agent.failover import FALLBACK_CODES, failure_kind, reserve_s, upstream_deadline
+from edgeflow.agent.failover import FALLBACK_CODES, failure_kind, latency_target_s, reserve_s, upstream_deadline
 from edgeflow.agent.replay import ReplyCache
 from edgeflow.core.codecs import get_codec
 from edgeflow.errors import DeadlineExceeded, PeerUnavailable
@@ -160,6 +160,15 @@ def test_reserve_counts_the_rest_of_the_model() -> None:
 def test_upstream_deadline_keeps_the_reserve_only_when_it_can() -> None:
     assert upstream_deadline(10.0, 3.0, now=5.0) == 7.0
     assert upstream_deadline(10.0, 6.0, now=5.0) == 10.0  # finishing here would be late anyway: try upstream
+
+
+def test_latency_target_comes_from_fallback_then_the_planner() -> None:
+    from edgeflow.config import FallbackConfig
+
+    assert latency_target_s(FallbackConfig(), None) is None
+    assert latency_target_s(FallbackConfig(), 400.0) == pytest.approx(0.4)
+    assert latency_target_s(FallbackConfig(slo_ms=250.0), 400.0) == pytest.approx(0.25)
+    assert latency_target_s(FallbackConfig(enabled=False, slo_ms=250.0), 400.0) is None
 
 
 def test_failure_kinds() -> None:
