@@ -5,10 +5,11 @@
 
 Setup: one edge and one cloud are ``edgeflow agent`` processes (``nodes/edge.yaml``, ``nodes/cloud.yaml`` with
 overrides) on 127.0.0.1, plan ``edge[0:20]|int8 > cloud[20:]`` (the devices send the raw input, lossless;
-edge and cloud compute). ``--clients`` device clients (threads here, one gRPC channel each) send requests.
+edge and cloud compute). ``--clients`` devices (one gRPC channel each) send requests, each keeping
+``--inflight`` in flight as ``DeviceClient.infer_many`` does (``queues.inflight`` in ``nodes/device.yaml``).
 For each mode, batching off (first come first served) then on (the node files' ``batching``), fresh agents:
 
-1. closed loop: every client sends its next request when the last one answers (50 ms after a refusal), for
+1. closed loop: every sender sends its next request when its last one answers (50 ms after a refusal), for
    ``--seconds``;
    throughput, p50/p99 latency, errors by kind, mean batch size, queue and compute time per tier.
 2. open loop (overload): requests arrive at a fixed rate, ``--overload`` x the throughput batching-off reached
@@ -104,10 +105,12 @@ class Child:
                 self.proc.kill()
 
 
-def start_agent(role: str, tmp: Path, *, batching: bool, slowdown: float, workers: int, upstream: str | None = None) -> Child:
+def start_agent(role: str, tmp: Path, *, batching: bool, slowdown: float, workers: int, concurrency: int,
+                upstream: str | None = None) -> Child:
     data = yaml.safe_load((REPO / "nodes" / f"{role}.yaml").read_text())
     data["compute"]["slowdown_factor"] = slowdown
-    data["queues"]["workers"] = max(data["queues"]["workers"], workers)  # the closed loop's clients get in
+    data["queues"]["workers"] = max(data["queues"]["workers"], workers)  # the closed loop's clients get in ...
+    data["queues"]["compute"] = max(data["queues"]["compute"], concurrency)  # ... and are not shed (open loop is)
     data.setdefault("batching", {})["enabled"] = batching
     path = tmp / f"{role}-{'on' if batching else 'off'}.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -198,14 +201,18 @@ class Tally:
         }
 
 
-def closed_loop(address: str, reqs: Requests, clients: int, seconds: float, deadline_s: float) -> dict[str, Any]:
+def closed_loop(address: str, reqs: Requests, clients: int, inflight: int, seconds: float,
+                deadline_s: float) -> dict[str, Any]:
+    """``clients`` devices, one channel each, each keeping ``inflight`` requests in flight (as
+    ``DeviceClient.infer_many`` pipelines up to ``queues.inflight``)."""
     peers = [PeerClient(address, limits=LIMITS) for _ in range(clients)]
     tally = Tally()
     window: list[float] = []
-    start = threading.Barrier(clients, action=lambda: window.append(time.monotonic()))  # after every warm-up
+    senders = clients * inflight
+    start = threading.Barrier(senders, action=lambda: window.append(time.monotonic()))  # after every warm-up
 
     def client(i: int) -> None:
-        peer = peers[i]
+        peer = peers[i // inflight]
         for k in range(3):  # warm up this channel and the server threads it meets
             try:
                 peer.infer_bytes(reqs.data(i + k), timeout_s=30)
@@ -226,14 +233,14 @@ def closed_loop(address: str, reqs: Requests, clients: int, seconds: float, dead
                 time.sleep(BACKOFF_S)  # "retry later": a client that retried at once would spin on refusals
             k += 1
 
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(senders)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(seconds + deadline_s + 60)
     for p in peers:
         p.close()
-    return {"clients": clients, "seconds": seconds, **tally.report(seconds)}
+    return {"clients": clients, "inflight_per_client": inflight, "seconds": seconds, **tally.report(seconds)}
 
 
 def open_loop(address: str, reqs: Requests, rate_rps: float, seconds: float, deadline_s: float) -> dict[str, Any]:
@@ -275,16 +282,18 @@ def answers(address: str, reqs: Requests, count: int) -> list[torch.Tensor]:
 
 
 def run_mode(batching: bool, ns: argparse.Namespace, tmp: Path, rate_rps: float | None) -> tuple[dict[str, Any], list]:
-    workers = 2 * ns.clients
-    cloud = start_agent("cloud", tmp, batching=batching, slowdown=ns.slowdown, workers=workers)
+    concurrency = ns.clients * ns.inflight
+    workers = 2 * concurrency
+    cloud = start_agent("cloud", tmp, batching=batching, slowdown=ns.slowdown, workers=workers, concurrency=concurrency)
     edge = None
     try:
-        edge = start_agent("edge", tmp, batching=batching, slowdown=ns.slowdown, workers=workers, upstream=cloud.address)
+        edge = start_agent("edge", tmp, batching=batching, slowdown=ns.slowdown, workers=workers, concurrency=concurrency,
+                           upstream=cloud.address)  # fmt: skip
         probe = PeerClient(edge.address, limits=LIMITS)
         reqs = Requests(probe, 32)
         probe.close()
         outputs = answers(edge.address, reqs, 4)
-        closed = closed_loop(edge.address, reqs, ns.clients, ns.seconds, ns.deadline_s)
+        closed = closed_loop(edge.address, reqs, ns.clients, ns.inflight, ns.seconds, ns.deadline_s)
         print(f"batching {'on ' if batching else 'off'} closed loop: {closed['throughput_rps']:.1f} req/s, "
               f"p50 {closed['latency_p50_ms']:.1f} ms, p99 {closed['latency_p99_ms']:.1f} ms, errors {closed['errors']}",
               flush=True)  # fmt: skip
@@ -303,7 +312,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "load.json")
     parser.add_argument("--quick", action="store_true", help="short phases (a smoke run)")
-    parser.add_argument("--clients", type=int, default=16, help="concurrent device clients (>= 8)")
+    parser.add_argument("--clients", type=int, default=8, help="device clients, one channel each (>= 8)")
+    parser.add_argument("--inflight", type=int, default=4,
+                        help="requests each device keeps in flight (nodes/device.yaml queues.inflight)")
     parser.add_argument("--seconds", type=float, default=12.0, help="closed-loop phase length")
     parser.add_argument("--open-seconds", type=float, default=6.0, help="open-loop (overload) phase length")
     parser.add_argument("--overload", type=float, default=2.0, help="open-loop rate / batching-off throughput")
@@ -323,7 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     nodes = {r: yaml.safe_load((REPO / "nodes" / f"{r}.yaml").read_text()) for r in ("edge", "cloud")}
     report = {
         "benchmark": "load",
-        "command": "python benchmarks/bench_load.py" + (" --quick" if ns.quick else ""),
+        "command": "python benchmarks/bench_load.py" + (" --quick" if ns.quick else "")
+        + (f" --clients {ns.clients}" if ns.clients != 8 else "") + (f" --inflight {ns.inflight}" if ns.inflight != 4 else ""),
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "torch": torch.__version__,
                     "grpc": grpc.__version__, "platform": platform.platform()},  # fmt: skip
         "seconds": time.time() - t0,
@@ -332,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
         "slowdown_factor": ns.slowdown,
         "batching": {r: nodes[r].get("batching") for r in nodes},
         "queues": {r: nodes[r].get("queues") for r in nodes},
+        "queue_overrides": {"compute": f"max(node, clients x inflight = {ns.clients * ns.inflight})",
+                            "workers": f"max(node, 2 x clients x inflight = {2 * ns.clients * ns.inflight})"},
         "off": off,
         "on": on,
         "throughput_ratio": ratio,

@@ -20,7 +20,8 @@ device's own caller enter at :meth:`Agent.submit_local`.
 Failures (:mod:`edgeflow.agent.failover`): when the call upstream fails because the peer is down, stalled or
 overloaded, the tier finishes the model itself (every agent loads the whole artifact) and says so in
 ``Breakdown.fallback``; the upstream call gets the deadline minus a reserve for that. A request id seen twice is
-computed once (:mod:`edgeflow.agent.replay`), so the channel may retry calls.
+computed once (:mod:`edgeflow.agent.replay`), so the channel may retry calls. :attr:`Agent.counters` (sent in
+``Describe``) counts requests, fallbacks, duplicates and requests shed, for operators.
 """
 
 from __future__ import annotations
@@ -44,11 +45,13 @@ from edgeflow.core.plan import TIERS, Plan
 from edgeflow.errors import CodecError, ConfigError, DeadlineExceeded, PlanError, TransportError
 from edgeflow.transport import (
     Breakdown,
+    Counters,
     Description,
     FingerprintMismatch,
     InferCall,
     InferReply,
     InvalidRequest,
+    Overloaded,
     RangeProfile,
     ShuttingDown,
     TierTiming,
@@ -136,9 +139,12 @@ class Agent:
         self._idle = threading.Condition()
         self.profile = self._measure_profile(profile_repeats) if profile_repeats else []
         self.replies = ReplyCache()  # idempotent request ids
+        self.requests = 0  # requests taken in (infer and submit_local), refused and failed ones included
+        self.shed = 0  # requests refused as Overloaded (compute queue full, memory cap in use)
         self.fallbacks = 0  # requests this tier finished itself because its upstream failed
         self.last_fallback = ""  # the latest one's Breakdown.fallback
-        self._fallback_lock = threading.Lock()
+        self._counts_lock = threading.Lock()  # the four above
+        self._fallback_lock = threading.Lock()  # _reserve_profile
         self._reserve_profile: list[RangeProfile] | None = None  # without a handshake profile: measured when needed
 
     # ------------------------------------------------------------------------------------ handshake
@@ -175,7 +181,14 @@ class Agent:
             upstream=self.upstream.address if self.upstream else "",
             version=__version__,
             inputs=inputs,
+            counters=self.counters,
         )
+
+    @property
+    def counters(self) -> Counters:
+        """What this agent has been through since it started (see :class:`~edgeflow.transport.Counters`)."""
+        with self._counts_lock:
+            return Counters(self.requests, self.fallbacks, self.duplicates_served, self.shed, self.last_fallback)
 
     def _measure_profile(self, repeats: int) -> list[RangeProfile]:
         """Median compute seconds of each segment between consecutive boundaries, slowdown included."""
@@ -468,7 +481,7 @@ class Agent:
         up_role = d.role if d is not None else nxt.tier if nxt is not None else _next_tier(self.role)
         address = self.upstream.address if self.upstream is not None else "?"
         reason = fallback_reason(self.role, up_role, address, kind, error, position, timing.stop)
-        with self._fallback_lock:
+        with self._counts_lock:
             self.fallbacks += 1
             self.last_fallback = reason
         _log.warning("fallback: %s", reason)
@@ -574,20 +587,26 @@ class Agent:
 
 
 class _InFlight:
-    """Counts a request in flight; refuses it while draining."""
+    """Counts a request in flight; refuses it while draining. Counts it in ``requests``, and in ``shed`` if it
+    leaves as Overloaded."""
 
     def __init__(self, agent: Agent):
         self._agent = agent
 
     def __enter__(self) -> None:
         a = self._agent
+        with a._counts_lock:
+            a.requests += 1
         with a._idle:
             if a._draining:
                 raise ShuttingDown(f"{a.role} agent is shutting down")
             a._inflight += 1
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         a = self._agent
+        if exc_type is not None and issubclass(exc_type, Overloaded):
+            with a._counts_lock:
+                a.shed += 1
         with a._idle:
             a._inflight -= 1
             a._idle.notify_all()
@@ -596,9 +615,10 @@ class _InFlight:
 def _compute_unit(config: NodeConfig) -> ComputeUnit | BatchingComputeUnit:
     """First come first served, or Triton-style dynamic batching (``batching.enabled``)."""
     b, f = config.batching, config.compute.slowdown_factor
+    cpu = config.compute.threads == 1  # torch computes on the calling thread: its CPU time is the work
     if not b.enabled:
-        return ComputeUnit(config.queues.compute, slowdown_factor=f)
-    return BatchingComputeUnit(config.queues.compute, max_batch_size=b.max_batch_size,
+        return ComputeUnit(config.queues.compute, slowdown_factor=f, cpu_clock=cpu)
+    return BatchingComputeUnit(config.queues.compute, max_batch_size=b.max_batch_size, cpu_clock=cpu,
                                max_queue_delay_s=b.max_queue_delay_microseconds * 1e-6, slowdown_factor=f)  # fmt: skip
 
 

@@ -13,8 +13,12 @@ request has waited ``max_queue_delay``. The thread of the oldest request in the 
 thread here either); the others wait for their share. Each request's ``queue_s`` is its own wait, batching
 delay included; ``compute_s`` is the whole batch's.
 
-Slowdown emulation: with ``slowdown_factor`` f > 1, a request (or a batch, once) keeps the compute unit for
-another ``(f - 1) x`` its measured compute time, sleeping, emulating hardware f times slower without using a CPU.
+Slowdown emulation: with ``slowdown_factor`` f > 1, a request (or a batch, once) keeps the compute unit, sleeping,
+until it has taken ``f x`` its work, emulating hardware f times slower without using a CPU. The work is the
+computing thread's CPU time (``cpu_clock``, right when torch runs on that one thread, ``compute.threads: 1``),
+else its wall time. CPU time leaves out what this host's contention adds (waiting for a core or the GIL while
+other processes of a test or benchmark run): multiplied by f, that wait would turn a busy host into a box many
+times slower than the one emulated.
 """
 
 from __future__ import annotations
@@ -32,6 +36,12 @@ __all__ = ["BatchJob", "BatchingComputeUnit", "ComputeUnit", "JobTiming", "Memor
 
 _T = TypeVar("_T")
 _I = TypeVar("_I")
+
+
+def slowdown_wait_s(factor: float, wall_s: float, cpu_s: float, cpu_clock: bool) -> float:
+    """Seconds to sleep after a job so that it took ``factor`` x its work (CPU time with ``cpu_clock``, else wall
+    time; see the module doc); never negative."""
+    return max(0.0, factor * (cpu_s if cpu_clock else wall_s) - wall_s)
 
 
 @dataclass
@@ -67,11 +77,12 @@ class ComputeUnit:
     Args:
         capacity: requests that may wait while one computes; one more is refused (or blocks, see :meth:`run`).
         slowdown_factor: emulated slowdown (see module doc).
+        cpu_clock: measure the work for the slowdown as the thread's CPU time (see module doc).
     """
 
-    def __init__(self, capacity: int, *, slowdown_factor: float = 1.0):
+    def __init__(self, capacity: int, *, slowdown_factor: float = 1.0, cpu_clock: bool = True):
         self.capacity = capacity
-        self.slowdown_factor = slowdown_factor
+        self.slowdown_factor, self.cpu_clock = slowdown_factor, cpu_clock
         self._cond = threading.Condition()
         self._waiting: deque[object] = deque()
         self._busy = False
@@ -120,12 +131,12 @@ class ComputeUnit:
                 raise
             self._waiting.popleft()
             self._busy = True
-        start = time.monotonic()
+        start, cpu0 = time.monotonic(), time.thread_time()
         try:
             result = fn()
-            compute_s = time.monotonic() - start
             if self.slowdown_factor > 1.0:
-                self._stopped.wait((self.slowdown_factor - 1.0) * compute_s)
+                self._stopped.wait(slowdown_wait_s(self.slowdown_factor, time.monotonic() - start,
+                                                   time.thread_time() - cpu0, self.cpu_clock))  # fmt: skip
         finally:
             with self._cond:
                 self._busy = False
@@ -192,16 +203,18 @@ class BatchingComputeUnit:
         max_batch_size: samples in one batch (a request larger than this runs alone).
         max_queue_delay_s: longest a partial batch waits for company, from its oldest request's arrival.
         slowdown_factor: emulated slowdown, applied once to the batch's compute time (see module doc).
+        cpu_clock: measure the work for the slowdown as the thread's CPU time (see module doc).
     """
 
-    def __init__(self, capacity: int, *, max_batch_size: int, max_queue_delay_s: float, slowdown_factor: float = 1.0):
+    def __init__(self, capacity: int, *, max_batch_size: int, max_queue_delay_s: float, slowdown_factor: float = 1.0,
+                 cpu_clock: bool = True):
         if max_batch_size < 1 or max_queue_delay_s < 0:
             raise ValueError(f"max_batch_size must be >= 1 and max_queue_delay_s >= 0, got {max_batch_size}, "
                              f"{max_queue_delay_s}")  # fmt: skip
         self.capacity = capacity
         self.max_batch_size = max_batch_size
         self.max_queue_delay_s = max_queue_delay_s
-        self.slowdown_factor = slowdown_factor
+        self.slowdown_factor, self.cpu_clock = slowdown_factor, cpu_clock
         self._lock = threading.Lock()
         self._room = threading.Condition(self._lock)  # submitters blocked on a full queue
         self._queue: list[_Waiter] = []  # waiting, in arrival order
@@ -302,15 +315,15 @@ class BatchingComputeUnit:
 
     def _compute(self, batch: list[_Waiter]) -> None:
         """Run ``batch`` on this thread (the unit is held), hand every member its result, free the unit."""
-        start = time.monotonic()
+        start, cpu0 = time.monotonic(), time.thread_time()
         results: list[object] = []
         error: BaseException | None = None
         try:
             results = list(batch[0].job.run_batch([w.job.item for w in batch]))
             assert len(results) == len(batch), f"run_batch gave {len(results)} results for {len(batch)} items"
-            compute_s = time.monotonic() - start
             if self.slowdown_factor > 1.0:  # once per batch: a slower box runs the whole batch slower
-                self._stopped.wait((self.slowdown_factor - 1.0) * compute_s)
+                self._stopped.wait(slowdown_wait_s(self.slowdown_factor, time.monotonic() - start,
+                                                   time.thread_time() - cpu0, self.cpu_clock))  # fmt: skip
         except BaseException as e:  # every member gets it; the unit must be freed either way
             error = e
         end = time.monotonic()

@@ -1,9 +1,11 @@
-"""``edgeflow agent`` and ``edgeflow infer``: run a tier, and submit inputs to the chain.
+"""``edgeflow agent``, ``edgeflow infer`` and ``edgeflow describe``: run a tier, submit inputs to the chain, and
+ask a running agent what it is and has been through.
 
     edgeflow agent --node nodes/cloud.yaml                     # serves until SIGTERM/SIGINT
     edgeflow agent --node nodes/edge.yaml --port 0 --upstream 127.0.0.1:50051
     edgeflow infer --node nodes/device.yaml --input digit.png  # device tier in process, rich table
     edgeflow infer --via 127.0.0.1:50050 --input x.npy --json  # submit to a running agent
+    edgeflow describe 127.0.0.1:50052 [--json]                 # role, plan, model, upstream, counters
 
 The agent prints one line ``edgeflow agent <role> listening on <host:port>`` to stdout once it serves
 (tests and scripts read the bound port from it), and logs to stderr.
@@ -218,7 +220,42 @@ def _print_result(data: dict[str, Any]) -> None:
     _out.print(table)
 
 
+def describe(
+    address: str = typer.Argument(..., help="the agent's host:port"),
+    token_file: Optional[Path] = typer.Option(None, "--token-file", help="bearer token file (agent's auth)"),
+    timeout_s: float = typer.Option(5.0, "--timeout", min=0.001, help="seconds to wait for the agent"),
+    json_out: bool = typer.Option(False, "--json", help="print the answer as JSON"),
+) -> None:
+    """Ask a running agent what it serves and what it has been through (requests, fallbacks, duplicates, shed)."""
+    from edgeflow.transport import PeerClient
+    from edgeflow.transport.auth import load_token
+
+    try:
+        token = load_token(token_file) if token_file is not None else None
+        with PeerClient(address, token=token) as peer:
+            peer.wait_ready(timeout_s)  # an unreachable agent: "not reachable within", not a bare deadline
+            d = peer.describe(timeout_s=timeout_s)
+    except EdgeflowError as e:
+        _fail(f"{type(e).__name__}: {e}")
+        return
+    data = {"address": address, "role": d.role, "plan": d.plan, "fingerprint": d.fingerprint, "version": d.version,
+            "upstream": d.upstream, "counters": d.counters.to_json()}  # fmt: skip
+    if json_out:
+        print(json.dumps(data, indent=1))
+        return
+    c = d.counters
+    _out.print(f"{d.role} agent at {address} (edgeflow {d.version or '?'})", highlight=False)
+    _out.print(f"plan: {d.plan}", highlight=False)
+    _out.print(f"model: {d.fingerprint}", highlight=False)
+    _out.print(f"upstream: {d.upstream or 'none'}", highlight=False)
+    _out.print(f"requests: {c.requests}  fallbacks: {c.fallbacks}  duplicates served: {c.duplicates_served}  "
+               f"shed: {c.shed}", highlight=False)  # fmt: skip
+    if c.last_fallback:
+        _out.print(f"last fallback: {c.last_fallback}", highlight=False, soft_wrap=True)  # one line: grep-able
+
+
 def register(app: typer.Typer) -> None:
-    """Mount ``agent`` and ``infer`` on the main ``edgeflow`` app."""
+    """Mount ``agent``, ``infer`` and ``describe`` on the main ``edgeflow`` app."""
     app.command("agent")(agent)
     app.command("infer")(infer)
+    app.command("describe")(describe)

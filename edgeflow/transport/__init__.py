@@ -22,6 +22,7 @@ from edgeflow.errors import (
 from edgeflow.transport.loopback import LoopbackClient
 from edgeflow.transport.messages import (
     Breakdown,
+    Counters,
     Description,
     InferCall,
     InferReply,
@@ -51,6 +52,7 @@ __all__ = [
     "InferReply",
     "Breakdown",
     "TierTiming",
+    "Counters",
     "Description",
     "RangeProfile",
     "datatype_of",

@@ -27,6 +27,7 @@ __all__ = [
     "Breakdown",
     "InferReply",
     "RangeProfile",
+    "Counters",
     "Description",
     "encode_request",
     "decode_request",
@@ -219,6 +220,29 @@ class RangeProfile:
     compute_s: float
 
 
+@dataclass(frozen=True)
+class Counters:
+    """What an agent has been through since it started (see ``Counters`` in agent.proto); monotonic, so an
+    operator takes rates from two Describes.
+
+    Attributes:
+        requests: requests taken in (Infer calls, stream items, the device's own inputs), failed ones included.
+        fallbacks: requests this tier finished itself because its upstream failed.
+        duplicates_served: requests answered from the idempotency reply cache instead of computing again.
+        shed: requests refused as overloaded (RESOURCE_EXHAUSTED: compute queue full or memory cap in use).
+        last_fallback: the latest fallback's ``Breakdown.fallback`` ("" if none).
+    """
+
+    requests: int = 0
+    fallbacks: int = 0
+    duplicates_served: int = 0
+    shed: int = 0
+    last_fallback: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
 @dataclass
 class Description:
     """What an agent says about itself in the handshake (see ``DescribeResponse`` in agent.proto)."""
@@ -239,15 +263,18 @@ class Description:
     upstream: str = ""
     version: str = ""
     inputs: list[tuple[str, str, tuple[int, ...]]] = field(default_factory=list)  # name, datatype, shape
+    counters: Counters = Counters()
 
     def to_json(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["profile"] = [{"start": p.start, "stop": p.stop, "compute_s": p.compute_s} for p in self.profile]
         out["power_w"] = dict(zip(("idle", "active", "transmit"), self.power_w))
+        out["counters"] = self.counters.to_json()
         return out
 
 
 _TIMING_FIELDS = tuple(f.name for f in fields(TierTiming))
+_COUNTER_FIELDS = tuple(f.name for f in fields(Counters))
 
 
 # ------------------------------------------------------------------------------------------- encoding
@@ -411,6 +438,7 @@ def encode_description(d: Description) -> bytes:
         upstream=d.upstream,
         version=d.version,
         inputs=[pb.Tensor(name=n, datatype=dt, shape=shape) for n, dt, shape in d.inputs],
+        counters=pb.Counters(**d.counters.to_json()),  # the dataclass fields are exactly Counters' proto fields
     )
     return msg.SerializeToString()
 
@@ -440,4 +468,5 @@ def decode_description(data: bytes) -> Description:
         upstream=msg.upstream,
         version=msg.version,
         inputs=[(t.name, t.datatype, tuple(t.shape)) for t in msg.inputs],
+        counters=Counters(*[getattr(msg.counters, name) for name in _COUNTER_FIELDS]),
     )

@@ -166,7 +166,7 @@ class Power(_message.Message):
     def __init__(self, idle_w: _Optional[float] = ..., active_w: _Optional[float] = ..., transmit_w: _Optional[float] = ...) -> None: ...
 
 class DescribeResponse(_message.Message):
-    __slots__ = ("role", "model_fingerprint", "num_positions", "cuts", "codecs", "plan", "profile", "slowdown_factor", "power", "torch_device", "threads", "max_message_bytes", "max_batch", "upstream", "version", "inputs")
+    __slots__ = ("role", "model_fingerprint", "num_positions", "cuts", "codecs", "plan", "profile", "slowdown_factor", "power", "torch_device", "threads", "max_message_bytes", "max_batch", "upstream", "version", "inputs", "counters")
     ROLE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     NUM_POSITIONS_FIELD_NUMBER: _ClassVar[int]
@@ -183,6 +183,7 @@ class DescribeResponse(_message.Message):
     UPSTREAM_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
+    COUNTERS_FIELD_NUMBER: _ClassVar[int]
     role: str
     model_fingerprint: str
     num_positions: int
@@ -199,7 +200,22 @@ class DescribeResponse(_message.Message):
     upstream: str
     version: str
     inputs: _containers.RepeatedCompositeFieldContainer[Tensor]
-    def __init__(self, role: _Optional[str] = ..., model_fingerprint: _Optional[str] = ..., num_positions: _Optional[int] = ..., cuts: _Optional[_Iterable[int]] = ..., codecs: _Optional[_Iterable[str]] = ..., plan: _Optional[str] = ..., profile: _Optional[_Iterable[_Union[RangeProfile, _Mapping]]] = ..., slowdown_factor: _Optional[float] = ..., power: _Optional[_Union[Power, _Mapping]] = ..., torch_device: _Optional[str] = ..., threads: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_batch: _Optional[int] = ..., upstream: _Optional[str] = ..., version: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ...) -> None: ...
+    counters: Counters
+    def __init__(self, role: _Optional[str] = ..., model_fingerprint: _Optional[str] = ..., num_positions: _Optional[int] = ..., cuts: _Optional[_Iterable[int]] = ..., codecs: _Optional[_Iterable[str]] = ..., plan: _Optional[str] = ..., profile: _Optional[_Iterable[_Union[RangeProfile, _Mapping]]] = ..., slowdown_factor: _Optional[float] = ..., power: _Optional[_Union[Power, _Mapping]] = ..., torch_device: _Optional[str] = ..., threads: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_batch: _Optional[int] = ..., upstream: _Optional[str] = ..., version: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., counters: _Optional[_Union[Counters, _Mapping]] = ...) -> None: ...
+
+class Counters(_message.Message):
+    __slots__ = ("requests", "fallbacks", "duplicates_served", "shed", "last_fallback")
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    FALLBACKS_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATES_SERVED_FIELD_NUMBER: _ClassVar[int]
+    SHED_FIELD_NUMBER: _ClassVar[int]
+    LAST_FALLBACK_FIELD_NUMBER: _ClassVar[int]
+    requests: int
+    fallbacks: int
+    duplicates_served: int
+    shed: int
+    last_fallback: str
+    def __init__(self, requests: _Optional[int] = ..., fallbacks: _Optional[int] = ..., duplicates_served: _Optional[int] = ..., shed: _Optional[int] = ..., last_fallback: _Optional[str] = ...) -> None: ...
 
 class ProbeRequest(_message.Message):
     __slots__ = ("id", "reply_nbytes", "echo", "payload")

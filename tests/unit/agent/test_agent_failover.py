@@ -1,4 +1,5 @@
-"""Failures upstream: a tier finishes the model itself (and says so); a request id seen twice is computed once."""
+"""Failures upstream: a tier finishes the model itself (and says so); a request id seen twice is computed once; the
+agent counts both, and requests shed, in Describe."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ from edgeflow.agent.failover import FALLBACK_CODES, failure_kind, latency_target
 from edgeflow.agent.replay import ReplyCache
 from edgeflow.core.codecs import get_codec
 from edgeflow.errors import DeadlineExceeded, PeerUnavailable
+from edgeflow.testing.threads import in_thread
 from edgeflow.transport import (
     Breakdown,
+    Counters,
     FingerprintMismatch,
     InferCall,
     InferReply,
@@ -24,7 +27,13 @@ from edgeflow.transport import (
     RemoteError,
     WireTensor,
 )
-from edgeflow.transport.messages import WireLimits, decode_reply, encode_reply
+from edgeflow.transport.messages import (
+    WireLimits,
+    decode_description,
+    decode_reply,
+    encode_description,
+    encode_reply,
+)
 
 EXIT_AT = 20  # where the conftest's runtime has its exit head (after layer1)
 ChainFactory = Callable[..., list[Agent]]
@@ -300,3 +309,45 @@ def test_same_id_with_other_inputs_is_not_a_duplicate(chain: ChainFactory, runti
     a = peer.infer(_call(runtime, "same-id", seed=1), timeout_s=10)
     b = peer.infer(_call(runtime, "same-id", seed=2), timeout_s=10)  # same id, same sizes, other pixels
     assert cloud.duplicates_served == 0 and a.tensors[0].payload != b.tensors[0].payload
+
+
+# ------------------------------------------------------------------------------------------- counters
+def test_describe_counts_fallbacks(chain: ChainFactory) -> None:
+    device, edge, cloud = chain("device[0:13]|lossless > edge[13:36]|lossless > cloud[36:]")
+    _break(edge, PeerUnavailable("peer cloud-loopback: connection refused"))
+    r = DeviceClient(device).infer(_x())
+    c = decode_description(encode_description(edge.describe())).counters  # as a Describe caller reads them
+    assert c.fallbacks >= 1 and c.last_fallback == r.breakdown.fallback and c.last_fallback.startswith("edge: ")
+    assert (c.requests, c.duplicates_served, c.shed) == (1, 0, 0)
+    assert device.describe().counters == Counters(requests=1)  # its hop worked: no fallback of its own
+    assert cloud.describe().counters == Counters()  # never reached
+
+
+def test_describe_counts_duplicates_served(chain: ChainFactory, runtime: ModelRuntime) -> None:
+    (cloud,) = chain("cloud[0:]")
+    peer = LoopbackClient(cloud)
+    peer.infer(_call(runtime), timeout_s=10)
+    assert cloud.describe().counters == Counters(requests=1)
+    peer.infer(_call(runtime), timeout_s=10)  # the same id and inputs: served from the reply cache
+    assert cloud.describe().counters == Counters(requests=2, duplicates_served=1)
+
+
+def test_describe_counts_requests_shed(chain: ChainFactory, runtime: ModelRuntime) -> None:
+    (cloud,) = chain("cloud[0:]", queues={"compute": 1})
+    gate = threading.Event()
+    deadline = time.monotonic() + 30
+    holders = [in_thread(lambda: cloud.compute.run(lambda: gate.wait(30), deadline)) for _ in range(2)]
+    for _ in range(3000):  # one computes, one waits: the queue is full
+        if cloud.compute.queued == 1:
+            break
+        time.sleep(0.01)
+    try:
+        with pytest.raises(RemoteError) as e:
+            LoopbackClient(cloud).infer(_call(runtime), timeout_s=10)
+        assert e.value.code == "RESOURCE_EXHAUSTED"
+    finally:
+        gate.set()
+        for t, _ in holders:
+            t.join(30)
+    LoopbackClient(cloud).infer(_call(runtime, "after"), timeout_s=10)  # room again: served, not shed
+    assert cloud.describe().counters == Counters(requests=2, shed=1)

@@ -160,7 +160,7 @@ def test_deadline_while_waiting_is_not_computed() -> None:
 
 
 def test_stop_fails_waiters_and_refuses_new_ones() -> None:
-    unit = BatchingComputeUnit(8, max_batch_size=8, max_queue_delay_s=FOREVER_S, slowdown_factor=1000.0)
+    unit = BatchingComputeUnit(8, max_batch_size=8, max_queue_delay_s=FOREVER_S, slowdown_factor=1000.0, cpu_clock=False)
     first = _in_thread(lambda: unit.run(lambda: time.sleep(0.01) or "first", _far()))  # then ~10 s emulated
     _until(lambda: unit._busy)
     rec = _Recorder()
@@ -201,7 +201,7 @@ class _Sleeps:
 
 
 def test_slowdown_applies_once_per_batch() -> None:
-    unit = BatchingComputeUnit(8, max_batch_size=4, max_queue_delay_s=FOREVER_S, slowdown_factor=3.0)
+    unit = BatchingComputeUnit(8, max_batch_size=4, max_queue_delay_s=FOREVER_S, slowdown_factor=3.0, cpu_clock=False)
     sleeps = unit._stopped = _Sleeps()  # type: ignore[assignment]
 
     def compute(items: list[int]) -> list[int]:

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from edgeflow.testing.threads import in_thread as _in_thread
-from edgeflow.agent.compute import ComputeUnit, MemoryBudget
+from edgeflow.agent.compute import ComputeUnit, MemoryBudget, slowdown_wait_s
 from edgeflow.errors import DeadlineExceeded
 from edgeflow.transport import Overloaded, RequestTooLarge, ShuttingDown
 
@@ -72,12 +72,28 @@ def test_deadline_while_waiting() -> None:
 
 
 def test_timing_and_slowdown_emulation() -> None:
-    result, timing = ComputeUnit(1, slowdown_factor=3.0).run(lambda: time.sleep(0.02) or "x", _far())
+    result, timing = ComputeUnit(1, slowdown_factor=3.0, cpu_clock=False).run(lambda: time.sleep(0.02) or "x", _far())
     assert result == "x" and timing.compute_s >= 0.06 and timing.queue_s >= 0
 
 
+def test_slowdown_counts_cpu_work_not_waiting() -> None:
+    def spin() -> str:  # ~20 ms of CPU
+        t = time.thread_time()
+        while time.thread_time() - t < 0.02:
+            pass
+        return "spun"
+
+    _, busy = ComputeUnit(1, slowdown_factor=3.0).run(spin, _far())
+    assert busy.compute_s >= 0.06
+    _, idle = ComputeUnit(1, slowdown_factor=3.0).run(lambda: time.sleep(0.02), _far())
+    assert idle.compute_s < 0.06  # a job that waited (here: slept) did no work the emulated box must repeat
+    assert slowdown_wait_s(3.0, wall_s=0.05, cpu_s=0.02, cpu_clock=True) == pytest.approx(0.01)
+    assert slowdown_wait_s(3.0, wall_s=0.05, cpu_s=0.02, cpu_clock=False) == pytest.approx(0.10)
+    assert slowdown_wait_s(2.0, wall_s=0.05, cpu_s=0.01, cpu_clock=True) == 0.0
+
+
 def test_stop_fails_waiters_and_refuses_new_ones() -> None:
-    unit = ComputeUnit(4, slowdown_factor=1000.0)
+    unit = ComputeUnit(4, slowdown_factor=1000.0, cpu_clock=False)
     t1, first = _in_thread(lambda: unit.run(lambda: time.sleep(0.01) or "first", _far()))  # then ~10 s emulated
     time.sleep(0.05)
     t2, waiter = _in_thread(lambda: unit.run(lambda: "never", _far()))

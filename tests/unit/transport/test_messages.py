@@ -8,6 +8,7 @@ from edgeflow.transport._gen import agent_pb2 as pb
 from edgeflow.errors import InvalidRequest, RequestTooLarge
 from edgeflow.transport.messages import (
     Breakdown,
+    Counters,
     Description,
     InferCall,
     InferReply,
@@ -67,6 +68,23 @@ def test_description_round_trip() -> None:
     d = Description("edge", "fp", 70, [1, 2, 3], ["lossless"], "edge[0:]", [RangeProfile(0, 1, 0.5)],
                     2.0, (1.0, 2.0, 3.0), "cpu", 1, 1 << 20, 8, "127.0.0.1:1", "0.1.0", [("x", "FP32", (1, 3, 8, 8))])
     assert decode_description(encode_description(d)) == d
+
+
+def test_description_counters_round_trip() -> None:
+    reason = "edge: upstream cloud at 127.0.0.1:5 unavailable: x; finished [36:70] locally"
+    counters = Counters(requests=12, fallbacks=2, duplicates_served=3, shed=4, last_fallback=reason)
+    d = Description("edge", "fp", 70, [1], ["lossless"], "edge[0:]", counters=counters)
+    data = encode_description(d)
+    assert decode_description(data).counters == counters
+    c = pb.DescribeResponse.FromString(data).counters  # what a standard protobuf client (grpcurl, ...) reads
+    assert (c.requests, c.fallbacks, c.duplicates_served, c.shed, c.last_fallback) == (12, 2, 3, 4, reason)
+    assert d.to_json()["counters"] == {"requests": 12, "fallbacks": 2, "duplicates_served": 3, "shed": 4,
+                                       "last_fallback": reason}  # fmt: skip
+
+
+def test_description_without_counters_reads_as_zeros() -> None:
+    old = pb.DescribeResponse(role="cloud", model_fingerprint="fp").SerializeToString()  # an agent predating field 17
+    assert decode_description(old).counters == Counters() == Counters(0, 0, 0, 0, "")
 
 
 def test_datatypes() -> None:
