@@ -19,7 +19,10 @@ its reaction to a step depends on the sample rate.
 the end of an outage), not by noise: the older samples are dropped and the estimate restarts from the new ones.
 Without this a drop shows in full only once it has filled most of the window (4 to 6 transfers), and a planner
 keeps a bad plan that long. One outlier never triggers it (it needs ``shift_samples`` in a row, 2 by default:
-the same evidence the median filter needs to let a step through).
+the same evidence the median filter needs to let a step through). Only transfers whose own transfer part took at
+least ``shift_min_transfer_s`` (10 ms) count as evidence: a shorter one is timed mostly by per-message overhead,
+and its rate reading moves with the message size, not the link (a planner alternating between plans with 1 KB
+and 50 KB messages on a fast link would otherwise restart the window at every change of plan).
 
 Samples whose transfer part is small next to the round trip (``seconds - rtt < min_transfer_fraction *
 seconds``) carry no rate information and are rejected; when no sample has been accepted for ``stale_after_s``
@@ -62,6 +65,7 @@ class LinkEstimator:
         shift_ratio: how far (as a factor, either way) the last ``shift_samples`` raw rates must lie from the
             estimate to restart the window (see the module doc); ``None`` turns this off.
         shift_samples: how many raw rates in a row.
+        shift_min_transfer_s: a transfer counts towards a shift only if its transfer part took this long.
     """
 
     def __init__(
@@ -75,6 +79,7 @@ class LinkEstimator:
         min_nbytes: int = 256,
         shift_ratio: float | None = 2.0,
         shift_samples: int = 2,
+        shift_min_transfer_s: float = 0.010,
     ):
         if shift_ratio is not None and not shift_ratio > 1:
             raise PlanError(f"estimator: shift_ratio {shift_ratio} must be > 1")
@@ -84,8 +89,9 @@ class LinkEstimator:
             raise PlanError("estimator: window, rtt_window, max_age_s and stale_after_s must be positive")
         self.window, self.max_age_s, self.stale_after_s = window, max_age_s, stale_after_s
         self.min_transfer_fraction, self.min_nbytes = min_transfer_fraction, min_nbytes
-        self.shift_ratio, self.shift_samples = shift_ratio, shift_samples
-        self._raw: deque[float] = deque(maxlen=max(3, shift_samples))  # last raw rates: median filter, shifts
+        self.shift_ratio, self.shift_samples, self.shift_min_transfer_s = shift_ratio, shift_samples, shift_min_transfer_s
+        self._raw: deque[float] = deque(maxlen=3)  # last raw rates, for the median filter
+        self._timed: deque[tuple[float, float]] = deque(maxlen=shift_samples)  # (raw rate, transfer s): shifts
         self._samples: deque[_Sample] = deque(maxlen=window)
         self._rtts: deque[tuple[float, float]] = deque(maxlen=rtt_window)
         self._last_accept_s: float | None = None
@@ -111,17 +117,20 @@ class LinkEstimator:
         rate = 8.0 * nbytes / transfer
         before = self.bandwidth_bps(now_s)
         self._raw.append(rate)
-        recent = list(self._raw)[-self.shift_samples :]
-        if before is not None and self.shift_ratio is not None and len(recent) == self.shift_samples and (
+        self._timed.append((rate, transfer))
+        recent = [r for r, _ in self._timed]
+        timed = len(self._timed) == self.shift_samples and all(t >= self.shift_min_transfer_s for _, t in self._timed)
+        if before is not None and self.shift_ratio is not None and timed and (
             all(r * self.shift_ratio < before for r in recent) or all(r > before * self.shift_ratio for r in recent)
         ):
             # a level shift: restart from the new level (the samples in ``recent`` are its evidence)
             self._samples.clear()
             self._raw.clear()
-            self._raw.extend(recent)
+            self._raw.extend(recent[-3:])
+            self._timed.clear()
             self._samples.append(_Sample(now_s, float(nbytes), float(statistics.median(recent))))
         else:
-            self._samples.append(_Sample(now_s, float(nbytes), float(statistics.median(list(self._raw)[-3:]))))
+            self._samples.append(_Sample(now_s, float(nbytes), float(statistics.median(self._raw))))
         self._last_accept_s = now_s
         return True
 
@@ -156,7 +165,10 @@ class ComputeCorrection:
     """Per-tier multiplicative correction of predicted compute: EWMA of clipped measured/predicted ratios.
 
     Feed it ``predicted_s`` from :meth:`CostModel.stage_compute_s` (the uncorrected prediction), so the factor
-    converges to measured/predicted instead of feeding back on itself.
+    converges to measured/predicted instead of feeding back on itself. A ``weight`` below 1 scales a sample's
+    EWMA weight: the replanner weighs each stage by its share of the tier's whole-model compute, because one factor
+    per tier scales every range and a tiny stage's ratio is mostly fixed per-stage overhead (a device running only
+    ``[0:1]`` must not teach the planner that running everything there costs 3x the profile).
 
     Args:
         alpha: EWMA weight of a new ratio.
@@ -169,12 +181,14 @@ class ComputeCorrection:
         self.alpha, self.clip = alpha, clip
         self._factor: dict[str, float] = {}
 
-    def observe(self, tier: str, measured_s: float, predicted_s: float) -> None:
-        if not (predicted_s > 1e-9 and measured_s >= 0 and math.isfinite(measured_s)):
+    def observe(self, tier: str, measured_s: float, predicted_s: float, weight: float = 1.0) -> None:
+        if not (predicted_s > 1e-9 and measured_s >= 0 and math.isfinite(measured_s) and weight > 0):
             return
         ratio = min(self.clip[1], max(self.clip[0], measured_s / predicted_s))
         old = self._factor.get(tier)
-        self._factor[tier] = ratio if old is None else old + self.alpha * (ratio - old)
+        w = min(1.0, weight)
+        # the first sample sets the factor (in proportion to its weight), later ones move the EWMA
+        self._factor[tier] = 1.0 + w * (ratio - 1.0) if old is None else old + self.alpha * w * (ratio - old)
 
     def factor(self, tier: str) -> float:
         return self._factor.get(tier, 1.0)
@@ -234,8 +248,8 @@ class ConditionsTracker:
     def observe_rtt(self, link: int, rtt_s: float, now_s: float) -> None:
         self.links[link].observe_rtt(rtt_s, now_s)
 
-    def observe_stage(self, tier: str, measured_s: float, predicted_s: float) -> None:
-        self.correction.observe(tier, measured_s, predicted_s)
+    def observe_stage(self, tier: str, measured_s: float, predicted_s: float, weight: float = 1.0) -> None:
+        self.correction.observe(tier, measured_s, predicted_s, weight)
 
     def observe_queue(self, tier: str, queue_s: float) -> None:
         self.queues.observe(tier, queue_s)

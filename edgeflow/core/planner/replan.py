@@ -3,10 +3,10 @@
 Each :meth:`Replanner.decide` searches the best plan for the current conditions and compares it with the plan
 in use, both predicted under the *same* conditions. It switches only when some other plan beats the current one
 by ``margin`` (relative) on every evaluation for at least ``hold_s`` seconds *and* ``min_evaluations``
-evaluations in a row, and not sooner than ``min_interval_s`` after the previous switch — unless the current plan's
-predicted value has grown ``changed_ratio`` times since it was chosen: the interval guards against flapping on
-noise, and a plan that now predicts twice its cost was overtaken by a real change (a 10x bandwidth drop right
-after a switch must not wait out the interval). An infeasible current plan (e.g. over the latency SLO) is left
+evaluations in a row, and not sooner than ``min_interval_s`` after the previous switch — unless a link's bandwidth
+estimate has moved ``changed_ratio`` times (either way) since the current plan was chosen: the interval guards
+against flapping on noise and on the model's own learning (compute corrections), and a link that halved or
+doubled is a real change (a 10x drop right after a switch must not wait out the interval). An infeasible current plan (e.g. over the latency SLO) is left
 at once. Every decision carries a one-line reason for the log.
 
 Tiers can go down and come back (:meth:`Replanner.set_unavailable`, told by the caller, who sees the failures):
@@ -33,6 +33,8 @@ from .estimator import ConditionsTracker
 from .search import Planner, SearchResult
 
 __all__ = ["Decision", "Replanner"]
+
+_FULL_WEIGHT_SHARE = 0.25  # a stage with this share of the tier's whole-model compute teaches the correction fully
 
 
 @dataclass(frozen=True)
@@ -76,8 +78,8 @@ class Replanner:
         min_evaluations: in how many evaluations in a row.
         min_interval_s: the least time between two switches.
         back_window_s: how long after a tier's return a better plan is taken without hysteresis.
-        changed_ratio: ``min_interval_s`` is waived once the current plan predicts this many times its value
-            when it was chosen (see the module doc); ``None``: never.
+        changed_ratio: ``min_interval_s`` is waived once a link's bandwidth estimate has moved this many times
+            since the current plan was chosen (see the module doc); ``None``: never.
     """
 
     def __init__(
@@ -99,7 +101,7 @@ class Replanner:
         if changed_ratio is not None and not changed_ratio > 1:
             raise PlanError(f"replanner: changed_ratio {changed_ratio} must be > 1")
         self.changed_ratio = changed_ratio
-        self._chosen_value: float | None = None  # the current plan's predicted value when it was chosen
+        self._chosen_bw: tuple[float, ...] | None = None  # link bandwidths when the current plan was chosen
         self.planner = planner
         self.model = planner.model
         self.model.choice_of(current, input_codec)  # raises PlanError when it does not fit
@@ -135,8 +137,12 @@ class Replanner:
         self.tracker.observe_rtt(link, rtt_s, now_s)
 
     def observe_stage(self, tier: str, measured_s: float, start: int, stop: int, exits: tuple[int, ...] = ()) -> None:
-        """A tier's measured compute for ``[start:stop]`` (and the heads at ``exits`` it evaluated)."""
-        self.tracker.observe_stage(tier, measured_s, self.model.stage_compute_s(tier, start, stop, exits))
+        """A tier's measured compute for ``[start:stop]`` (and the heads at ``exits`` it evaluated), weighed by
+        its share of the whole model's compute on that tier (see :class:`ComputeCorrection`)."""
+        predicted = self.model.stage_compute_s(tier, start, stop, exits)
+        whole = self.model.stage_compute_s(tier, 0, self.model.num_positions)
+        weight = predicted / (_FULL_WEIGHT_SHARE * whole) if whole > 0 else 1.0
+        self.tracker.observe_stage(tier, measured_s, predicted, weight)
 
     def observe_queue(self, tier: str, queue_s: float) -> None:
         self.tracker.observe_queue(tier, queue_s)
@@ -181,17 +187,18 @@ class Replanner:
         if used_down:
             broken.append(f"{', '.join(used_down)} unreachable ({', '.join(sorted(down))} down)")
         unit = _unit(obj)
-        if self._chosen_value is None and math.isfinite(cur_v) and cur_v > 0:
-            self._chosen_value = cur_v
+        bw = tuple(link.bandwidth_bps for link in cond.links)
+        if self._chosen_bw is None:
+            self._chosen_bw = bw
         if best.plan == self.current and best.input_codec == self.input_codec:
             self._reset()
             why = f"keep: {self._cur_text()} is the best ({unit(cur_v)})"
             return Decision(None, None, why, self.current, cur_v, best.value, result)
         if back:
             self._back, self._back_since = frozenset(), None
-            return self._switch(best, now_s, cur_v, result, f"{', '.join(sorted(back))} back")
+            return self._switch(best, now_s, cur_v, result, f"{', '.join(sorted(back))} back", bw)
         if broken:
-            return self._switch(best, now_s, cur_v, result, f"current plan infeasible ({'; '.join(broken)})")
+            return self._switch(best, now_s, cur_v, result, f"current plan infeasible ({'; '.join(broken)})", bw)
         gain = (cur_v - best.value) / cur_v if cur_v > 0 and math.isfinite(cur_v) else 0.0
         if gain < self.margin:
             self._reset()
@@ -203,15 +210,14 @@ class Replanner:
         self._pending_count += 1
         held = now_s - self._pending_since
         since_switch = math.inf if self._last_switch_s is None else now_s - self._last_switch_s
-        grown = self.changed_ratio is not None and self._chosen_value is not None and (
-            cur_v >= self.changed_ratio * self._chosen_value
-        )
-        if held >= self.hold_s and self._pending_count >= self.min_evaluations and (since_switch >= self.min_interval_s or grown):
+        moved = _moved(bw, self._chosen_bw)
+        changed = self.changed_ratio is not None and moved >= self.changed_ratio
+        if held >= self.hold_s and self._pending_count >= self.min_evaluations and (since_switch >= self.min_interval_s or changed):
             why = (f"{unit(cur_v)} -> {unit(best.value)} (-{gain:.1%}), held {held:.2f} s over "
                    f"{self._pending_count} evaluations")  # fmt: skip
             if since_switch < self.min_interval_s:
-                why += f"; {since_switch:.2f} s after the last switch: the current plan's cost grew {cur_v / self._chosen_value:.1f}x since"  # type: ignore[operator]
-            return self._switch(best, now_s, cur_v, result, why)
+                why += f"; {since_switch:.2f} s after the last switch: a link's bandwidth moved {moved:.1f}x since"
+            return self._switch(best, now_s, cur_v, result, why, bw)
         return Decision(
             None, None,
             f"pending: {best} gains {gain:.1%} for {held:.2f} s / {self._pending_count} evaluations "
@@ -219,12 +225,13 @@ class Replanner:
             self.current, cur_v, best.value, result,
         )  # fmt: skip
 
-    def _switch(self, best, now_s: float, cur_v: float, result: SearchResult, why: str) -> Decision:
+    def _switch(self, best, now_s: float, cur_v: float, result: SearchResult, why: str,
+                bw: tuple[float, ...]) -> Decision:
         old = self._cur_text()
         self.current, self.input_codec = best.plan, best.input_codec
         self._reset()
         self._last_switch_s = now_s
-        self._chosen_value = best.value if math.isfinite(best.value) and best.value > 0 else None
+        self._chosen_bw = bw
         return Decision(best.plan, best.input_codec, f"switch: {old} -> {best}: {why}", best.plan, cur_v, best.value, result)
 
     def _reset(self) -> None:
@@ -240,3 +247,10 @@ def _unit(objective: str):
     if objective == "throughput":
         return lambda v: f"{1.0 / v:.1f} req/s" if v > 0 else "inf req/s"
     return lambda v: f"{v * 1e3:.2f} ms"
+
+
+def _moved(now: tuple[float, ...], then: tuple[float, ...] | None) -> float:
+    """The largest factor (either way) by which a link's bandwidth moved from ``then`` to ``now``; 1 without both."""
+    if then is None or len(then) != len(now):
+        return 1.0
+    return max((max(a / b, b / a) for a, b in zip(now, then) if a > 0 and b > 0), default=1.0)

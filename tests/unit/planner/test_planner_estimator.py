@@ -125,3 +125,27 @@ def test_noise_does_not_restart_the_window():
     t = feed(est, rng, 5e6, 0.02, 0.0, 200, noise=0.25)
     assert len(est._samples) == est.window
     assert est.bandwidth_bps(t) == pytest.approx(5e6, rel=0.25)
+
+
+def test_short_transfers_are_no_evidence_of_a_shift():
+    """On a fast link a 1 KB message is timed by per-message overhead: its rate reads low, but is not a drop."""
+    est = LinkEstimator()
+    t = 0.0
+    for _ in range(10):  # 100 KB at 100 Mbit/s: 8 ms of transfer each, an RTT of 2 ms
+        est.observe_rtt(0.002, t)
+        est.observe_transfer(100_000, 0.002 + 0.008, t)
+        t += 0.05
+    for _ in range(2):  # then 1 KB messages taking 3 ms of overhead: they read 2.7 Mbit/s
+        est.observe_transfer(1_000, 0.002 + 0.003, t)
+        t += 0.05
+    assert est.bandwidth_bps(t) > 20e6  # pulled down by the harmonic mean, not restarted at 2.7 Mbit/s
+
+
+def test_small_stages_teach_the_compute_correction_little():
+    c = ComputeCorrection(alpha=0.5)
+    c.observe("device", 0.9, 1.0)  # the whole model: measured 0.9x the profile
+    for _ in range(20):
+        c.observe("device", 0.003, 0.001, weight=0.02)  # a 1 ms stage, 3 ms with its fixed overhead
+    assert c.factor("device") < 1.3  # not the 3x of the tiny stage: the whole model is still near its profile
+    c.observe("edge", 0.003, 0.001, weight=0.02)
+    assert c.factor("edge") == pytest.approx(1.04)
