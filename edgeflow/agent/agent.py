@@ -39,6 +39,7 @@ from edgeflow.agent.replay import ReplyCache, request_key
 from edgeflow.agent.runtime import ModelRuntime
 from edgeflow.agent.upstream import Upstream
 from edgeflow.agent.compute import BatchingComputeUnit, BatchJob, ComputeUnit, MemoryBudget
+from edgeflow.agent.gate import RequestGate
 from edgeflow.config import NodeConfig
 from edgeflow.core.codecs import CODEC_NAMES, Codec, DecodeLimits, codec_from_spec, decode, get_codec, read_header
 from edgeflow.core.plan import TIERS, Plan
@@ -51,9 +52,7 @@ from edgeflow.transport import (
     InferCall,
     InferReply,
     InvalidRequest,
-    Overloaded,
     RangeProfile,
-    ShuttingDown,
     TierTiming,
     WireLimits,
     WireTensor,
@@ -134,16 +133,9 @@ class Agent:
         self._codecs: dict[str, Codec] = {}
         self._plans: dict[str, Plan] = {str(plan): self.plan, "": self.plan}
         self._plans_lock = threading.Lock()
-        self._inflight = 0
-        self._draining = False
-        self._idle = threading.Condition()
+        self.gate = RequestGate(self.role)  # in flight, draining, counters
         self.profile = self._measure_profile(profile_repeats) if profile_repeats else []
         self.replies = ReplyCache()  # idempotent request ids
-        self.requests = 0  # requests taken in (infer and submit_local), refused and failed ones included
-        self.shed = 0  # requests refused as Overloaded (compute queue full, memory cap in use)
-        self.fallbacks = 0  # requests this tier finished itself because its upstream failed
-        self.last_fallback = ""  # the latest one's Breakdown.fallback
-        self._counts_lock = threading.Lock()  # the four above
         self._fallback_lock = threading.Lock()  # _reserve_profile
         self._reserve_profile: list[RangeProfile] | None = None  # without a handshake profile: measured when needed
 
@@ -187,8 +179,17 @@ class Agent:
     @property
     def counters(self) -> Counters:
         """What this agent has been through since it started (see :class:`~edgeflow.transport.Counters`)."""
-        with self._counts_lock:
-            return Counters(self.requests, self.fallbacks, self.duplicates_served, self.shed, self.last_fallback)
+        return self.gate.counters(self.duplicates_served)
+
+    @property
+    def fallbacks(self) -> int:
+        """Requests this tier finished itself because its upstream failed."""
+        return self.gate.fallbacks
+
+    @property
+    def last_fallback(self) -> str:
+        """The latest fallback's ``Breakdown.fallback`` ("" before any)."""
+        return self.gate.last_fallback
 
     def _measure_profile(self, repeats: int) -> list[RangeProfile]:
         """Median compute seconds of each segment between consecutive boundaries, slowdown included."""
@@ -211,7 +212,7 @@ class Agent:
         A request whose id this agent has seen recently is not computed again: a copy that arrives while the
         first runs waits for its reply, a later one gets the stored reply (see :mod:`edgeflow.agent.replay`).
         """
-        with self._request():
+        with self.gate.request():
             return self.replies.run(request_key(call), lambda: self._serve(call, deadline), deadline)
 
     @property
@@ -283,7 +284,7 @@ class Agent:
             InvalidRequest: the input does not fit the model, or the plan does not fit the model or this chain.
         """
         t0 = time.monotonic()
-        with self._request():
+        with self.gate.request():
             values = list(values)
             self.runtime.check_values(0, values)
             resolved = self.plan_of(str(plan)) if plan is not None else self.plan
@@ -481,9 +482,7 @@ class Agent:
         up_role = d.role if d is not None else nxt.tier if nxt is not None else _next_tier(self.role)
         address = self.upstream.address if self.upstream is not None else "?"
         reason = fallback_reason(self.role, up_role, address, kind, error, position, timing.stop)
-        with self._counts_lock:
-            self.fallbacks += 1
-            self.last_fallback = reason
+        self.gate.fell_back(reason)
         _log.warning("fallback: %s", reason)
         b = Breakdown([timing], self.role, outcome.exit_position, outcome.exit_confidence, reason)
         return _Answer(outcome.position, b, values=outcome.values)
@@ -557,12 +556,9 @@ class Agent:
         return [i.name for i in self.runtime.cut_info(position).tensors]
 
     # ------------------------------------------------------------------------------------ lifecycle
-    def _request(self) -> "_InFlight":
-        return _InFlight(self)
-
     @property
     def inflight(self) -> int:
-        return self._inflight
+        return self.gate.inflight
 
     def drain(self, grace_s: float) -> bool:
         """Refuse new requests (ShuttingDown) and wait up to ``grace_s`` for those in flight.
@@ -571,45 +567,14 @@ class Agent:
             True if every in-flight request finished; False if some were still running (the caller then
             stops the server, which cancels them, and :meth:`close` fails anything still queued).
         """
-        end = time.monotonic() + grace_s
-        with self._idle:
-            self._draining = True
-            while self._inflight and time.monotonic() < end:
-                self._idle.wait(timeout=min(0.1, max(0.0, end - time.monotonic())))
-            return self._inflight == 0
+        return self.gate.drain(grace_s)
 
     def close(self) -> None:
         """Stop the compute unit (queued requests fail with ShuttingDown) and the upstream channel."""
-        self._draining = True
+        self.gate.close()
         self.compute.stop()
         if self.upstream is not None:
             self.upstream.close()
-
-
-class _InFlight:
-    """Counts a request in flight; refuses it while draining. Counts it in ``requests``, and in ``shed`` if it
-    leaves as Overloaded."""
-
-    def __init__(self, agent: Agent):
-        self._agent = agent
-
-    def __enter__(self) -> None:
-        a = self._agent
-        with a._counts_lock:
-            a.requests += 1
-        with a._idle:
-            if a._draining:
-                raise ShuttingDown(f"{a.role} agent is shutting down")
-            a._inflight += 1
-
-    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
-        a = self._agent
-        if exc_type is not None and issubclass(exc_type, Overloaded):
-            with a._counts_lock:
-                a.shed += 1
-        with a._idle:
-            a._inflight -= 1
-            a._idle.notify_all()
 
 
 def _compute_unit(config: NodeConfig) -> ComputeUnit | BatchingComputeUnit:

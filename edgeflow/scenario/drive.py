@@ -37,13 +37,16 @@ _MAX_WORKERS = 32  # requests outstanding at once per run (open loop); beyond, t
 @dataclass
 class Answer:
     """What came back for one request: the answering logits (B, classes), where time and bytes went, the plan
-    it went by (text, ``  input|codec`` appended when the raw input was sent), and the planner's prediction."""
+    it went by (text, ``  input|codec`` appended when the raw input was sent), and the planner's prediction.
+    ``ready``: the ``time.monotonic()`` at which the answer was in hand, when the sender did more work after it
+    (a live planner learning from the reply); None: when ``send`` returned."""
 
     logits: torch.Tensor
     position: int
     breakdown: Breakdown
     plan: str = ""
     predicted_s: float | None = None
+    ready: float | None = None
 
 
 @dataclass
@@ -136,8 +139,9 @@ class LiveSender:
         target = time.monotonic() + target_s if target_s is not None else None
         ans = self.agent.submit_local([x], request_id=request_id, deadline=deadline, block=True, plan=plan,
                                       input_codec=codec, target=target)  # fmt: skip
+        ready = time.monotonic()  # the answer is the caller's now; learning from it comes after
         self.live.observe(ans.breakdown, ans.plan)
-        return Answer(ans.values[0], ans.position, ans.breakdown, _text(plan, codec), predicted)
+        return Answer(ans.values[0], ans.position, ans.breakdown, _text(plan, codec), predicted, ready)
 
     def warm_up(self, request_id: str, x: torch.Tensor, deadline: float) -> None:
         """One request through every tier and range of the current plan (not fed to the planner)."""
@@ -198,7 +202,7 @@ def drive(
                 if o.answer is None:
                     o.answer = ans
                     o.plan = ans.plan or o.plan
-            o.done_s = time.monotonic() - t0
+            o.done_s = (ans.ready if ans.ready is not None else time.monotonic()) - t0
         if on_done is not None:
             on_done(o)
 
