@@ -162,7 +162,13 @@ class LinkEstimator:
 
 
 class ComputeCorrection:
-    """Per-tier multiplicative correction of predicted compute: EWMA of clipped measured/predicted ratios.
+    """Per-tier multiplicative correction of predicted compute: EWMA of clipped, median-filtered
+    measured/predicted ratios.
+
+    Each tier's ratios first pass a causal median-of-3 filter seeded with the profile's own ratio, 1: a single
+    outlier (a cold first run that takes 5x, a GC pause) never moves the factor; two agreeing ratios do. Without
+    it, a first request that ran cold set the factor to 5x, the planner left that tier's plans, and with no more
+    samples from it the factor never came back.
 
     Feed it ``predicted_s`` from :meth:`CostModel.stage_compute_s` (the uncorrected prediction), so the factor
     converges to measured/predicted instead of feeding back on itself. A ``weight`` below 1 scales a sample's
@@ -180,15 +186,21 @@ class ComputeCorrection:
             raise PlanError(f"compute correction: alpha in (0, 1] and clip around 1 required, got {alpha}, {clip}")
         self.alpha, self.clip = alpha, clip
         self._factor: dict[str, float] = {}
+        self._raw: dict[str, deque[float]] = {}  # per tier: the last raw ratios, for the median filter
+        self._seen: dict[str, int] = {}  # per tier: samples observed
 
     def observe(self, tier: str, measured_s: float, predicted_s: float, weight: float = 1.0) -> None:
         if not (predicted_s > 1e-9 and measured_s >= 0 and math.isfinite(measured_s) and weight > 0):
             return
-        ratio = min(self.clip[1], max(self.clip[0], measured_s / predicted_s))
-        old = self._factor.get(tier)
+        raw = self._raw.setdefault(tier, deque([1.0, 1.0], maxlen=3))
+        raw.append(min(self.clip[1], max(self.clip[0], measured_s / predicted_s)))
+        self._seen[tier] = seen = self._seen.get(tier, 0) + 1
+        ratio = statistics.median(raw)
+        old = self._factor.get(tier, 1.0)
         w = min(1.0, weight)
-        # the first sample sets the factor (in proportion to its weight), later ones move the EWMA
-        self._factor[tier] = 1.0 + w * (ratio - 1.0) if old is None else old + self.alpha * w * (ratio - old)
+        # while the prior is still in the filter (2 samples), the filtered ratio sets the factor (in proportion to
+        # the weight): two agreeing samples are believed at once; later ones move the EWMA
+        self._factor[tier] = 1.0 + w * (ratio - 1.0) if seen <= 2 else old + self.alpha * w * (ratio - old)
 
     def factor(self, tier: str) -> float:
         return self._factor.get(tier, 1.0)
