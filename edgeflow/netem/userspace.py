@@ -251,11 +251,19 @@ class LinkEmulator:
 
     def _run(self) -> None:
         assert self._loop is not None
-        asyncio.set_event_loop(self._loop)
+        loop = self._loop
+        asyncio.set_event_loop(loop)
         try:
-            self._loop.run_forever()
+            loop.run_forever()
         finally:
-            self._loop.close()
+            try:  # finish what stop() cancelled (a stalled pipe's pumps): closing with them pending prints noise
+                pending = asyncio.all_tasks(loop)
+                for t in pending:
+                    t.cancel()
+                if pending:
+                    loop.run_until_complete(asyncio.wait(pending, timeout=2.0))
+            finally:
+                loop.close()
 
     def _count(self, direction: str, nbytes: int) -> None:
         if direction == "uplink":
