@@ -109,7 +109,7 @@ def sweep(rates: list[float], requests: int, nodes: dict[str, Any], work: Path) 
 
 
 def traces(cases: list[tuple[str, str, str, str | None, float]], window_s: float, rate_hz: float,
-           nodes: dict[str, Any], work: Path, root: Path) -> list[dict[str, Any]]:
+           nodes: dict[str, Any], work: Path, root: Path, slo_ms: float | None = None) -> list[dict[str, Any]]:
     rows = []
     for name, up, fmt, down, offset in cases:
         link: dict[str, Any] = {"trace": {"file": str(root / up), "format": fmt, "offset_s": offset}, "delay_ms": 20}
@@ -122,6 +122,8 @@ def traces(cases: list[tuple[str, str, str, str | None, float]], window_s: float
                          "requests": max(10, int(window_s * rate_hz)), "seed": 0, "timeout_s": 10},
             "baselines": BASELINES,
         }  # fmt: skip
+        if slo_ms is not None:
+            data["slo_ms"] = slo_ms
         s = _run(data, nodes, work)
         bf, cloud = s["baselines"]["best-fixed"], s["baselines"]["cloud-only"]
         own95 = _p(s, "p95")
@@ -155,11 +157,13 @@ def main() -> int:
     ap.add_argument("--traces-dir", type=Path, default=TRACES, help="the shared traces folder")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--keep", type=Path, help="keep the per-scenario report folders here")
+    ap.add_argument("--traces", help="comma-separated trace names to run (default: all, or the quick set)")
+    ap.add_argument("--slo-ms", type=float, help="give the trace scenarios this latency SLO (default: none)")
     args = ap.parse_args()
     quick = args.quick
     rates = [float(r) for r in args.rates.split(",")] if args.rates else (
         [0.1, 1, 10, 100, 1000] if quick else [0.1, 0.3, 1, 3, 10, 30, 100, 300, 1000])
-    cases = [c for c in TRACE_CASES if not quick or c[0] in QUICK_TRACES]
+    cases = [c for c in TRACE_CASES if (c[0] in args.traces.split(",") if args.traces else not quick or c[0] in QUICK_TRACES)]
     window_s, rate_hz = (12.0, 5.0) if quick else (45.0, 4.0)
     nodes = _nodes()
     t0 = time.monotonic()
@@ -182,7 +186,8 @@ def main() -> int:
                     "window_s": window_s, "rate_hz": rate_hz,
                     "targets": {"p95_reduction_vs_best_fixed": ">= 0.30", "cloud_only_p95_over_edgeflow": ">= 2",
                                 "accuracy_delta_pts": ">= -1"},
-                    "cases": traces(cases, window_s, rate_hz, nodes, work, args.traces_dir),
+                    "slo_ms": args.slo_ms,
+                    "cases": traces(cases, window_s, rate_hz, nodes, work, args.traces_dir, args.slo_ms),
                 }  # fmt: skip
     result["adaptation"] = ("adaptive: edgeflow's run uses the device's live planner (plan: auto), started on links at the "
                             "mean rates; the best fixed split is chosen with hindsight among the baselines and the "
