@@ -128,6 +128,7 @@ class LiveSender:
 
     def __init__(self, agent: Agent, live: Any):
         self.agent, self.live = agent, live
+        self._target_s = latency_target_s(agent.config.fallback, live.settings.slo_ms)
 
     def plan_text(self) -> str:
         plan, codec, _ = self.live.current()
@@ -135,8 +136,7 @@ class LiveSender:
 
     def send(self, request_id: str, x: torch.Tensor, deadline: float) -> Answer:
         plan, codec, predicted = self.live.current()
-        target_s = latency_target_s(self.agent.config.fallback, self.live.settings.slo_ms)
-        target = time.monotonic() + target_s if target_s is not None else None
+        target = time.monotonic() + self._target_s if self._target_s is not None else None
         ans = self.agent.submit_local([x], request_id=request_id, deadline=deadline, block=True, plan=plan,
                                       input_codec=codec, target=target)  # fmt: skip
         ready = time.monotonic()  # the answer is the caller's now; learning from it comes after

@@ -7,7 +7,6 @@ and printed (``-s``), never asserted.
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -18,6 +17,7 @@ import yaml
 
 from edgeflow.agent import DeviceClient
 from edgeflow.core.codecs import get_codec
+from edgeflow.testing.threads import in_thread
 from edgeflow.transport import InferCall, PeerClient, WireTensor
 from edgeflow.transport.messages import encode_reply
 
@@ -204,17 +204,9 @@ def test_duplicate_request_ids_are_computed_once(healthy: Chain, runtime, images
         other = peer.infer(_call(runtime, images[0], "dup-other"), timeout_s=30)
         assert other.breakdown.tiers[0].compute_s != first.breakdown.tiers[0].compute_s
 
-        replies: list[bytes] = []
-        lock = threading.Lock()
-
-        def send() -> None:
-            r = peer.infer(_call(runtime, images[-1], "dup-concurrent"), timeout_s=30)
-            with lock:
-                replies.append(encode_reply(r))
-
-        threads = [threading.Thread(target=send) for _ in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
+        sends = [in_thread(lambda: encode_reply(peer.infer(_call(runtime, images[-1], "dup-concurrent"), timeout_s=30)))
+                 for _ in range(4)]  # fmt: skip
+        for t, _ in sends:
             t.join(timeout=60)
+        replies = [out[0] for _, out in sends if out]
     assert len(replies) == 4 and len(set(replies)) == 1

@@ -241,19 +241,11 @@ def test_concurrent_duplicates_share_one_compute(chain: ChainFactory, runtime: M
         return real(call, deadline)
 
     monkeypatch.setattr(cloud, "_serve", serve)
-    replies: list[bytes] = []
-    lock = threading.Lock()
-
-    def send() -> None:
-        r = LoopbackClient(cloud).infer(_call(runtime, "dup-c"), timeout_s=30)
-        with lock:
-            replies.append(encode_reply(r))
-
-    threads = [threading.Thread(target=send) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
+    sends = [in_thread(lambda: encode_reply(LoopbackClient(cloud).infer(_call(runtime, "dup-c"), timeout_s=30)))
+             for _ in range(4)]  # fmt: skip
+    for t, _ in sends:
         t.join(timeout=60)
+    replies = [out[0] for _, out in sends if out]
     assert len(replies) == 4 and len(set(replies)) == 1
     assert served == ["dup-c"] and cloud.duplicates_served == 3
 
