@@ -23,7 +23,8 @@ the cloud did not answer) marks the tier after it down. The replanner then plans
 past it) at once, so later requests do not wait on a dead peer, and a background thread probes the peer (``Probe``,
 short timeout, every ``planner.down_probe_s``). When it answers, its link is measured afresh and the best plan is
 taken at once. Both switches are logged and listed in :attr:`LivePlanner.switches` (reasons ``"cloud down: ..."``,
-``"cloud back"``); :meth:`LivePlanner.down_tiers` tells what is down now.
+``"cloud back"``); :meth:`LivePlanner.down_tiers` tells what is down now. A relaying tier's fallbacks in the
+first second after a return do not mark the tier down again: its own channel is still reconnecting.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ _START_PROBE_NBYTES = 16_384  # the first bandwidth probe: 1.3 s at 0.1 Mbit/s, 
 _PROBE_TIMEOUT_S = 5.0
 _DOWN_PROBE_TIMEOUT_S = 0.5  # a peer that does not answer an empty probe within this is still down (or stalled)
 _DOWN_RETRY_S = 5.0  # a down tier without a client to probe it with is tried again after this
+_RELAY_RECONNECT_S = 1.0  # 2x the channels' reconnect backoff cap (transport/options.py: 0.5 s)
 
 
 @dataclass(frozen=True)
@@ -299,8 +301,11 @@ class LivePlanner:
         if fell_back not in names or names.index(fell_back) + 1 >= len(names):
             return
         tier = names[names.index(fell_back) + 1]
-        if tier in self._down or sent_s < self._back_at.get(tier, -1.0):
-            return  # known, or a request sent before the tier came back
+        # a relaying tier reaches ``tier`` on its own channel, which reconnects with gRPC's backoff after the
+        # watcher saw ``tier`` answer: its fallbacks just after the return are that reconnect, not a new outage
+        grace = _RELAY_RECONNECT_S if names.index(fell_back) > 0 else 0.0
+        if tier in self._down or sent_s < self._back_at.get(tier, -1.0) + grace:
+            return  # known, or a request sent before the tier came back (or while the relay reconnects)
         self._down[tier] = (now, why)
         _log.warning("live planner: %s down (%s); planning without it", tier, why)
         self.replanner.set_unavailable(self._down)
