@@ -184,12 +184,19 @@ class FallbackConfig(_Section):
     target minus the same reserve after the request started: past that the split cannot make the target and
     finishing here still can (a stalled link then costs no SLO miss). It applies only where the reserve fits in
     the target at all.
+
+    With the live planner, the source also gives up an upstream call that has taken ``stall_factor`` x the
+    request's predicted latency (at least ``stall_min_ms``): the link or a peer has stalled, SLO or not, and waiting
+    out the deadline would cost seconds. The reply says so, and the planner plans without that tier until it answers
+    probes again. ``stall_factor: 0`` turns this off.
     """
 
     enabled: bool = True
     safety_factor: float = Field(2.0, ge=1.0)  # profiles are medians of a quiet machine; x2 covers a busy one
     local_margin_s: float = Field(0.05, ge=0)  # plus decode, encode and thread hand-offs
     slo_ms: float | None = Field(None, gt=0)  # latency target per request at the source; null: planner.slo_ms
+    stall_factor: float = Field(4.0, ge=0)  # x the predicted latency; 0: off
+    stall_min_ms: float = Field(200.0, gt=0)  # never sooner: predictions of a few ms miss a cold path or a GC
 
 
 class LimitsConfig(_Section):

@@ -264,6 +264,7 @@ class Agent:
         plan: Plan | str | None = None,
         input_codec: str | None = None,
         target: float | None = None,
+        stall_s: float | None = None,
     ) -> LocalAnswer:
         """Serve the device's own input (the model inputs, position 0) without a network hop in.
 
@@ -279,6 +280,8 @@ class Agent:
             input_codec: codec of the raw input when the plan gives the device nothing to run (default lossless).
             target: ``time.monotonic()`` value to answer by when possible (the latency target): with fallback on,
                 the upstream is given up in time to finish here by then (see ``FallbackConfig``).
+            stall_s: seconds an upstream call may take before it counts as stalled: with fallback on, it is given
+                up then and the request finished here (see ``failover.stall_after_s``).
 
         Raises:
             InvalidRequest: the input does not fit the model, or the plan does not fit the model or this chain.
@@ -298,10 +301,10 @@ class Agent:
                 wire = [self._wire(i.name, v, codec) for i, v in zip(info, values)]
                 timing.encode_s = time.monotonic() - t
                 answer = self._forward(request_id, 0, wire, values, timing, deadline, resolved, plan_text,
-                                       target=target)  # fmt: skip
+                                       target=target, stall_s=stall_s)  # fmt: skip
             else:
                 answer = self._run(request_id, start, stop, forward, values, timing, deadline, resolved, plan_text,
-                                   block=block, target=target)  # fmt: skip
+                                   block=block, target=target, stall_s=stall_s)  # fmt: skip
             out = answer.values
             if out is None:
                 t = time.monotonic()
@@ -366,6 +369,7 @@ class Agent:
         *,
         block: bool = False,
         target: float | None = None,
+        stall_s: float | None = None,
     ) -> _Answer:
         exits = plan.exits_in(start, stop) if forward or stop == self.runtime.num_positions else ()
         key = self.runtime.batch_key(start, stop, values, exits)
@@ -385,7 +389,8 @@ class Agent:
         hop = self._codec(stage.codec) if stage is not None and stage.codec else self.hop_codec
         wire = [self._wire(name, v, hop) for name, v in zip(names, outcome.values)]
         timing.encode_s = time.monotonic() - t
-        return self._forward(request_id, stop, wire, outcome.values, timing, deadline, plan, plan_text, target=target)
+        return self._forward(request_id, stop, wire, outcome.values, timing, deadline, plan, plan_text, target=target,
+                             stall_s=stall_s)  # fmt: skip
 
     def _forward(
         self,
@@ -399,15 +404,16 @@ class Agent:
         plan_text: str,
         *,
         target: float | None = None,
+        stall_s: float | None = None,
     ) -> _Answer:
         """Send the values at ``position`` upstream; should that fail for a reason nobody's bug, finish here.
 
-        ``values`` are the decoded ``wire`` when at hand (``None``: decoded only for a fallback). ``target``: see
-        :meth:`submit_local`.
+        ``values`` are the decoded ``wire`` when at hand (``None``: decoded only for a fallback). ``target``,
+        ``stall_s``: see :meth:`submit_local`.
         """
         assert self.upstream is not None, "checked in plan_of and __init__"
         f = self.config.fallback
-        up_deadline, by_target = deadline, False
+        up_deadline, why = deadline, ""
         if f.enabled:
             now = time.monotonic()
             profile = self._local_profile()
@@ -416,7 +422,9 @@ class Agent:
             if target is not None:
                 give_up = target - reserve
                 if now < give_up < up_deadline:
-                    up_deadline, by_target = give_up, True
+                    up_deadline, why = give_up, " for the latency target"
+            if stall_s is not None and now + stall_s < up_deadline:
+                up_deadline, why = now + stall_s, f" (stalled: past {f.stall_factor:g}x the predicted latency)"
         t = time.monotonic()
         try:
             return self._call_upstream(request_id, position, wire, timing, up_deadline, plan_text)
@@ -424,8 +432,8 @@ class Agent:
             kind = failure_kind(e)
             if kind is None or not f.enabled or time.monotonic() >= deadline:  # a bug, or an answer nobody awaits
                 raise
-            if by_target and isinstance(e, DeadlineExceeded):
-                kind += " for the latency target"
+            if why and isinstance(e, DeadlineExceeded):
+                kind += why
             timing.network_s, timing.bytes_out, timing.bytes_back = time.monotonic() - t, 0, 0  # nothing got through
             return self._finish_here(position, wire, values, timing, deadline, plan, kind, e)
 

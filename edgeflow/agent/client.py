@@ -21,7 +21,7 @@ from typing import Any, Iterable, Iterator
 import torch
 
 from edgeflow.agent.agent import Agent, wire_limits
-from edgeflow.agent.failover import latency_target_s
+from edgeflow.agent.failover import latency_target_s, stall_after_s
 from edgeflow.agent.live import LivePlanner, PlanSwitch
 from edgeflow.agent.loader import load_runtime
 from edgeflow.agent.upstream import Upstream
@@ -128,7 +128,8 @@ class DeviceClient:
     :class:`Result` carries its own ``plan``.
 
     With a latency target (``fallback.slo_ms``, default ``planner.slo_ms``) each request is given up upstream in
-    time to finish here within it (see :class:`edgeflow.config.FallbackConfig`).
+    time to finish here within it; with a live planner, one whose upstream has taken ``fallback.stall_factor`` x
+    the predicted latency is given up as stalled (see :class:`edgeflow.config.FallbackConfig`).
 
     Args:
         agent: an agent (usually role ``device``) whose plan starts the chain.
@@ -216,7 +217,8 @@ class DeviceClient:
         t0 = time.monotonic()
         target = t0 + self._target_s if self._target_s is not None else None
         ans = self.agent.submit_local(values, request_id=_request_id(self.agent.role), deadline=t0 + timeout,
-                                      plan=plan, input_codec=input_codec, target=target)  # fmt: skip
+                                      plan=plan, input_codec=input_codec, target=target,
+                                      stall_s=stall_after_s(self.agent.config.fallback, predicted))  # fmt: skip
         latency = time.monotonic() - t0
         if self.live is not None:
             self.live.observe(ans.breakdown, ans.plan, decide=not forced)

@@ -74,3 +74,13 @@ def latency_target_s(fallback: FallbackConfig, planner_slo_ms: float | None) -> 
     ``Agent.submit_local``): ``fallback.slo_ms``, else the planner's SLO; None without one or with fallback off."""
     slo_ms = fallback.slo_ms if fallback.slo_ms is not None else planner_slo_ms
     return slo_ms / 1e3 if slo_ms is not None and fallback.enabled else None
+
+
+def stall_after_s(fallback: FallbackConfig, predicted_s: float | None) -> float | None:
+    """Seconds after which a source request's upstream call counts as stalled and is given up (the ``stall_s`` of
+    ``Agent.submit_local``): ``stall_factor`` x the request's predicted latency, at least ``stall_min_ms``; None
+    without a prediction, with ``stall_factor`` 0 or with fallback off. It runs from the call, not the request's
+    start, so a request that queued for the device's compute does not find its upstream stalled at once."""
+    if predicted_s is None or not fallback.enabled or fallback.stall_factor <= 0:
+        return None
+    return max(fallback.stall_min_ms / 1e3, fallback.stall_factor * predicted_s)

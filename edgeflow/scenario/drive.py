@@ -24,7 +24,7 @@ from typing import Any, Callable, Protocol, Sequence
 import torch
 
 from edgeflow.agent.agent import Agent
-from edgeflow.agent.failover import latency_target_s
+from edgeflow.agent.failover import latency_target_s, stall_after_s
 from edgeflow.core.plan import ExitPoint, Plan
 from edgeflow.errors import EdgeflowError
 from edgeflow.transport import Breakdown
@@ -124,7 +124,8 @@ class LiveSender:
     """The device agent with its live planner (:class:`edgeflow.agent.live.LivePlanner`): each request goes by
     the planner's current plan, and every reply is fed back to it (what ``DeviceClient.infer`` does, with the
     runner's request ids). With the scenario's SLO each request is given up upstream in time to finish on the
-    device within it (``FallbackConfig``); the fixed-plan baselines keep only the deadline's fallback."""
+    device within it, and an upstream stalled past a multiple of the prediction is given up too (``FallbackConfig``);
+    the fixed-plan baselines keep only the deadline's fallback."""
 
     def __init__(self, agent: Agent, live: Any):
         self.agent, self.live = agent, live
@@ -138,7 +139,8 @@ class LiveSender:
         plan, codec, predicted = self.live.current()
         target = time.monotonic() + self._target_s if self._target_s is not None else None
         ans = self.agent.submit_local([x], request_id=request_id, deadline=deadline, block=True, plan=plan,
-                                      input_codec=codec, target=target)  # fmt: skip
+                                      input_codec=codec, target=target,
+                                      stall_s=stall_after_s(self.agent.config.fallback, predicted))  # fmt: skip
         ready = time.monotonic()  # the answer is the caller's now; learning from it comes after
         self.live.observe(ans.breakdown, ans.plan)
         return Answer(ans.values[0], ans.position, ans.breakdown, _text(plan, codec), predicted, ready)

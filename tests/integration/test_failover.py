@@ -188,6 +188,34 @@ def test_live_planner_leaves_a_dead_cloud_and_returns_when_it_restarts(healthy: 
         assert all(a.output is not None for a in answered)
 
 
+def test_live_planner_gives_a_stalled_edge_up_without_an_slo_and_returns_to_it(healthy: Chain, runtime, images, make_device_config) -> None:  # type: ignore[no-untyped-def]
+    cfg = make_device_config(healthy.edge.address, plan="auto").with_overrides(**{"compute.slowdown_factor": 30.0})
+    assert cfg.fallback.slo_ms is None and cfg.planner.slo_ms is None  # no latency target: only the stall rule
+    with DeviceClient.from_config(cfg) as device:
+        live = device.live
+        assert live is not None and live.plan.tiers != ("device",), live.plan  # a slow device offloads
+        for i in range(3):
+            device.infer(images[i])
+        healthy.edge.pause()
+        try:  # a 20 s deadline: without the stall rule the device would wait it out
+            r = device.infer(images[1], timeout_s=20.0)
+            assert live.down_tiers() == {"edge"} and live.plan.tiers == ("device",), live.plan
+            after = device.infer(images[2], timeout_s=20.0)  # planned around the stalled edge: no waiting
+        finally:
+            healthy.edge.resume()
+        print(f"\nstalled edge, no SLO: answered in {r.latency_s:.2f} s by {r.answered_by} "
+              f"(predicted {r.predicted_latency_s * 1e3:.1f} ms): {r.breakdown.fallback}")
+        assert r.answered_by == "device" and "stalled: past 4x the predicted latency" in r.breakdown.fallback
+        assert r.output.shape == _ref(runtime, images[1]).shape  # the plan's exits apply: not always the full model
+        assert after.answered_by == "device" and not after.breakdown.fallback
+        for _ in range(500):  # the watcher's probes find the edge again
+            if live.plan.tiers != ("device",):
+                break
+            device.infer(images[0])
+            time.sleep(0.01)
+        assert live.plan.tiers != ("device",) and live.switches[-1].reason == "edge back", [s.reason for s in live.switches]
+
+
 # ------------------------------------------------------------------------------------------- duplicates
 def _call(runtime: Any, x: torch.Tensor, request_id: str) -> InferCall:
     codec = get_codec("lossless")

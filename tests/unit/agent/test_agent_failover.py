@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from edgeflow.agent import Agent, DeviceClient, ModelRuntime
-from edgeflow.agent.failover import FALLBACK_CODES, failure_kind, latency_target_s, reserve_s, upstream_deadline
+from edgeflow.agent.failover import FALLBACK_CODES, failure_kind, latency_target_s, reserve_s, stall_after_s, upstream_deadline
 from edgeflow.agent.replay import ReplyCache
 from edgeflow.core.codecs import get_codec
 from edgeflow.errors import DeadlineExceeded, PeerUnavailable
@@ -178,6 +178,17 @@ def test_latency_target_comes_from_fallback_then_the_planner() -> None:
     assert latency_target_s(FallbackConfig(), 400.0) == pytest.approx(0.4)
     assert latency_target_s(FallbackConfig(slo_ms=250.0), 400.0) == pytest.approx(0.25)
     assert latency_target_s(FallbackConfig(enabled=False, slo_ms=250.0), 400.0) is None
+
+
+def test_stall_time_is_a_multiple_of_the_prediction_with_a_floor() -> None:
+    from edgeflow.config import FallbackConfig
+
+    assert stall_after_s(FallbackConfig(), None) is None  # no live planner, no prediction: the deadline rules
+    assert stall_after_s(FallbackConfig(), 0.010) == pytest.approx(0.2)  # 4 x 10 ms is under the 200 ms floor
+    assert stall_after_s(FallbackConfig(), 0.250) == pytest.approx(1.0)
+    assert stall_after_s(FallbackConfig(stall_factor=2.0, stall_min_ms=50.0), 0.1) == pytest.approx(0.2)
+    assert stall_after_s(FallbackConfig(stall_factor=0.0), 0.250) is None
+    assert stall_after_s(FallbackConfig(enabled=False), 0.250) is None
 
 
 def test_failure_kinds() -> None:
