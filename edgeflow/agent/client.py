@@ -128,8 +128,9 @@ class DeviceClient:
     :class:`Result` carries its own ``plan``.
 
     With a latency target (``fallback.slo_ms``, default ``planner.slo_ms``) each request is given up upstream in
-    time to finish here within it; with a live planner, one whose upstream has taken ``fallback.stall_factor`` x
-    the predicted latency is given up as stalled (see :class:`edgeflow.config.FallbackConfig`).
+    time to finish here within it; with a live planner, one on the planner's plan whose upstream has taken
+    ``fallback.stall_factor`` x the predicted latency is given up as stalled (not one on a plan the caller forced:
+    its prediction is no yardstick; see :class:`edgeflow.config.FallbackConfig`).
 
     Args:
         agent: an agent (usually role ``device``) whose plan starts the chain.
@@ -218,7 +219,7 @@ class DeviceClient:
         target = t0 + self._target_s if self._target_s is not None else None
         ans = self.agent.submit_local(values, request_id=_request_id(self.agent.role), deadline=t0 + timeout,
                                       plan=plan, input_codec=input_codec, target=target,
-                                      stall_s=stall_after_s(self.agent.config.fallback, predicted))  # fmt: skip
+                                      stall_s=None if forced else stall_after_s(self.agent.config.fallback, predicted))  # fmt: skip
         latency = time.monotonic() - t0
         if self.live is not None:
             self.live.observe(ans.breakdown, ans.plan, decide=not forced)

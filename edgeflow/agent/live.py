@@ -33,6 +33,7 @@ import logging
 import statistics
 import threading
 import time
+import uuid
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
 
@@ -44,7 +45,8 @@ from edgeflow.core.plan import Plan
 from edgeflow.core.profile import ModelProfile
 from edgeflow.core.codecs import get_codec
 from edgeflow.errors import EdgeflowError
-from edgeflow.transport import Breakdown, Description
+from edgeflow.transport import Breakdown, Description, InferCall, WireTensor, datatype_of
+from edgeflow.transport.messages import encode_request
 
 __all__ = ["PlanSwitch", "LivePlanner", "profile_from_description"]
 
@@ -233,6 +235,10 @@ class LivePlanner:
                 bw = est.bandwidth_bps(clock()) or settings.fallback_bandwidth_mbit * 1e6
                 _probe_link(tracker, link, peer, int(min(4 << 20, max(4 * _START_PROBE_NBYTES, bw * 0.02 / 8))), clock,
                             rtt=False)  # fmt: skip
+        if peers and len(chain) > 1:  # the links were measured: what a real message pays beyond a probe
+            overhead = _message_overhead_s(agent, tuple(inputs), tracker, chain[1].name, clock)
+            for est in tracker.links:  # the same software on every hop
+                est.overhead_s = overhead
         cond = tracker.conditions(clock())
         assert cond is not None, "fallbacks are set"
         first = planner.search(cond, settings.objective, latency_slo_s=slo, top_k=0).best
@@ -241,8 +247,9 @@ class LivePlanner:
                        min_evaluations=settings.min_evaluations, min_interval_s=settings.min_interval_s)  # fmt: skip
         live = cls(agent, rp, peers, settings, clock=clock, owned_peers=owned)
         live._predicted_s = first.breakdown.latency_s
-        _log.info("live planner: chain %s, %d cuts, %d plans, first plan %s (predicted %.1f ms) after %.1f s",
-                  " > ".join(model.names), len(model.cuts), planner.num_plans, first, first.breakdown.latency_s * 1e3,
+        _log.info("live planner: chain %s, %d cuts, %d plans, message overhead %.2f ms, first plan %s (predicted "
+                  "%.1f ms) after %.1f s", " > ".join(model.names), len(model.cuts), planner.num_plans,
+                  tracker.links[0].overhead_s * 1e3 if tracker.links else 0.0, first, first.breakdown.latency_s * 1e3,
                   time.perf_counter() - t0)  # fmt: skip
         return live
 
@@ -418,9 +425,50 @@ def _probe_link(tracker: Any, link: int, peer: Any, nbytes: int, clock: Callable
                 tracker.observe_rtt(link, best, clock())
         seconds = peer.probe(send_nbytes=nbytes, timeout_s=_PROBE_TIMEOUT_S)
         with lock:
-            tracker.observe_transfer(link, nbytes, seconds, clock())
+            tracker.observe_transfer(link, nbytes, seconds, clock(), message=False)
     except EdgeflowError as e:
         _log.info("probe of link %d failed: %s", link, e)
+
+
+def _message_overhead_s(agent: Agent, inputs: tuple[torch.Tensor, ...], tracker: Any, upstream_role: str,
+                        clock: Callable[[], float], repeats: int = 5) -> float:  # fmt: skip
+    """Seconds an Infer call to the next tier pays beyond the empty probe's round trip and its bytes at the
+    estimated bandwidth (see ``overhead_s`` in ``edgeflow.core.planner.estimator``); 0 when it cannot be told.
+
+    Measured as the agent's own hop measures a reply (call time less the upstream's own time), with real calls
+    that ask the next tier for the model's last range only, on the last cut's values (computed here without the
+    emulated slowdown). A call whose bytes would take over half its time at the estimated bandwidth is not used:
+    there the overhead hides in the transfer's error (and matters little).
+    """
+    rt, up = agent.runtime, agent.upstream
+    if up is None or not rt.cuts:
+        return 0.0
+    k = rt.cuts[-1]
+    codec = get_codec("lossless")
+    with torch.inference_mode():
+        values = rt.partition.activations(*inputs, positions=[k])[k]
+    wire = [WireTensor(i.name, datatype_of(i.dtype), tuple(v.shape), "lossless", codec.encode(v))
+            for i, v in zip(rt.cut_info(k).tensors, values)]  # fmt: skip
+    plan = f"{agent.role}[0:{k}]|lossless > {upstream_role}[{k}:]"
+    est = tracker.links[0]
+    bw, rtt = est.bandwidth_bps(clock()), est.rtt_s(clock())
+    if bw is None or rtt is None:  # the link was not measured (no peer to probe)
+        return 0.0
+    samples = []
+    try:
+        up.handshake(time.monotonic() + agent.config.deadlines.connect_s)
+        for _ in range(repeats):
+            data = encode_request(InferCall(f"overhead-{uuid.uuid4().hex}", rt.fingerprint, k, wire, plan=plan))
+            t = time.monotonic()
+            reply = up.infer_bytes(data, t + _PROBE_TIMEOUT_S)
+            call_s = time.monotonic() - t
+            transfer = 8 * (len(data) + reply.wire_nbytes) / bw
+            if transfer < call_s / 2:
+                samples.append(call_s - (reply.breakdown.tiers[0].total_s if reply.breakdown.tiers else 0.0) - rtt - transfer)
+    except EdgeflowError as e:
+        _log.info("live planner: message overhead not measured: %s", e)
+        return 0.0
+    return max(0.0, statistics.median(samples)) if samples else 0.0
 
 
 def _message_overheads(agent: Agent, inputs: tuple[torch.Tensor, ...], num_tiers: int) -> tuple[int, int]:

@@ -24,6 +24,13 @@ least ``shift_min_transfer_s`` (10 ms) count as evidence: a shorter one is timed
 and its rate reading moves with the message size, not the link (a planner alternating between plans with 1 KB
 and 50 KB messages on a fast link would otherwise restart the window at every change of plan).
 
+**Per-message overhead.** A real message pays a fixed cost that an empty probe does not: the handler's and
+(de)serialisation work around it (measured at ~2 ms per Infer call on a busy 2-core host). Read as bandwidth, it
+makes small messages look like a slow link (a 4 KB hop at 30 Mbit/s read as 11 Mbit/s) and big ones then
+over-priced. ``overhead_s`` (measured at start-up with real calls, see ``edgeflow.agent.live``) is taken off
+every passive sample (``message=True``) before its rate is read, and the cost model sees it as part of the
+link's round trip (:meth:`ConditionsTracker.conditions`). Probes pay no such cost (``message=False``).
+
 Samples whose transfer part is small next to the round trip (``seconds - rtt < min_transfer_fraction *
 seconds``) carry no rate information and are rejected; when no sample has been accepted for ``stale_after_s``
 the link :meth:`LinkEstimator.needs_probe` and :meth:`LinkEstimator.probe_nbytes` says how big a probe makes a
@@ -66,6 +73,7 @@ class LinkEstimator:
             estimate to restart the window (see the module doc); ``None`` turns this off.
         shift_samples: how many raw rates in a row.
         shift_min_transfer_s: a transfer counts towards a shift only if its transfer part took this long.
+        overhead_s: fixed seconds a message (not a probe) pays beyond the round trip (see the module doc).
     """
 
     def __init__(
@@ -80,6 +88,7 @@ class LinkEstimator:
         shift_ratio: float | None = 2.0,
         shift_samples: int = 2,
         shift_min_transfer_s: float = 0.010,
+        overhead_s: float = 0.0,
     ):
         if shift_ratio is not None and not shift_ratio > 1:
             raise PlanError(f"estimator: shift_ratio {shift_ratio} must be > 1")
@@ -87,6 +96,9 @@ class LinkEstimator:
             raise PlanError(f"estimator: shift_samples {shift_samples} must be >= 1")
         if window < 1 or rtt_window < 1 or not max_age_s > 0 or not stale_after_s > 0:
             raise PlanError("estimator: window, rtt_window, max_age_s and stale_after_s must be positive")
+        if not (overhead_s >= 0 and math.isfinite(overhead_s)):
+            raise PlanError(f"estimator: overhead_s {overhead_s} must be >= 0")
+        self.overhead_s = overhead_s
         self.window, self.max_age_s, self.stale_after_s = window, max_age_s, stale_after_s
         self.min_transfer_fraction, self.min_nbytes = min_transfer_fraction, min_nbytes
         self.shift_ratio, self.shift_samples, self.shift_min_transfer_s = shift_ratio, shift_samples, shift_min_transfer_s
@@ -102,8 +114,10 @@ class LinkEstimator:
         if rtt_s >= 0 and math.isfinite(rtt_s):
             self._rtts.append((now_s, rtt_s))
 
-    def observe_transfer(self, nbytes: float, seconds: float, now_s: float, *, includes_rtt: bool = True) -> bool:
-        """A transfer of ``nbytes`` that took ``seconds`` (send start to reply, when ``includes_rtt``).
+    def observe_transfer(self, nbytes: float, seconds: float, now_s: float, *, includes_rtt: bool = True,
+                         message: bool = True) -> bool:  # fmt: skip
+        """A transfer of ``nbytes`` that took ``seconds`` (send start to reply, when ``includes_rtt``); a
+        ``message`` (not a probe) also pays ``overhead_s``.
 
         Returns:
             Whether it was used as a rate sample.
@@ -111,7 +125,7 @@ class LinkEstimator:
         if not (nbytes >= self.min_nbytes and seconds > 0 and math.isfinite(seconds)):
             return False
         rtt = (self.rtt_s(now_s) or 0.0) if includes_rtt else 0.0
-        transfer = seconds - rtt
+        transfer = seconds - rtt - (self.overhead_s if message else 0.0)
         if transfer < self.min_transfer_fraction * seconds:
             return False
         rate = 8.0 * nbytes / transfer
@@ -254,8 +268,9 @@ class ConditionsTracker:
         self.correction = correction or ComputeCorrection()
         self.queues = queues or QueueTracker()
 
-    def observe_transfer(self, link: int, nbytes: float, seconds: float, now_s: float, *, includes_rtt: bool = True) -> bool:
-        return self.links[link].observe_transfer(nbytes, seconds, now_s, includes_rtt=includes_rtt)
+    def observe_transfer(self, link: int, nbytes: float, seconds: float, now_s: float, *, includes_rtt: bool = True,
+                         message: bool = True) -> bool:  # fmt: skip
+        return self.links[link].observe_transfer(nbytes, seconds, now_s, includes_rtt=includes_rtt, message=message)
 
     def observe_rtt(self, link: int, rtt_s: float, now_s: float) -> None:
         self.links[link].observe_rtt(rtt_s, now_s)
@@ -281,6 +296,6 @@ class ConditionsTracker:
                     return None
                 bw = bw if bw is not None else fb.bandwidth_bps
                 rtt = rtt if rtt is not None else fb.rtt_s
-            states.append(LinkState(bw, rtt))
+            states.append(LinkState(bw, rtt + est.overhead_s))  # what a message pays: see the module doc
         factors: Mapping[str, float] = self.correction.factors
         return Conditions(tuple(states), queue_s=self.queues.queues, compute_factor=factors)

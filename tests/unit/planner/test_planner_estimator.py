@@ -157,3 +157,21 @@ def test_small_stages_teach_the_compute_correction_little():
     c.observe("edge", 0.003, 0.001, weight=0.02)
     c.observe("edge", 0.003, 0.001, weight=0.02)  # (two: the median filter ignores one)
     assert 1.0 < c.factor("edge") < 1.1
+
+
+def test_message_overhead_is_taken_off_passive_samples_and_priced_into_the_round_trip():
+    # 16 KB messages on a 30 Mbit/s link whose messages pay 2 ms beyond an empty probe's round trip
+    rate, rtt, overhead, nbytes = 30e6, 0.003, 0.002, 16_000
+    plain, aware = LinkEstimator(), LinkEstimator(overhead_s=overhead)
+    for i in range(8):
+        for est in (plain, aware):
+            est.observe_rtt(rtt, i * 0.1)
+            est.observe_transfer(nbytes, rtt + overhead + 8 * nbytes / rate, i * 0.1)
+    assert plain.bandwidth_bps(0.8) == pytest.approx(8 * nbytes / (overhead + 8 * nbytes / rate))  # 20 Mbit/s
+    assert aware.bandwidth_bps(0.8) == pytest.approx(rate)
+    aware.observe_transfer(1_000_000, 8 * 1_000_000 / rate + rtt, 0.9, message=False)  # a probe pays no overhead
+    assert aware.bandwidth_bps(0.9) == pytest.approx(rate)
+    tr = ConditionsTracker(["device", "edge"], [aware])
+    assert tr.conditions(0.9).links[0].rtt_s == pytest.approx(rtt + overhead)  # what the next message pays
+    with pytest.raises(PlanError, match="overhead_s"):
+        LinkEstimator(overhead_s=-1.0)
