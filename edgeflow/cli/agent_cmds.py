@@ -40,6 +40,27 @@ def _fail(msg: str) -> None:
     raise typer.Exit(2)
 
 
+def _client_tls(ca: Path | None, cert: Path | None, key: Path | None) -> Any:
+    """``TlsFiles`` for a client from ``--ca/--cert/--key`` (None: plaintext); a CLI error for a bad combination."""
+    from edgeflow.transport import TlsFiles
+
+    if ca is None and cert is None and key is None:
+        return None
+    if ca is None:
+        _fail("--cert/--key need --ca (the CA certificate that signed the agent's)")
+    if (cert is None) != (key is None):
+        _fail("give --cert and --key together (the client certificate and its private key)")
+    for flag, path in (("--ca", ca), ("--cert", cert), ("--key", key)):
+        if path is not None and not path.is_file():
+            _fail(f"{flag}: {path}: no such file")
+    return TlsFiles(cert=cert, key=key, ca=ca)
+
+
+_CA_HELP = "connect with TLS, trusting this CA certificate (PEM; `edgeflow certs` writes ca.pem)"
+_CERT_HELP = "with --ca: present this client certificate (PEM), for an agent that requires mutual TLS"
+_KEY_HELP = "the private key of --cert (PEM)"
+
+
 def read_node_file(
     path: Path, *, port: int | None = None, upstream: str | None = None, plan: str | None = None, artifact: str | None = None
 ) -> Any:
@@ -160,6 +181,9 @@ def infer(
     node: Optional[Path] = typer.Option(None, "--node", help="run the device tier in process from this node file"),
     via: Optional[str] = typer.Option(None, "--via", help="instead, submit to a running agent at host:port"),
     token_file: Optional[Path] = typer.Option(None, "--token-file", help="with --via: bearer token file (agent's auth)"),
+    ca: Optional[Path] = typer.Option(None, "--ca", help="with --via: " + _CA_HELP),
+    cert: Optional[Path] = typer.Option(None, "--cert", help="with --via: " + _CERT_HELP),
+    key: Optional[Path] = typer.Option(None, "--key", help=_KEY_HELP),
     upstream: Optional[str] = typer.Option(None, "--upstream", help="override upstream.address of --node"),
     plan: Optional[str] = typer.Option(None, "--plan", help="override the plan of --node"),
     artifact: Optional[str] = typer.Option(None, "--artifact", help="override model.artifact of --node"),
@@ -169,6 +193,9 @@ def infer(
     """Run one input through the chain and print the result with its per-tier breakdown."""
     if (node is None) == (via is None):
         _fail("give exactly one of --node (device tier in process) or --via HOST:PORT (running agent)")
+    if node is not None and (ca or cert or key or token_file):
+        _fail("--ca/--cert/--key/--token-file go with --via; with --node the node file's upstream.tls/auth apply")
+    tls = _client_tls(ca, cert, key)
     try:
         if via is not None:
             from edgeflow.agent.client import AgentClient
@@ -176,7 +203,7 @@ def infer(
             from edgeflow.transport.auth import load_token
 
             token = load_token(token_file) if token_file is not None else None
-            with AgentClient(via, token=token) as client:
+            with AgentClient(via, tls=tls, token=token) as client:
                 d = client.describe(timeout_s=timeout_s)
                 shape = d.inputs[0][2] if d.inputs else ()
                 x = load_input(input, tuple(shape[-2:]) if len(shape) == 4 else None)
@@ -223,6 +250,9 @@ def _print_result(data: dict[str, Any]) -> None:
 def describe(
     address: str = typer.Argument(..., help="the agent's host:port"),
     token_file: Optional[Path] = typer.Option(None, "--token-file", help="bearer token file (agent's auth)"),
+    ca: Optional[Path] = typer.Option(None, "--ca", help=_CA_HELP),
+    cert: Optional[Path] = typer.Option(None, "--cert", help=_CERT_HELP),
+    key: Optional[Path] = typer.Option(None, "--key", help=_KEY_HELP),
     timeout_s: float = typer.Option(5.0, "--timeout", min=0.001, help="seconds to wait for the agent"),
     json_out: bool = typer.Option(False, "--json", help="print the answer as JSON"),
 ) -> None:
@@ -230,9 +260,10 @@ def describe(
     from edgeflow.transport import PeerClient
     from edgeflow.transport.auth import load_token
 
+    tls = _client_tls(ca, cert, key)
     try:
         token = load_token(token_file) if token_file is not None else None
-        with PeerClient(address, token=token) as peer:
+        with PeerClient(address, tls=tls, token=token) as peer:
             peer.wait_ready(timeout_s)  # an unreachable agent: "not reachable within", not a bare deadline
             d = peer.describe(timeout_s=timeout_s)
     except EdgeflowError as e:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import socket
+from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -73,3 +75,47 @@ def test_describe_shows_the_last_fallback() -> None:
     assert r.exit_code == 0, r.output
     assert f"upstream: {dead}" in r.output and "requests: 1  fallbacks: 1" in r.output
     assert f"last fallback: edge: upstream cloud at {dead} unavailable" in r.output
+
+
+@pytest.fixture(scope="module")
+def mtls_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServedAgent, Path]]:
+    from edgeflow.transport.certs import make_certs
+
+    certs = tmp_path_factory.mktemp("certs")
+    make_certs(certs, ["cloud", "client"], days=1)  # what `edgeflow certs` writes
+    tls = {"cert": str(certs / "cloud.pem"), "key": str(certs / "cloud.key"), "ca": str(certs / "ca.pem")}
+    cfg = NodeConfig.from_mapping({"role": "cloud", "plan": "cloud[0:]", "model": {"artifact": TINY}, "tls": tls})
+    served = serve(cfg, profile_repeats=0)
+    yield served, certs
+    served.shutdown(1.0)
+
+
+def test_describe_and_infer_over_mutual_tls(mtls_cloud: tuple[ServedAgent, Path], tmp_path: Path) -> None:
+    served, certs = mtls_cloud
+    client = ["--ca", str(certs / "ca.pem"), "--cert", str(certs / "client.pem"), "--key", str(certs / "client.key")]
+    r = runner.invoke(app, ["describe", served.address, *client])
+    assert r.exit_code == 0, r.output
+    assert f"cloud agent at {served.address}" in r.output
+    image = tmp_path / "x.npy"
+    np.save(image, np.random.default_rng(0).random((1, 3, 16, 16), dtype=np.float32))
+    r = runner.invoke(app, ["infer", "--input", str(image), "--via", served.address, *client, "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["answered_by"] == "cloud"
+    for refused in ([], client[:2]):  # plaintext; TLS without a client certificate
+        r = runner.invoke(app, ["describe", served.address, *refused, "--timeout", "1"])
+        assert r.exit_code == 2 and "PeerUnavailable" in r.output, r.output
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--cert", "c.pem", "--key", "c.key"], "--cert/--key need --ca"),
+        (["--ca", "CA", "--cert", "c.pem"], "give --cert and --key together"),
+        (["--ca", "missing.pem"], "--ca: missing.pem: no such file"),
+    ],
+)
+def test_bad_tls_options_are_cli_errors(args: list[str], message: str, tmp_path: Path) -> None:
+    args = [str(tmp_path / "ca.pem") if a == "CA" else a for a in args]
+    (tmp_path / "ca.pem").write_text("not used")
+    r = runner.invoke(app, ["describe", "127.0.0.1:1", *args])
+    assert r.exit_code == 2 and message in r.output, r.output
