@@ -343,7 +343,9 @@ class LivePlanner:
                         continue
                     with self._lock:
                         nbytes = self.replanner.tracker.links[link].probe_nbytes(self.clock())
-                    _probe_link(self.replanner.tracker, link, peer, nbytes, self.clock, self._lock)
+                    # the old rate is stale by now (a stall, which leaves no sample, may have been a slower
+                    # link): the estimate restarts from this probe, not from before the tier went down
+                    _probe_link(self.replanner.tracker, link, peer, nbytes, self.clock, self._lock, restart=True)
                 with self._lock:
                     now = self.clock()
                     self._down.pop(tier, None)
@@ -415,8 +417,9 @@ class LivePlanner:
 
 
 def _probe_link(tracker: Any, link: int, peer: Any, nbytes: int, clock: Callable[[], float],
-                lock: threading.Lock | None = None, *, rtt: bool = True) -> None:  # fmt: skip
-    """RTT (best of a few empty probes) and one bandwidth sample (a probe carrying ``nbytes`` up)."""
+                lock: threading.Lock | None = None, *, rtt: bool = True, restart: bool = False) -> None:  # fmt: skip
+    """RTT (best of a few empty probes) and one bandwidth sample (a probe carrying ``nbytes`` up); ``restart``:
+    the link's rate estimate restarts from that sample (kept as it was should the probe fail or be unusable)."""
     lock = lock or threading.Lock()
     try:
         if rtt:
@@ -425,7 +428,7 @@ def _probe_link(tracker: Any, link: int, peer: Any, nbytes: int, clock: Callable
                 tracker.observe_rtt(link, best, clock())
         seconds = peer.probe(send_nbytes=nbytes, timeout_s=_PROBE_TIMEOUT_S)
         with lock:
-            tracker.observe_transfer(link, nbytes, seconds, clock(), message=False)
+            tracker.observe_transfer(link, nbytes, seconds, clock(), message=False, restart=restart)
     except EdgeflowError as e:
         _log.info("probe of link %d failed: %s", link, e)
 

@@ -140,7 +140,10 @@ def test_stalled_cloud_is_answered_within_the_deadline(healthy: Chain, runtime, 
 def test_stalled_edge_is_given_up_in_time_for_the_latency_target(healthy: Chain, runtime, images, make_device_config) -> None:  # type: ignore[no-untyped-def]
     cfg = make_device_config(healthy.edge.address).with_overrides(**{"fallback.slo_ms": 300.0})
     with DeviceClient.from_config(cfg) as device:
-        assert device.infer(images[0]).answered_by == "cloud"
+        # the chain's first requests (channels, a cloud just restarted by an earlier test) may miss the target
+        # on a busy machine and be finished here; once warm, they go through
+        answered = [device.infer(images[0]).answered_by for _ in range(5)]
+        assert answered[-1] == "cloud", answered
         healthy.edge.pause()
         try:  # a 20 s deadline: without the target the device would wait ~20 s for the stalled edge
             r = device.infer(images[1], timeout_s=20.0)

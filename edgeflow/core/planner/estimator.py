@@ -115,9 +115,11 @@ class LinkEstimator:
             self._rtts.append((now_s, rtt_s))
 
     def observe_transfer(self, nbytes: float, seconds: float, now_s: float, *, includes_rtt: bool = True,
-                         message: bool = True) -> bool:  # fmt: skip
+                         message: bool = True, restart: bool = False) -> bool:  # fmt: skip
         """A transfer of ``nbytes`` that took ``seconds`` (send start to reply, when ``includes_rtt``); a
-        ``message`` (not a probe) also pays ``overhead_s``.
+        ``message`` (not a probe) also pays ``overhead_s``. ``restart``: if the sample is usable, the estimate
+        starts again from it alone (the level is unknown again, e.g. after an outage or a stall, where the
+        requests given up left no sample of the rate that stalled them).
 
         Returns:
             Whether it was used as a rate sample.
@@ -129,6 +131,10 @@ class LinkEstimator:
         if transfer < self.min_transfer_fraction * seconds:
             return False
         rate = 8.0 * nbytes / transfer
+        if restart:
+            self._samples.clear()
+            self._raw.clear()
+            self._timed.clear()
         before = self.bandwidth_bps(now_s)
         self._raw.append(rate)
         self._timed.append((rate, transfer))
@@ -269,8 +275,9 @@ class ConditionsTracker:
         self.queues = queues or QueueTracker()
 
     def observe_transfer(self, link: int, nbytes: float, seconds: float, now_s: float, *, includes_rtt: bool = True,
-                         message: bool = True) -> bool:  # fmt: skip
-        return self.links[link].observe_transfer(nbytes, seconds, now_s, includes_rtt=includes_rtt, message=message)
+                         message: bool = True, restart: bool = False) -> bool:  # fmt: skip
+        return self.links[link].observe_transfer(nbytes, seconds, now_s, includes_rtt=includes_rtt, message=message,
+                                                 restart=restart)  # fmt: skip
 
     def observe_rtt(self, link: int, rtt_s: float, now_s: float) -> None:
         self.links[link].observe_rtt(rtt_s, now_s)

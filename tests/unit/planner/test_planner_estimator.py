@@ -175,3 +175,13 @@ def test_message_overhead_is_taken_off_passive_samples_and_priced_into_the_round
     assert tr.conditions(0.9).links[0].rtt_s == pytest.approx(rtt + overhead)  # what the next message pays
     with pytest.raises(PlanError, match="overhead_s"):
         LinkEstimator(overhead_s=-1.0)
+
+
+def test_a_restart_forgets_the_old_level_only_for_a_usable_sample():
+    est, rng = LinkEstimator(), np.random.default_rng(5)
+    t = feed(est, rng, 2e6, 0.01, 0.0, 10, noise=0.0)
+    assert est.bandwidth_bps(t) == pytest.approx(2e6, rel=0.01)
+    assert not est.observe_transfer(1_000, 0.0105, t, restart=True)  # mostly round trip: unusable, nothing lost
+    assert est.bandwidth_bps(t) == pytest.approx(2e6, rel=0.01)
+    assert est.observe_transfer(16_384, 0.01 + 8 * 16_384 / 2e5, t, restart=True)  # one probe at a 10x lower rate
+    assert est.bandwidth_bps(t) == pytest.approx(2e5, rel=0.01)  # one sample would not pass the median filter otherwise
