@@ -45,8 +45,7 @@ from edgeflow.core.plan import Plan
 from edgeflow.core.profile import ModelProfile
 from edgeflow.core.codecs import get_codec
 from edgeflow.errors import EdgeflowError
-from edgeflow.transport import Breakdown, Description, InferCall, WireTensor, datatype_of
-from edgeflow.transport.messages import encode_request
+from edgeflow.transport import Breakdown, Description, TierTiming
 
 __all__ = ["PlanSwitch", "LivePlanner", "profile_from_description"]
 
@@ -438,36 +437,30 @@ def _message_overhead_s(agent: Agent, inputs: tuple[torch.Tensor, ...], tracker:
     """Seconds an Infer call to the next tier pays beyond the empty probe's round trip and its bytes at the
     estimated bandwidth (see ``overhead_s`` in ``edgeflow.core.planner.estimator``); 0 when it cannot be told.
 
-    Measured as the agent's own hop measures a reply (call time less the upstream's own time), with real calls
-    that ask the next tier for the model's last range only, on the last cut's values (computed here without the
-    emulated slowdown). A call whose bytes would take over half its time at the estimated bandwidth is not used:
-    there the overhead hides in the transfer's error (and matters little).
+    Measured by the agent's own upstream call (its ``network_s``: call time less the upstream's own time), with
+    real calls that ask the next tier for the model's last range only, on the last cut's values (computed here
+    without the emulated slowdown). A call whose bytes would take over half its network time at the estimated
+    bandwidth is not used: there the overhead hides in the transfer's error (and matters little).
     """
-    rt, up = agent.runtime, agent.upstream
-    if up is None or not rt.cuts:
+    rt = agent.runtime
+    est = tracker.links[0]
+    bw, rtt = est.bandwidth_bps(clock()), est.rtt_s(clock())
+    if agent.upstream is None or not rt.cuts or bw is None or rtt is None:  # no hop, or it was not measured
         return 0.0
     k = rt.cuts[-1]
     codec = get_codec("lossless")
     with torch.inference_mode():
         values = rt.partition.activations(*inputs, positions=[k])[k]
-    wire = [WireTensor(i.name, datatype_of(i.dtype), tuple(v.shape), "lossless", codec.encode(v))
-            for i, v in zip(rt.cut_info(k).tensors, values)]  # fmt: skip
+    wire = [agent._wire(i.name, v, codec) for i, v in zip(rt.cut_info(k).tensors, values)]
     plan = f"{agent.role}[0:{k}]|lossless > {upstream_role}[{k}:]"
-    est = tracker.links[0]
-    bw, rtt = est.bandwidth_bps(clock()), est.rtt_s(clock())
-    if bw is None or rtt is None:  # the link was not measured (no peer to probe)
-        return 0.0
     samples = []
     try:
-        up.handshake(time.monotonic() + agent.config.deadlines.connect_s)
         for _ in range(repeats):
-            data = encode_request(InferCall(f"overhead-{uuid.uuid4().hex}", rt.fingerprint, k, wire, plan=plan))
-            t = time.monotonic()
-            reply = up.infer_bytes(data, t + _PROBE_TIMEOUT_S)
-            call_s = time.monotonic() - t
-            transfer = 8 * (len(data) + reply.wire_nbytes) / bw
-            if transfer < call_s / 2:
-                samples.append(call_s - (reply.breakdown.tiers[0].total_s if reply.breakdown.tiers else 0.0) - rtt - transfer)
+            t = TierTiming(agent.role, 0, k)
+            agent._call_upstream(f"overhead-{uuid.uuid4().hex}", k, wire, t, time.monotonic() + _PROBE_TIMEOUT_S, plan)
+            transfer = 8 * (t.bytes_out + t.bytes_back) / bw
+            if transfer < t.network_s / 2:
+                samples.append(t.network_s - rtt - transfer)
     except EdgeflowError as e:
         _log.info("live planner: message overhead not measured: %s", e)
         return 0.0
@@ -478,7 +471,7 @@ def _message_overheads(agent: Agent, inputs: tuple[torch.Tensor, ...], num_tiers
     """Bytes a hop carries beyond the codec payloads (ids, fingerprint, plan text, tensor metadata), and the bytes
     of a whole reply (the output, lossless, and a breakdown of ``num_tiers`` tiers). At 0.3 Mbit/s a 400-byte
     reply is 10 ms: the cost model must count the real messages, not just the tensors."""
-    from edgeflow.transport import InferCall, InferReply, TierTiming, WireTensor
+    from edgeflow.transport import InferCall, InferReply, WireTensor
     from edgeflow.transport.messages import encode_reply, encode_request
 
     rt = agent.runtime

@@ -132,9 +132,7 @@ class LinkEstimator:
             return False
         rate = 8.0 * nbytes / transfer
         if restart:
-            self._samples.clear()
-            self._raw.clear()
-            self._timed.clear()
+            self._forget()
         before = self.bandwidth_bps(now_s)
         self._raw.append(rate)
         self._timed.append((rate, transfer))
@@ -144,15 +142,19 @@ class LinkEstimator:
             all(r * self.shift_ratio < before for r in recent) or all(r > before * self.shift_ratio for r in recent)
         ):
             # a level shift: restart from the new level (the samples in ``recent`` are its evidence)
-            self._samples.clear()
-            self._raw.clear()
+            self._forget()
             self._raw.extend(recent[-3:])
-            self._timed.clear()
             self._samples.append(_Sample(now_s, float(nbytes), float(statistics.median(recent))))
         else:
             self._samples.append(_Sample(now_s, float(nbytes), float(statistics.median(self._raw))))
         self._last_accept_s = now_s
         return True
+
+    def _forget(self) -> None:
+        """Drop the rate samples and filter state (not the RTTs)."""
+        self._samples.clear()
+        self._raw.clear()
+        self._timed.clear()
 
     # ------------------------------------------------------------------------------------ estimates
     def bandwidth_bps(self, now_s: float) -> float | None:
