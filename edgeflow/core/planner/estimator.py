@@ -35,6 +35,11 @@ Samples whose transfer part is small next to the round trip (``seconds - rtt < m
 seconds``) carry no rate information and are rejected; when no sample has been accepted for ``stale_after_s``
 the link :meth:`LinkEstimator.needs_probe` and :meth:`LinkEstimator.probe_nbytes` says how big a probe makes a
 usable sample.
+
+**Probes share the link with requests.** A probe's bytes queue ahead of the requests sent while it is on the
+wire, so its size is about one round trip of transfer at the last known rate (an estimate that expired still
+sizes it). At 4 round trips, a 1.4 Mbit/s uplink with 40 ms one-way delay carried a 30 KB probe for 170 ms every
+2 s, and once the estimate had expired a 64 KB default for 420 ms: the requests behind it stalled.
 """
 
 from __future__ import annotations
@@ -107,12 +112,15 @@ class LinkEstimator:
         self._samples: deque[_Sample] = deque(maxlen=window)
         self._rtts: deque[tuple[float, float]] = deque(maxlen=rtt_window)
         self._last_accept_s: float | None = None
+        self._last_rate_bps: float | None = None  # the estimate at the last accepted sample (sizes probes)
+        self._last_rtt_s: float | None = None  # the last RTT sample (sizes probes)
 
     # ------------------------------------------------------------------------------------ samples
     def observe_rtt(self, rtt_s: float, now_s: float) -> None:
         """A round-trip time sample (e.g. an empty call, or a health check)."""
         if rtt_s >= 0 and math.isfinite(rtt_s):
             self._rtts.append((now_s, rtt_s))
+            self._last_rtt_s = rtt_s
 
     def observe_transfer(self, nbytes: float, seconds: float, now_s: float, *, includes_rtt: bool = True,
                          message: bool = True, restart: bool = False) -> bool:  # fmt: skip
@@ -148,6 +156,7 @@ class LinkEstimator:
         else:
             self._samples.append(_Sample(now_s, float(nbytes), float(statistics.median(self._raw))))
         self._last_accept_s = now_s
+        self._last_rate_bps = self.bandwidth_bps(now_s)
         return True
 
     def _forget(self) -> None:
@@ -175,9 +184,11 @@ class LinkEstimator:
             return True
         return now_s - self._last_accept_s > self.stale_after_s
 
-    def probe_nbytes(self, now_s: float, *, rtt_multiple: float = 4.0, lo: int = 16_384, hi: int = 4 << 20) -> int:
-        """A probe size whose transfer takes about ``rtt_multiple`` round trips at the current estimate."""
-        bw, rtt = self.bandwidth_bps(now_s), self.rtt_s(now_s)
+    def probe_nbytes(self, now_s: float, *, rtt_multiple: float = 1.0, lo: int = 2048, hi: int = 1 << 20) -> int:
+        """A probe size whose transfer takes about ``rtt_multiple`` round trips at the current estimate (or, once
+        that expired, the last one); ``4 * lo`` with no rate or RTT ever measured. See the module doc."""
+        bw = self.bandwidth_bps(now_s) or self._last_rate_bps
+        rtt = self.rtt_s(now_s) or self._last_rtt_s
         if bw is None or rtt is None:
             return lo * 4
         return int(min(hi, max(lo, bw * rtt * rtt_multiple / 8.0)))

@@ -14,7 +14,7 @@ import torch
 from edgeflow.agent import Agent, DeviceClient, LivePlanner, ModelRuntime
 from edgeflow.config import NodeConfig, PlannerConfig
 from edgeflow.core.codecs import get_codec
-from edgeflow.core.plan import Plan
+from edgeflow.core.plan import ExitPoint, Plan
 from edgeflow.errors import ConfigError
 from edgeflow.transport import Breakdown, InferCall, LoopbackClient, RemoteError, TierTiming, WireTensor, datatype_of
 
@@ -175,6 +175,24 @@ def test_live_planner_learns_the_link_from_replies_and_switches(chain: ChainFact
     after = [s for s in live.switches if s.request_index > 8]
     assert after and after[0].request_index <= 8 + 3  # and away from it within 3 replies of the drop
     assert live.plan.tiers[0] == "device" and all(s.new != s.old and s.reason for s in live.switches)
+    live.close()
+
+
+def test_live_planner_builds_the_devices_ranges_before_any_request(
+    chain: ChainFactory, runtime: ModelRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    agents = chain("auto", roles=("device", "cloud"))
+    live = _live(agents)
+
+    def no_build(a: int, b: int) -> None:
+        raise AssertionError(f"range [{a}:{b}] built by a request")
+
+    monkeypatch.setattr(runtime.partition, "_build_range", no_build)
+    n = runtime.num_positions
+    exits = [ExitPoint(p, 1.0) for p in runtime.exits]  # never confident enough: every segment runs
+    for stop in [*runtime.cuts, n]:  # any device[0:c], with its exits or without
+        runtime.run(0, stop, [_x()])
+        runtime.run(0, stop, [_x()], exits)
     live.close()
 
 
