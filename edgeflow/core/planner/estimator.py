@@ -37,8 +37,8 @@ the link :meth:`LinkEstimator.needs_probe` and :meth:`LinkEstimator.probe_nbytes
 usable sample.
 
 **Probes share the link with requests.** A probe's bytes queue ahead of the requests sent while it is on the
-wire, so its size is about one round trip of transfer at the last known rate (an estimate that expired still
-sizes it). At 4 round trips, a 1.4 Mbit/s uplink with 40 ms one-way delay carried a 30 KB probe for 170 ms every
+wire, so its size is about two round trips of transfer at the last known rate (an estimate that expired still
+sizes it): long enough that RTT jitter does not bias the rate much, short enough not to stall requests. At 4 round trips, a 1.4 Mbit/s uplink with 40 ms one-way delay carried a 30 KB probe for 170 ms every
 2 s, and once the estimate had expired a 64 KB default for 420 ms: the requests behind it stalled.
 """
 
@@ -184,7 +184,7 @@ class LinkEstimator:
             return True
         return now_s - self._last_accept_s > self.stale_after_s
 
-    def probe_nbytes(self, now_s: float, *, rtt_multiple: float = 1.0, lo: int = 2048, hi: int = 1 << 20) -> int:
+    def probe_nbytes(self, now_s: float, *, rtt_multiple: float = 2.0, lo: int = 2048, hi: int = 1 << 20) -> int:
         """A probe size whose transfer takes about ``rtt_multiple`` round trips at the current estimate (or, once
         that expired, the last one); ``4 * lo`` with no rate or RTT ever measured. See the module doc."""
         bw = self.bandwidth_bps(now_s) or self._last_rate_bps

@@ -72,9 +72,9 @@ def test_small_transfers_carry_no_rate_and_staleness_asks_for_a_probe():
     assert est.observe_transfer(1_000_000, 0.05 + 0.8, 0.3)  # a probe: 1 MB in 0.8 s
     assert est.bandwidth_bps(0.3) == pytest.approx(1e7) and not est.needs_probe(1.0)
     assert est.needs_probe(2.5)  # no traffic since
-    assert est.probe_nbytes(2.5) == int(1e7 * 0.05 / 8)  # one round trip of transfer: it delays requests
+    assert est.probe_nbytes(2.5) == int(1e7 * 0.05 * 2 / 8)  # two round trips of transfer: it delays requests
     assert est.bandwidth_bps(20.0) is None  # forgotten after max_age_s ...
-    assert est.probe_nbytes(20.0) == int(1e7 * 0.05 / 8)  # ... but still sizes the probe (not a blind default)
+    assert est.probe_nbytes(20.0) == int(1e7 * 0.05 * 2 / 8)  # ... but still sizes the probe (not a blind default)
 
 
 def test_compute_correction_converges_and_bounds_outliers():
