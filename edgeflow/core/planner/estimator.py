@@ -38,8 +38,9 @@ usable sample.
 
 **Probes share the link with requests.** A probe's bytes queue ahead of the requests sent while it is on the
 wire, so its size is about two round trips of transfer at the last known rate (an estimate that expired still
-sizes it): long enough that RTT jitter does not bias the rate much, short enough not to stall requests. At 4 round trips, a 1.4 Mbit/s uplink with 40 ms one-way delay carried a 30 KB probe for 170 ms every
-2 s, and once the estimate had expired a 64 KB default for 420 ms: the requests behind it stalled.
+sizes it): long enough that RTT jitter does not bias the rate much, short enough not to stall requests. At 4
+round trips, a 1.4 Mbit/s uplink with 40 ms one-way delay carried a 30 KB probe for 170 ms every 2 s, and once
+the estimate had expired a 64 KB default for 420 ms: the requests behind it stalled.
 """
 
 from __future__ import annotations
