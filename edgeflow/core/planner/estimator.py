@@ -113,15 +113,12 @@ class LinkEstimator:
         self._samples: deque[_Sample] = deque(maxlen=window)
         self._rtts: deque[tuple[float, float]] = deque(maxlen=rtt_window)
         self._last_accept_s: float | None = None
-        self._last_rate_bps: float | None = None  # the estimate at the last accepted sample (sizes probes)
-        self._last_rtt_s: float | None = None  # the last RTT sample (sizes probes)
 
     # ------------------------------------------------------------------------------------ samples
     def observe_rtt(self, rtt_s: float, now_s: float) -> None:
         """A round-trip time sample (e.g. an empty call, or a health check)."""
         if rtt_s >= 0 and math.isfinite(rtt_s):
             self._rtts.append((now_s, rtt_s))
-            self._last_rtt_s = rtt_s
 
     def observe_transfer(self, nbytes: float, seconds: float, now_s: float, *, includes_rtt: bool = True,
                          message: bool = True, restart: bool = False) -> bool:  # fmt: skip
@@ -157,7 +154,6 @@ class LinkEstimator:
         else:
             self._samples.append(_Sample(now_s, float(nbytes), float(statistics.median(self._raw))))
         self._last_accept_s = now_s
-        self._last_rate_bps = self.bandwidth_bps(now_s)
         return True
 
     def _forget(self) -> None:
@@ -188,8 +184,9 @@ class LinkEstimator:
     def probe_nbytes(self, now_s: float, *, rtt_multiple: float = 2.0, lo: int = 2048, hi: int = 1 << 20) -> int:
         """A probe size whose transfer takes about ``rtt_multiple`` round trips at the current estimate (or, once
         that expired, the last one); ``4 * lo`` with no rate or RTT ever measured. See the module doc."""
-        bw = self.bandwidth_bps(now_s) or self._last_rate_bps
-        rtt = self.rtt_s(now_s) or self._last_rtt_s
+        last = self._last_accept_s
+        bw = self.bandwidth_bps(now_s) or (self.bandwidth_bps(last) if last is not None else None)
+        rtt = self.rtt_s(now_s) or (self._rtts[-1][1] if self._rtts else None)
         if bw is None or rtt is None:
             return lo * 4
         return int(min(hi, max(lo, bw * rtt * rtt_multiple / 8.0)))
