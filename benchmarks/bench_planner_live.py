@@ -11,10 +11,13 @@ one-way delay); between edge and cloud another at 100 Mbit/s, 2 ms.
 
 - **regret**: at each bandwidth the live planner first serves ``warmup`` requests (it re-plans as it learns the
   link); its plan then is *the choice*. A seeded sample of feasible plans (the planner's top 10 under the
-  conditions it estimated, 20 random feasible plans, device-only and cloud-only) is measured in interleaved rounds
-  (one request per plan per round, the same test images for every plan); plans predicted more than ``prune`` x the
-  best prediction are not measured at the slow rates (counted). Ratio = median latency of the choice / lowest
-  median in the sample (target <= 1.05). The lowest of ~25 noisy medians is biased low (the winner's curse), so
+  conditions it estimated, 20 random feasible plans, device-only and cloud-only) is measured in interleaved rounds:
+  one request per plan per round, in a fresh seeded order each round (a fixed order ran the choice first in every
+  round, right after the last plan of the round before), the same test image for every plan in a round. Plans
+  predicted more than ``prune`` x the best prediction are not measured (counted). Ratio = mean latency of the
+  choice / lowest mean in the sample (target <= 1.05): the planner minimises expected latency, and with early
+  exits a plan's latencies are a mix of modes whose median says which mode the middle request fell in
+  (``ratio_median`` is reported too). The lowest of ~25 noisy means is biased low (the winner's curse), so
   ``ratio_heldout`` also picks the best plan on the even rounds and times both it and the choice on the odd ones.
 - **prediction**: per measured request, |measured - predicted| / measured, predicted = the cost model's expected
   latency for that plan under the conditions estimated when it was sent (MAPE; target <= 15%); also per plan
@@ -144,10 +147,12 @@ def _sweep_point(edge: str, rate_mbit: float, args: argparse.Namespace, images: 
                 dev.infer(images[0], plan=p, input_codec=i)
             rounds = 0
             given: list[float] = []  # per request: |measured - predicted for the exit it took| / measured
+            order = list(measured_plans)
             for r in range(args.rounds):
                 if r >= 2 and time.monotonic() > t_end:
                     break
-                for p, i in measured_plans:
+                rng.shuffle(order)  # a fixed order would always run the choice first, right after another plan
+                for p, i in order:
                     outcomes = _outcome_predictions(live, p, i)
                     out = dev.infer(images[(r + 1) % len(images)], plan=p, input_codec=i)
                     lat[str(p) + str(i)].append(out.latency_s)
@@ -161,25 +166,32 @@ def _sweep_point(edge: str, rate_mbit: float, args: argparse.Namespace, images: 
             end_key = str(end.plan) + str(end.input_codec)
     finally:
         emu.stop()
+    # the planner minimises *expected* latency, so plans are compared by their mean over the same images; a median
+    # of a mix of early-exit and full-model requests reports which mode the sample's middle request fell in
     med = {k: statistics.median(v) for k, v in lat.items()}
+    mean = {k: statistics.mean(v) for k, v in lat.items()}
     key_choice = str(choice) + str(choice_inp)
-    best_key = min(med, key=med.get)  # type: ignore[arg-type]
+    best_key = min(mean, key=mean.get)  # type: ignore[arg-type]
+    best_med_key = min(med, key=med.get)  # type: ignore[arg-type]
     # held out: the best is picked on the even rounds and both are timed on the odd ones (the lowest of ~25 noisy
-    # medians is biased low, the winner's curse, which inflates the plain ratio above)
-    even = {k: statistics.median(v[0::2]) for k, v in lat.items() if len(v) >= 2}
-    odd = {k: statistics.median(v[1::2]) for k, v in lat.items() if len(v) >= 2}
+    # means is biased low, the winner's curse, which inflates the plain ratio above)
+    even = {k: statistics.mean(v[0::2]) for k, v in lat.items() if len(v) >= 2}
+    odd = {k: statistics.mean(v[1::2]) for k, v in lat.items() if len(v) >= 2}
     held_best = min(even, key=even.get) if even else None  # type: ignore[arg-type]
     errors = [abs(m - p) / m for k in lat for m, p in zip(lat[k], preds[k]) if p == p]
     plan_errors = [abs(statistics.mean(lat[k]) - statistics.mean(preds[k])) / statistics.mean(lat[k]) for k in lat]
     return {
         "rate_mbit": rate_mbit,
         "choice": str(choice) + (f"  input|{choice_inp}" if choice_inp else ""),
+        "choice_mean_ms": mean[key_choice] * 1e3,
         "choice_median_ms": med[key_choice] * 1e3,
         "choice_at_end": end_key.removesuffix("None"),
-        "ratio_choice_at_end": (med[end_key] / med[best_key]) if end_key in med else None,
+        "ratio_choice_at_end": (mean[end_key] / mean[best_key]) if end_key in mean else None,
         "best_measured": best_key.removesuffix("None"),
-        "best_median_ms": med[best_key] * 1e3,
-        "ratio": med[key_choice] / med[best_key],
+        "best_mean_ms": mean[best_key] * 1e3,
+        "ratio": mean[key_choice] / mean[best_key],
+        "ratio_median": med[key_choice] / med[best_med_key],
+        "best_measured_median": best_med_key.removesuffix("None"),
         "ratio_heldout": (odd[key_choice] / odd[held_best]) if held_best is not None and key_choice in odd else None,
         "best_heldout": held_best.removesuffix("None") if held_best is not None else None,
         "plans_sampled": len(plans),
@@ -191,8 +203,8 @@ def _sweep_point(edge: str, rate_mbit: float, args: argparse.Namespace, images: 
         "mape_per_plan": statistics.mean(plan_errors),
         "estimate_over_shaped_after_warmup": (est / (rate_mbit * 1e6)) if est else None,
         "estimate_over_shaped_end": (est_after / (rate_mbit * 1e6)) if est_after else None,
-        "plans": [{"plan": k.removesuffix("None"), "median_ms": med[k] * 1e3, "predicted_ms": statistics.mean(preds[k]) * 1e3}
-                  for k in sorted(med, key=med.get)],  # type: ignore[arg-type]
+        "plans": [{"plan": k.removesuffix("None"), "mean_ms": mean[k] * 1e3, "median_ms": med[k] * 1e3,
+                   "predicted_ms": statistics.mean(preds[k]) * 1e3} for k in sorted(mean, key=mean.get)],  # type: ignore[arg-type]
     }
 
 
@@ -265,10 +277,10 @@ def main() -> None:
     ap.add_argument("--device-slowdown", type=float, default=30.0)
     ap.add_argument("--bandwidths", default="0.1,0.3,1,3,10,30,100,1000", help="Mbit/s, device-edge link")
     ap.add_argument("--random-plans", type=int, default=20)
-    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=16)
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--prune", type=float, default=5.0)
-    ap.add_argument("--point-budget-s", type=float, default=30.0)
+    ap.add_argument("--point-budget-s", type=float, default=40.0)
     ap.add_argument("--drop-from", type=float, default=3.0)
     ap.add_argument("--warmup-s", type=float, default=2.0)
     ap.add_argument("--seed", type=int, default=0)
@@ -291,8 +303,8 @@ def main() -> None:
         sweep = []
         for b in [float(x) for x in args.bandwidths.split(",")]:
             point = _sweep_point(edge.address, b, args, images)
-            print(f"{b:g} Mbit/s: choice {point['choice']} {point['choice_median_ms']:.1f} ms, best {point['best_median_ms']:.1f} ms "
-                  f"(x{point['ratio']:.3f}), MAPE {point['mape_per_request']:.1%} / plan {point['mape_per_plan']:.1%}, "
+            print(f"{b:g} Mbit/s: choice {point['choice']} mean {point['choice_mean_ms']:.1f} ms, best {point['best_mean_ms']:.1f} ms "
+                  f"(x{point['ratio']:.3f}; medians x{point['ratio_median']:.3f}), MAPE {point['mape_per_request']:.1%} / plan {point['mape_per_plan']:.1%}, "
                   f"{point['plans_measured']} plans", flush=True)  # fmt: skip
             sweep.append(point)
         adapt = _adaptation(edge.address, args, images)
@@ -311,6 +323,7 @@ def main() -> None:
         "summary": {
             "max_regret_ratio": max(p["ratio"] for p in sweep),
             "regret_ratios": {f"{p['rate_mbit']:g}": round(p["ratio"], 4) for p in sweep},
+            "regret_ratios_median": {f"{p['rate_mbit']:g}": round(p["ratio_median"], 4) for p in sweep},
             "regret_ratios_choice_at_end": {f"{p['rate_mbit']:g}": p["ratio_choice_at_end"] for p in sweep},
             "regret_ratios_heldout": {f"{p['rate_mbit']:g}": p["ratio_heldout"] for p in sweep},
             "max_regret_ratio_heldout": max((p["ratio_heldout"] for p in sweep if p["ratio_heldout"] is not None), default=None),
