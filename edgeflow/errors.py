@@ -11,6 +11,7 @@
     │   ├── InvalidRequest       the caller's: malformed, wrong dtype/shape/position, unknown codec (INVALID_ARGUMENT)
     │   ├── RequestTooLarge      the caller's: over this agent's limits (RESOURCE_EXHAUSTED)
     │   ├── FingerprintMismatch  the deployment's: peers run different models (FAILED_PRECONDITION)
+    │   ├── NoUpstream           the caller's: it asked for this agent's upstream, and there is none (FAILED_PRECONDITION)
     │   ├── Overloaded           nobody's: the bounded queue is full, retry later (RESOURCE_EXHAUSTED)
     │   └── ShuttingDown         nobody's: the agent is draining after SIGTERM (UNAVAILABLE)
     └── TransportError     talking to a peer failed
@@ -38,6 +39,7 @@ __all__ = [
     "InvalidRequest",
     "RequestTooLarge",
     "FingerprintMismatch",
+    "NoUpstream",
     "Overloaded",
     "ShuttingDown",
     "RemoteError",
@@ -98,6 +100,10 @@ class RequestTooLarge(RequestRejected):
 
 class FingerprintMismatch(RequestRejected):
     """Caller and agent serve different models. gRPC: FAILED_PRECONDITION."""
+
+
+class NoUpstream(RequestRejected):
+    """The request needs this agent's upstream, and it has none. gRPC: FAILED_PRECONDITION."""
 
 
 class Overloaded(RequestRejected):

@@ -43,7 +43,7 @@ from edgeflow.agent.gate import RequestGate
 from edgeflow.config import NodeConfig
 from edgeflow.core.codecs import CODEC_NAMES, Codec, DecodeLimits, codec_from_spec, decode, get_codec, read_header
 from edgeflow.core.plan import TIERS, Plan
-from edgeflow.errors import CodecError, ConfigError, DeadlineExceeded, PlanError, TransportError
+from edgeflow.errors import CodecError, ConfigError, DeadlineExceeded, NoUpstream, PlanError, TransportError
 from edgeflow.transport import (
     Breakdown,
     Counters,
@@ -175,6 +175,31 @@ class Agent:
             inputs=inputs,
             counters=self.counters,
         )
+
+    # ------------------------------------------------------------------------------ speaking for the upstream
+    def describe_upstream(self, deadline: float) -> Description:
+        """The upstream's handshake answer, asked for now, for a caller with no route to it (``with_upstream``).
+
+        Raises:
+            NoUpstream: this agent has none.
+            TransportError: the upstream did not answer in time (part of the caller's deadline is kept back so
+                the caller hears why), or refused.
+        """
+        if self.upstream is None:
+            raise NoUpstream(f"{self.role} has no upstream to describe")
+        return self.upstream.peer.describe(self.fingerprint, self.role, timeout_s=_relay_timeout_s(deadline))
+
+    def probe_upstream(self, send_nbytes: int, deadline: float) -> float:
+        """Seconds one ``Probe`` of the upstream carrying ``send_nbytes`` up takes (``ProbeRequest.forward``): the
+        caller measures this agent's upstream link, not its own path to the upstream's address.
+
+        Raises:
+            NoUpstream: this agent has none.
+            TransportError: the upstream did not answer in time, or refused.
+        """
+        if self.upstream is None:
+            raise NoUpstream(f"{self.role} has no upstream to probe")
+        return self.upstream.peer.probe(send_nbytes=send_nbytes, timeout_s=_relay_timeout_s(deadline))
 
     @property
     def counters(self) -> Counters:
@@ -613,3 +638,12 @@ _ITEMSIZE = {"BOOL": 1, "UINT8": 1, "INT8": 1, "UINT16": 2, "INT16": 2, "FP16": 
 
 def _declared_nbytes(t: WireTensor) -> int:
     return _numel(t.shape) * _ITEMSIZE.get(t.datatype, 8)
+
+
+def _relay_timeout_s(deadline: float) -> float:
+    """Timeout for a call made on a caller's behalf: its deadline less a quarter of the time left (at most 0.1 s),
+    so a peer that does not answer is reported to the caller before the caller's own call expires."""
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise DeadlineExceeded("no time left to call the upstream")
+    return remaining - min(0.1, 0.25 * remaining)

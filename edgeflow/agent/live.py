@@ -2,8 +2,8 @@
 
 At start (:meth:`LivePlanner.start`) the device
 
-1. describes its upstream chain (the handshake's ``Describe``; the edge's answer names its own upstream, which
-   is described directly) and builds one :class:`~edgeflow.core.planner.TierSpec` per tier from that tier's
+1. describes its upstream chain (the handshake's ``Describe``; the edge describes its own upstream for it,
+   ``DescribeRequest.with_upstream``) and builds one :class:`~edgeflow.core.planner.TierSpec` per tier from that tier's
    own compute profile (``DescribeResponse.profile``, emulated slowdown included) and power figures; its own
    tier is profiled here once (``edgeflow.core.profile.profile_model``: compute, bytes and codec times per cut);
 2. takes the exit behaviour from the artifact's calibration table (``ExitModel.from_calibration``);
@@ -15,8 +15,8 @@ reply's breakdown (bytes and network seconds of every hop, each tier's compute a
 goes by the new plan. Requests in flight keep the plan they were stamped with (``InferCall.plan``), so a switch
 never drops or repeats one. Links that carried nothing usable for a while are probed in the background.
 
-The edge-to-cloud link is probed from the device straight to the address the edge calls (an approximation: the
-device's own path to that address stands in for the edge's).
+The edge-to-cloud link is probed through the edge (:class:`RelayedPeer`, ``ProbeRequest.forward``): the edge times
+its own probes of the cloud, so the device measures the link its requests take and needs no route past its edge.
 
 Peers down and back: a reply that says a tier fell back (``Breakdown.fallback``, e.g. the edge finished because
 the cloud did not answer) marks the tier after it down. The replanner then plans without it (and without any tier
@@ -44,10 +44,10 @@ from edgeflow.config import PlannerConfig
 from edgeflow.core.plan import Plan
 from edgeflow.core.profile import ModelProfile
 from edgeflow.core.codecs import get_codec
-from edgeflow.errors import EdgeflowError
+from edgeflow.errors import EdgeflowError, PeerUnavailable
 from edgeflow.transport import Breakdown, Description, TierTiming
 
-__all__ = ["PlanSwitch", "LivePlanner", "profile_from_description"]
+__all__ = ["PlanSwitch", "LivePlanner", "RelayedPeer", "profile_from_description"]
 
 _log = logging.getLogger(__name__)
 _RTT_PROBES = 3
@@ -119,13 +119,12 @@ class LivePlanner:
     """
 
     def __init__(self, agent: Agent, replanner: Any, peers: Sequence[Any], settings: PlannerConfig,
-                 *, clock: Callable[[], float] = time.monotonic, owned_peers: Sequence[Any] = ()):  # fmt: skip
+                 *, clock: Callable[[], float] = time.monotonic):  # fmt: skip
         self.agent, self.replanner, self.peers, self.settings, self.clock = agent, replanner, list(peers), settings, clock
         self.model = replanner.model
         self.switches: list[PlanSwitch] = []
         self.last_reason = "start"
         self.requests = 0
-        self._owned = list(owned_peers)
         self._lock = threading.Lock()
         self._probe: threading.Thread | None = None
         self._closed = False
@@ -173,7 +172,6 @@ class LivePlanner:
         t0 = time.perf_counter()
         rt, cfg = agent.runtime, agent.config
         peers = list(peers or [])
-        owned: list[Any] = []
         if descriptions is None:
             peers = []
             descriptions = []
@@ -181,16 +179,16 @@ class LivePlanner:
                 d1 = agent.upstream.handshake(clock() + cfg.deadlines.connect_s)
                 descriptions.append(d1)
                 peers.append(agent.upstream.peer)
-                if d1.upstream:
-                    from edgeflow.agent.client import peer_client
-
-                    peer = peer_client(cfg.with_overrides(**{"upstream.address": d1.upstream}))
-                    owned.append(peer)
+                if d1.upstream:  # described and probed through the edge: the device needs no route past it
                     try:
-                        descriptions.append(peer.describe(rt.fingerprint, cfg.role, timeout_s=cfg.deadlines.connect_s))
-                        peers.append(peer)
+                        d = agent.upstream.peer.describe(rt.fingerprint, cfg.role, timeout_s=cfg.deadlines.connect_s,
+                                                         with_upstream=True)  # fmt: skip
+                        if d.upstream_description is None:
+                            raise PeerUnavailable(d.upstream_error or "no answer")
+                        descriptions.append(d.upstream_description)
+                        peers.append(RelayedPeer(agent.upstream.peer, d1.upstream))
                     except EdgeflowError as e:
-                        _log.warning("live planner: cannot describe %s's upstream %s (%s); planning without it",
+                        _log.warning("live planner: %s cannot describe its upstream %s (%s); planning without it",
                                      d1.role, d1.upstream, e)  # fmt: skip
         x = example if example is not None else _default_example(agent)
         inputs = x if isinstance(x, tuple) else (x,)
@@ -245,7 +243,7 @@ class LivePlanner:
         rp = Replanner(planner, first.plan, input_codec=first.input_codec, objective=settings.objective,
                        latency_slo_s=slo, tracker=tracker, margin=settings.margin, hold_s=settings.hold_s,
                        min_evaluations=settings.min_evaluations, min_interval_s=settings.min_interval_s)  # fmt: skip
-        live = cls(agent, rp, peers, settings, clock=clock, owned_peers=owned)
+        live = cls(agent, rp, peers, settings, clock=clock)
         live._predicted_s = first.breakdown.latency_s
         _log.info("live planner: chain %s, %d cuts, %d plans, %d ranges built, message overhead %.2f ms, first plan %s "
                   "(predicted %.1f ms) after %.1f s", " > ".join(model.names), len(model.cuts), planner.num_plans, built,
@@ -412,8 +410,23 @@ class LivePlanner:
             self._probe.join(timeout=_PROBE_TIMEOUT_S + 1)
         if self._watch is not None:
             self._watch.join(timeout=_PROBE_TIMEOUT_S * (_RTT_PROBES + 1) + 1)
-        for p in self._owned:
-            p.close()
+
+
+class RelayedPeer:
+    """Probes the link past ``via`` through it (``ProbeRequest.forward``): ``via`` times its own probe of its upstream
+    and answers the seconds, so the link measured is the one requests take (edge to cloud, not the device's own path
+    to the cloud's address) and the device needs no route past its edge. Used as a ``peers`` entry.
+
+    Args:
+        via: the client of the relaying tier (the device's upstream).
+        address: the far tier's address, for messages.
+    """
+
+    def __init__(self, via: Any, address: str):
+        self.via, self.address = via, address
+
+    def probe(self, *, send_nbytes: int = 0, timeout_s: float = 10.0) -> float:
+        return float(self.via.probe_upstream(send_nbytes=send_nbytes, timeout_s=timeout_s))
 
 
 def _probe_link(tracker: Any, link: int, peer: Any, nbytes: int, clock: Callable[[], float],

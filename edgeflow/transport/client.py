@@ -15,7 +15,7 @@ import grpc
 
 from edgeflow.errors import PeerUnavailable, TransportError
 from edgeflow.transport._gen import agent_pb2 as pb
-from edgeflow.errors import RequestRejected
+from edgeflow.errors import InvalidRequest, RequestRejected
 from edgeflow.transport.messages import (
     Description,
     InferCall,
@@ -104,11 +104,14 @@ class PeerClient:
         except grpc.FutureTimeoutError:
             raise PeerUnavailable(f"peer {self.address}: not reachable within {timeout_s:g} s") from None
 
-    def describe(self, fingerprint: str = "", role: str = "", *, timeout_s: float = 5.0) -> Description:
+    def describe(self, fingerprint: str = "", role: str = "", *, timeout_s: float = 5.0,
+                 with_upstream: bool = False) -> Description:  # fmt: skip
         """Handshake: the peer's description. With ``fingerprint`` set, a peer serving another model answers
-        FAILED_PRECONDITION (raised as ``RemoteError``).
+        FAILED_PRECONDITION (raised as ``RemoteError``). ``with_upstream``: the peer also describes its own
+        upstream (``Description.upstream_description``, or why not in ``upstream_error``).
         """
-        req = pb.DescribeRequest(model_fingerprint=fingerprint, caller_role=role).SerializeToString()
+        req = pb.DescribeRequest(model_fingerprint=fingerprint, caller_role=role, with_upstream=with_upstream)
+        req = req.SerializeToString()
         with self._mapped():
             data = self._describe(req, timeout=timeout_s, wait_for_ready=True, metadata=self._metadata)
             return decode_description(data)
@@ -151,6 +154,22 @@ class PeerClient:
             elapsed = time.perf_counter() - t0
             split_fields(out, 15, max_payloads=1, max_payload_nbytes=self.limits.max_message_bytes)
         return elapsed
+
+    def probe_upstream(self, *, send_nbytes: int = 0, timeout_s: float = 10.0) -> float:
+        """Seconds the peer's own probe of *its* upstream took, carrying ``send_nbytes`` up (``ProbeRequest.forward``):
+        the next hop measured without a route to it. Raises ``RemoteError`` (FAILED_PRECONDITION) when the peer has
+        no upstream, ``PeerUnavailable`` / ``DeadlineExceeded`` when its upstream does not answer.
+        """
+        meta = pb.ProbeRequest(id="probe", forward=True, forward_send_nbytes=send_nbytes).SerializeToString()
+        with self._mapped():
+            out = self._probe(frame(meta, 15, [b""]), timeout=timeout_s, metadata=self._metadata)
+            rest, _ = split_fields(out, 15, max_payloads=1, max_payload_nbytes=self.limits.max_message_bytes)
+        reply = pb.ProbeResponse()
+        try:
+            reply.ParseFromString(rest)
+        except Exception as e:  # protobuf's DecodeError
+            raise InvalidRequest(f"malformed ProbeResponse from {self.address}: {e}") from None
+        return reply.forward_s
 
     def measure_link(self, *, nbytes: int = 1 << 20, repeats: int = 3, timeout_s: float = 10.0) -> LinkEstimate:
         """Estimate RTT and bandwidth both ways with :meth:`probe` (best of ``repeats`` each).

@@ -7,7 +7,7 @@ copied by protobuf — :func:`encode_request` appends them raw and :func:`decode
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from google.protobuf.message import DecodeError
@@ -264,12 +264,17 @@ class Description:
     version: str = ""
     inputs: list[tuple[str, str, tuple[int, ...]]] = field(default_factory=list)  # name, datatype, shape
     counters: Counters = Counters()
+    # asked for with ``with_upstream``: the upstream's own answer (one level), or why it could not be had
+    upstream_description: "Description | None" = None
+    upstream_error: str = ""
 
     def to_json(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["profile"] = [{"start": p.start, "stop": p.stop, "compute_s": p.compute_s} for p in self.profile]
         out["power_w"] = dict(zip(("idle", "active", "transmit"), self.power_w))
         out["counters"] = self.counters.to_json()
+        if self.upstream_description is not None:
+            out["upstream_description"] = self.upstream_description.to_json()
         return out
 
 
@@ -421,6 +426,10 @@ def decode_reply(data: bytes | memoryview, limits: WireLimits) -> InferReply:
 
 def encode_description(d: Description) -> bytes:
     """Serialise ``d`` as an ``edgeflow.v1.DescribeResponse``."""
+    return _description_msg(d).SerializeToString()
+
+
+def _description_msg(d: Description) -> Any:
     msg = pb.DescribeResponse(
         role=d.role,
         model_fingerprint=d.fingerprint,
@@ -439,18 +448,28 @@ def encode_description(d: Description) -> bytes:
         version=d.version,
         inputs=[pb.Tensor(name=n, datatype=dt, shape=shape) for n, dt, shape in d.inputs],
         counters=pb.Counters(**d.counters.to_json()),  # the dataclass fields are exactly Counters' proto fields
+        upstream_error=d.upstream_error,
     )
-    return msg.SerializeToString()
+    if d.upstream_description is not None:
+        msg.upstream_description.CopyFrom(_description_msg(replace(d.upstream_description, upstream_description=None)))
+    return msg
 
 
 def decode_description(data: bytes) -> Description:
-    """Parse an ``edgeflow.v1.DescribeResponse``.
+    """Parse an ``edgeflow.v1.DescribeResponse`` (and its ``upstream_description``, one level deep).
 
     Raises:
         InvalidRequest: malformed message.
     """
     msg = pb.DescribeResponse()
     _parse(msg, data, "DescribeResponse")
+    d = _description_of(msg)
+    if msg.HasField("upstream_description"):
+        d.upstream_description = _description_of(msg.upstream_description)
+    return d
+
+
+def _description_of(msg: Any) -> Description:
     return Description(
         role=msg.role,
         fingerprint=msg.model_fingerprint,
@@ -469,4 +488,5 @@ def decode_description(data: bytes) -> Description:
         version=msg.version,
         inputs=[(t.name, t.datatype, tuple(t.shape)) for t in msg.inputs],
         counters=Counters(*[getattr(msg.counters, name) for name in _COUNTER_FIELDS]),
+        upstream_error=msg.upstream_error,
     )

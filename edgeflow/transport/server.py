@@ -11,6 +11,7 @@ import logging
 import queue
 import threading
 import time
+from dataclasses import replace
 from typing import Callable, Iterator, Protocol, TypeVar
 
 import grpc
@@ -18,7 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from edgeflow.transport._gen import agent_pb2 as pb
-from edgeflow.errors import InvalidRequest, RequestTooLarge
+from edgeflow.errors import EdgeflowError, InvalidRequest, NoUpstream, RequestTooLarge
 from edgeflow.transport.messages import (
     Description,
     InferCall,
@@ -34,7 +35,7 @@ from edgeflow.transport.pool import LifoThreadPool
 from edgeflow.transport.status import code_number, status_of
 from edgeflow.transport.wire import frame, split_fields
 
-__all__ = ["SERVICE_NAME", "AgentHandler", "AgentServer"]
+__all__ = ["SERVICE_NAME", "AgentHandler", "RelayingHandler", "AgentServer"]
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Agent"].full_name  # "edgeflow.v1.Agent"
 _log = logging.getLogger(__name__)
@@ -50,6 +51,19 @@ class AgentHandler(Protocol):
 
     def infer(self, call: InferCall, deadline: float) -> InferReply:
         """Serve one request before ``deadline`` (a ``time.monotonic()`` value). Raises edgeflow errors."""
+        ...
+
+
+class RelayingHandler(AgentHandler, Protocol):
+    """An agent with an upstream it can speak for: the server then also answers ``DescribeRequest.with_upstream``
+    and ``ProbeRequest.forward`` (a handler without these answers them FAILED_PRECONDITION)."""
+
+    def describe_upstream(self, deadline: float) -> Description:
+        """The upstream's handshake answer, asked for now. Raises NoUpstream, or TransportError if it does not answer."""
+        ...
+
+    def probe_upstream(self, send_nbytes: int, deadline: float) -> float:
+        """Seconds one probe of the upstream carrying ``send_nbytes`` up takes. Raises NoUpstream / TransportError."""
         ...
 
 
@@ -171,8 +185,18 @@ class AgentServer:
                 req.ParseFromString(data)
             except Exception as e:  # protobuf's DecodeError
                 raise InvalidRequest(f"malformed DescribeRequest: {e}") from None
-            return encode_description(self._handler.describe(req.model_fingerprint, req.caller_role))
+            d = self._handler.describe(req.model_fingerprint, req.caller_role)
+            if req.with_upstream:
+                ask = getattr(self._handler, "describe_upstream", None)
+                try:
+                    if ask is None:
+                        raise NoUpstream(f"{d.role or 'this agent'} does not speak for an upstream")
+                    d = replace(d, upstream_description=ask(deadline))
+                except EdgeflowError as e:  # the answer about this agent stands; the caller learns why not the rest
+                    d = replace(d, upstream_error=str(e))
+            return encode_description(d)
 
+        deadline = self._deadline(context)
         return self._run(context, go)
 
     def _infer(self, data: bytes, context: grpc.ServicerContext) -> bytes:
@@ -238,6 +262,15 @@ class AgentServer:
                 req.ParseFromString(rest)
             except Exception as e:
                 raise InvalidRequest(f"malformed ProbeRequest: {e}") from None
+            if req.forward:
+                forward = getattr(self._handler, "probe_upstream", None)
+                if forward is None:
+                    raise NoUpstream("this agent does not forward probes")
+                n = req.forward_send_nbytes
+                if not 0 <= n <= self.limits.max_message_bytes - 1024:
+                    raise RequestTooLarge(f"forward_send_nbytes {n} outside 0..{self.limits.max_message_bytes - 1024}")
+                seconds = forward(n, deadline)
+                return frame(pb.ProbeResponse(id=req.id, forward_s=seconds).SerializeToString(), 15, [b""])
             if req.echo:
                 out = payloads[0] if payloads else b""
             else:
@@ -249,6 +282,7 @@ class AgentServer:
                 out = memoryview(self._zeros)[:n]
             return frame(pb.ProbeResponse(id=req.id).SerializeToString(), 15, [out])
 
+        deadline = self._deadline(context)
         return self._run(context, go)
 
 

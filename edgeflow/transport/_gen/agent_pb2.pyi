@@ -138,12 +138,14 @@ class InferResponse(_message.Message):
     def __init__(self, id: _Optional[str] = ..., model_fingerprint: _Optional[str] = ..., position: _Optional[int] = ..., outputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., breakdown: _Optional[_Union[Breakdown, _Mapping]] = ..., parameters: _Optional[_Mapping[str, InferParameter]] = ..., error_code: _Optional[int] = ..., error_message: _Optional[str] = ..., raw_output_contents: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class DescribeRequest(_message.Message):
-    __slots__ = ("model_fingerprint", "caller_role")
+    __slots__ = ("model_fingerprint", "caller_role", "with_upstream")
     MODEL_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     CALLER_ROLE_FIELD_NUMBER: _ClassVar[int]
+    WITH_UPSTREAM_FIELD_NUMBER: _ClassVar[int]
     model_fingerprint: str
     caller_role: str
-    def __init__(self, model_fingerprint: _Optional[str] = ..., caller_role: _Optional[str] = ...) -> None: ...
+    with_upstream: bool
+    def __init__(self, model_fingerprint: _Optional[str] = ..., caller_role: _Optional[str] = ..., with_upstream: _Optional[bool] = ...) -> None: ...
 
 class RangeProfile(_message.Message):
     __slots__ = ("start", "stop", "compute_s")
@@ -166,7 +168,7 @@ class Power(_message.Message):
     def __init__(self, idle_w: _Optional[float] = ..., active_w: _Optional[float] = ..., transmit_w: _Optional[float] = ...) -> None: ...
 
 class DescribeResponse(_message.Message):
-    __slots__ = ("role", "model_fingerprint", "num_positions", "cuts", "codecs", "plan", "profile", "slowdown_factor", "power", "torch_device", "threads", "max_message_bytes", "max_batch", "upstream", "version", "inputs", "counters")
+    __slots__ = ("role", "model_fingerprint", "num_positions", "cuts", "codecs", "plan", "profile", "slowdown_factor", "power", "torch_device", "threads", "max_message_bytes", "max_batch", "upstream", "version", "inputs", "counters", "upstream_description", "upstream_error")
     ROLE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     NUM_POSITIONS_FIELD_NUMBER: _ClassVar[int]
@@ -184,6 +186,8 @@ class DescribeResponse(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     COUNTERS_FIELD_NUMBER: _ClassVar[int]
+    UPSTREAM_DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    UPSTREAM_ERROR_FIELD_NUMBER: _ClassVar[int]
     role: str
     model_fingerprint: str
     num_positions: int
@@ -201,7 +205,9 @@ class DescribeResponse(_message.Message):
     version: str
     inputs: _containers.RepeatedCompositeFieldContainer[Tensor]
     counters: Counters
-    def __init__(self, role: _Optional[str] = ..., model_fingerprint: _Optional[str] = ..., num_positions: _Optional[int] = ..., cuts: _Optional[_Iterable[int]] = ..., codecs: _Optional[_Iterable[str]] = ..., plan: _Optional[str] = ..., profile: _Optional[_Iterable[_Union[RangeProfile, _Mapping]]] = ..., slowdown_factor: _Optional[float] = ..., power: _Optional[_Union[Power, _Mapping]] = ..., torch_device: _Optional[str] = ..., threads: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_batch: _Optional[int] = ..., upstream: _Optional[str] = ..., version: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., counters: _Optional[_Union[Counters, _Mapping]] = ...) -> None: ...
+    upstream_description: DescribeResponse
+    upstream_error: str
+    def __init__(self, role: _Optional[str] = ..., model_fingerprint: _Optional[str] = ..., num_positions: _Optional[int] = ..., cuts: _Optional[_Iterable[int]] = ..., codecs: _Optional[_Iterable[str]] = ..., plan: _Optional[str] = ..., profile: _Optional[_Iterable[_Union[RangeProfile, _Mapping]]] = ..., slowdown_factor: _Optional[float] = ..., power: _Optional[_Union[Power, _Mapping]] = ..., torch_device: _Optional[str] = ..., threads: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_batch: _Optional[int] = ..., upstream: _Optional[str] = ..., version: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., counters: _Optional[_Union[Counters, _Mapping]] = ..., upstream_description: _Optional[_Union[DescribeResponse, _Mapping]] = ..., upstream_error: _Optional[str] = ...) -> None: ...
 
 class Counters(_message.Message):
     __slots__ = ("requests", "fallbacks", "duplicates_served", "shed", "last_fallback")
@@ -218,21 +224,27 @@ class Counters(_message.Message):
     def __init__(self, requests: _Optional[int] = ..., fallbacks: _Optional[int] = ..., duplicates_served: _Optional[int] = ..., shed: _Optional[int] = ..., last_fallback: _Optional[str] = ...) -> None: ...
 
 class ProbeRequest(_message.Message):
-    __slots__ = ("id", "reply_nbytes", "echo", "payload")
+    __slots__ = ("id", "reply_nbytes", "echo", "forward", "forward_send_nbytes", "payload")
     ID_FIELD_NUMBER: _ClassVar[int]
     REPLY_NBYTES_FIELD_NUMBER: _ClassVar[int]
     ECHO_FIELD_NUMBER: _ClassVar[int]
+    FORWARD_FIELD_NUMBER: _ClassVar[int]
+    FORWARD_SEND_NBYTES_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     id: str
     reply_nbytes: int
     echo: bool
+    forward: bool
+    forward_send_nbytes: int
     payload: bytes
-    def __init__(self, id: _Optional[str] = ..., reply_nbytes: _Optional[int] = ..., echo: _Optional[bool] = ..., payload: _Optional[bytes] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., reply_nbytes: _Optional[int] = ..., echo: _Optional[bool] = ..., forward: _Optional[bool] = ..., forward_send_nbytes: _Optional[int] = ..., payload: _Optional[bytes] = ...) -> None: ...
 
 class ProbeResponse(_message.Message):
-    __slots__ = ("id", "payload")
+    __slots__ = ("id", "forward_s", "payload")
     ID_FIELD_NUMBER: _ClassVar[int]
+    FORWARD_S_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     id: str
+    forward_s: float
     payload: bytes
-    def __init__(self, id: _Optional[str] = ..., payload: _Optional[bytes] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., forward_s: _Optional[float] = ..., payload: _Optional[bytes] = ...) -> None: ...

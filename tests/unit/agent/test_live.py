@@ -250,3 +250,29 @@ def test_live_planner_plans_without_a_down_tier_and_returns_when_it_answers(chai
         assert live.down_tiers() == frozenset()
     finally:
         live.close()
+
+
+def test_the_device_reaches_the_cloud_only_through_its_edge(chain: ChainFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgeflow.agent.live import RelayedPeer
+    from edgeflow.errors import NoUpstream
+
+    agents = chain("auto", roles=("device", "edge", "cloud"))
+    device, edge, cloud = agents
+    assert edge.describe().upstream == "cloud-loopback"  # an address the device could not dial
+    forwarded: list[int] = []
+    probe = edge.probe_upstream
+
+    def counted(send_nbytes: int, deadline: float) -> float:
+        forwarded.append(send_nbytes)
+        return probe(send_nbytes, deadline)
+
+    monkeypatch.setattr(edge, "probe_upstream", counted)
+    live = LivePlanner.start(device, PlannerConfig(), profile_repeats=1)
+    try:
+        assert live.model.names == ("device", "edge", "cloud")  # the cloud, described by the edge
+        assert isinstance(live.peers[1], RelayedPeer) and forwarded  # and its link probed by the edge
+        assert cloud.describe().role == edge.describe_upstream(time.monotonic() + 5).role == "cloud"
+        with pytest.raises(NoUpstream, match="cloud has no upstream"):
+            cloud.probe_upstream(0, time.monotonic() + 5)
+    finally:
+        live.close()

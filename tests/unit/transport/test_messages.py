@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from edgeflow.transport._gen import agent_pb2 as pb
@@ -68,6 +70,16 @@ def test_description_round_trip() -> None:
     d = Description("edge", "fp", 70, [1, 2, 3], ["lossless"], "edge[0:]", [RangeProfile(0, 1, 0.5)],
                     2.0, (1.0, 2.0, 3.0), "cpu", 1, 1 << 20, 8, "127.0.0.1:1", "0.1.0", [("x", "FP32", (1, 3, 8, 8))])
     assert decode_description(encode_description(d)) == d
+
+
+def test_description_carries_its_upstreams_one_level_deep() -> None:
+    cloud = Description("cloud", "fp", 70, [1], ["lossless"], "cloud[0:]", [RangeProfile(0, 1, 0.25)], 1.0)
+    edge = Description("edge", "fp", 70, [1], ["lossless"], "edge[0:]", upstream="127.0.0.1:2",
+                       upstream_description=replace(cloud, upstream_description=cloud))  # fmt: skip
+    assert decode_description(encode_description(edge)).upstream_description == cloud  # not cloud's own upstream
+    failed = replace(edge, upstream_description=None, upstream_error="upstream 127.0.0.1:2 did not answer")
+    assert decode_description(encode_description(failed)) == failed
+    assert edge.to_json()["upstream_description"]["profile"] == [{"start": 0, "stop": 1, "compute_s": 0.25}]
 
 
 def test_description_counters_round_trip() -> None:

@@ -168,6 +168,58 @@ def test_probe_echo_and_download(client: PeerClient) -> None:
     assert link.rtt_s > 0 and link.up_bps > 1e6 and link.down_bps > 1e6  # loopback: far above 1 Mbit/s
 
 
+class RelayHandler(EchoHandler):
+    """Speaks for an upstream (1 ms round trip, 1 Gbit/s); while ``down`` the upstream does not answer."""
+
+    def __init__(self) -> None:
+        self.down = False
+        self.forwarded: list[tuple[int, float]] = []  # (bytes, seconds left before the caller's deadline)
+
+    def describe_upstream(self, deadline: float) -> Description:
+        if self.down:
+            raise PeerUnavailable("upstream 127.0.0.1:9 unavailable: connection refused")
+        return Description("cloud", "fp", 10, [1, 2], ["lossless"], "cloud[0:]")
+
+    def probe_upstream(self, send_nbytes: int, deadline: float) -> float:
+        if self.down:
+            raise PeerUnavailable("upstream 127.0.0.1:9 unavailable: connection refused")
+        self.forwarded.append((send_nbytes, deadline - time.monotonic()))
+        return 1e-3 + 8 * send_nbytes / 1e9
+
+
+def test_a_relaying_agent_describes_and_probes_its_upstream_for_the_caller() -> None:
+    handler = RelayHandler()
+    server = AgentServer(handler, address="127.0.0.1:0", limits=LIMITS)
+    server.start()
+    try:
+        with PeerClient(server.address, limits=LIMITS) as c:
+            d = c.describe("fp", "device", with_upstream=True)
+            assert d.role == "cloud" and d.upstream_description is not None and d.upstream_description.plan == "cloud[0:]"
+            assert d.upstream_error == "" and c.describe("fp", "device").upstream_description is None  # only if asked
+            assert c.probe_upstream(send_nbytes=125_000, timeout_s=2.0) == pytest.approx(2e-3)
+            assert handler.forwarded[-1][0] == 125_000 and 0 < handler.forwarded[-1][1] < 2.1  # the caller's deadline
+            with pytest.raises(RemoteError) as err:
+                c.probe_upstream(send_nbytes=1 << 40)
+            assert err.value.code == "RESOURCE_EXHAUSTED" and "forward_send_nbytes" in err.value.details
+            handler.down = True
+            d = c.describe("fp", "device", with_upstream=True)  # the agent still answers for itself
+            assert d.role == "cloud" and d.upstream_description is None and "connection refused" in d.upstream_error
+            with pytest.raises(PeerUnavailable, match="connection refused"):
+                c.probe_upstream(timeout_s=2.0)
+            handler.down = False
+            assert c.probe_upstream(timeout_s=2.0) == pytest.approx(1e-3)  # and keeps serving
+    finally:
+        server.stop(0).wait(5)
+
+
+def test_an_agent_that_relays_nothing_says_so(client: PeerClient) -> None:
+    with pytest.raises(RemoteError) as err:
+        client.probe_upstream(send_nbytes=10)
+    assert err.value.code == "FAILED_PRECONDITION" and "does not forward probes" in err.value.details
+    d = client.describe("fp", "device", with_upstream=True)
+    assert d.upstream_description is None and "does not speak for an upstream" in d.upstream_error
+
+
 def test_generated_stub_is_a_standard_client(server: AgentServer) -> None:
     with grpc.insecure_channel(server.address) as ch:
         stub = agent_pb2_grpc.AgentStub(ch)
