@@ -266,9 +266,9 @@ class AgentServer:
                 forward = getattr(self._handler, "probe_upstream", None)
                 if forward is None:
                     raise NoUpstream("this agent does not forward probes")
-                n = req.forward_send_nbytes
-                if not 0 <= n <= self.limits.max_message_bytes - 1024:
-                    raise RequestTooLarge(f"forward_send_nbytes {n} outside 0..{self.limits.max_message_bytes - 1024}")
+                n, most = req.forward_send_nbytes, min(_MAX_FORWARD_NBYTES, self.limits.max_message_bytes - 1024)
+                if not 0 <= n <= most:
+                    raise RequestTooLarge(f"forward_send_nbytes {n} outside 0..{most}")
                 seconds = forward(n, deadline)
                 return frame(pb.ProbeResponse(id=req.id, forward_s=seconds).SerializeToString(), 15, [b""])
             if req.echo:
@@ -285,6 +285,10 @@ class AgentServer:
         deadline = self._deadline(context)
         return self._run(context, go)
 
+
+# A forwarded probe makes this agent send that much upstream: kept to what a bandwidth probe needs (the live
+# planner's are at most 4 MiB), so a caller cannot turn one small request into a message-limit's worth of traffic.
+_MAX_FORWARD_NBYTES = 4 << 20
 
 # A status message travels as an HTTP/2 header; gRPC clients refuse header blocks over 8 KiB (the call then
 # fails RESOURCE_EXHAUSTED instead of with our status), and messages echo values taken from requests.

@@ -198,9 +198,10 @@ def test_a_relaying_agent_describes_and_probes_its_upstream_for_the_caller() -> 
             assert d.upstream_error == "" and c.describe("fp", "device").upstream_description is None  # only if asked
             assert c.probe_upstream(send_nbytes=125_000, timeout_s=2.0) == pytest.approx(2e-3)
             assert handler.forwarded[-1][0] == 125_000 and 0 < handler.forwarded[-1][1] < 2.1  # the caller's deadline
-            with pytest.raises(RemoteError) as err:
-                c.probe_upstream(send_nbytes=1 << 40)
-            assert err.value.code == "RESOURCE_EXHAUSTED" and "forward_send_nbytes" in err.value.details
+            for n in (8 << 20, -1):  # a probe, not a way to make this agent send a message-limit's worth upstream
+                with pytest.raises(RemoteError) as err:
+                    c.probe_upstream(send_nbytes=n)
+                assert err.value.code == "RESOURCE_EXHAUSTED" and f"forward_send_nbytes {n} outside" in err.value.details
             handler.down = True
             d = c.describe("fp", "device", with_upstream=True)  # the agent still answers for itself
             assert d.role == "cloud" and d.upstream_description is None and "connection refused" in d.upstream_error
