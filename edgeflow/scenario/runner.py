@@ -28,7 +28,6 @@ on success, on error and on Ctrl-C; SIGTERM to the runner is turned into the sam
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import signal
 import threading
@@ -43,6 +42,7 @@ import yaml
 
 from edgeflow.agent.agent import Agent
 from edgeflow.agent.client import peer_client
+from edgeflow.agent.gcfreeze import freeze_startup_objects, thaw
 from edgeflow.agent.loader import load_runtime
 from edgeflow.agent.runtime import ModelRuntime
 from edgeflow.agent.upstream import Upstream
@@ -414,8 +414,7 @@ class ScenarioRunner:
                         notes.append(f"warm-up request failed: {type(e).__name__}: {e}")
             # A collection inside a measured compute would be multiplied by the emulated slowdown (a 10 ms pause
             # on a 16x device reads as 160 ms): collect now, and keep what exists out of later collections.
-            gc.collect()
-            gc.freeze()
+            freeze_startup_objects()
             t0 = swap_all(live, live=True)
             if sc.faults:
                 self._injector = FaultInjector(sc.faults, self._agents, start=t0, restart_timeout_s=AGENT_START_TIMEOUT_S)
@@ -437,7 +436,7 @@ class ScenarioRunner:
             switches = [_switch_json(sw, t0) for s in senders if isinstance(s, LiveSender) for sw in s.live.switches
                         if sw.t_s >= t0]  # fmt: skip
         finally:
-            gc.unfreeze()
+            thaw()
             if self._injector is not None:  # the run failed or was interrupted: inject nothing more
                 self._injector.abort()
                 self._injector = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import subprocess
 
@@ -20,11 +21,13 @@ def _ref(runtime, x):  # type: ignore[no-untyped-def]
 
 def test_three_tier_lossless_is_bit_exact(edge, runtime, images, make_device_config) -> None:  # type: ignore[no-untyped-def]
     with DeviceClient.from_config(make_device_config(edge.address)) as device:
+        assert gc.get_freeze_count() > 100_000  # start-up objects out of full collections (torch alone: ~165k)
         for x in images:
             r = device.infer(x)
             assert torch.equal(r.output, _ref(runtime, x))
             assert [t.tier for t in r.breakdown.tiers] == ["device", "edge", "cloud"]
             assert r.answered_by == "cloud"
+    assert gc.get_freeze_count() == 0  # and back in once the client is closed
 
 
 def test_two_tier_lossless_is_bit_exact(cloud, runtime, images, make_device_config) -> None:  # type: ignore[no-untyped-def]
