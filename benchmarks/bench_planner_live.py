@@ -18,7 +18,8 @@ one-way delay); between edge and cloud another at 100 Mbit/s, 2 ms.
   choice / lowest mean in the sample (target <= 1.05): the planner minimises expected latency, and with early
   exits a plan's latencies are a mix of modes whose median says which mode the middle request fell in
   (``ratio_median`` is reported too). The lowest of ~25 noisy means is biased low (the winner's curse), so
-  ``ratio_heldout`` also picks the best plan on the even rounds and times both it and the choice on the odd ones.
+  ``ratio_heldout`` also picks the best plan on the even rounds and times both it and the choice on the odd ones;
+  ``ratio_ci90`` is a paired bootstrap interval of the ratio over rounds (how far noise alone moves it).
 - **prediction**: per measured request, |measured - predicted| / measured, predicted = the cost model's expected
   latency for that plan under the conditions estimated when it was sent (MAPE; target <= 15%); also per plan
   (mean measured vs mean predicted), and per request *given the exit it took* (the cost model's latency for that
@@ -43,6 +44,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
@@ -193,6 +195,7 @@ def _sweep_point(edge: str, rate_mbit: float, args: argparse.Namespace, images: 
         "ratio_median": med[key_choice] / med[best_med_key],
         "best_measured_median": best_med_key.removesuffix("None"),
         "ratio_heldout": (odd[key_choice] / odd[held_best]) if held_best is not None and key_choice in odd else None,
+        "ratio_ci90": _paired_ci(lat[key_choice], lat[best_key]),
         "best_heldout": held_best.removesuffix("None") if held_best is not None else None,
         "plans_sampled": len(plans),
         "plans_measured": len(measured_plans),
@@ -206,6 +209,18 @@ def _sweep_point(edge: str, rate_mbit: float, args: argparse.Namespace, images: 
         "plans": [{"plan": k.removesuffix("None"), "mean_ms": mean[k] * 1e3, "median_ms": med[k] * 1e3,
                    "predicted_ms": statistics.mean(preds[k]) * 1e3} for k in sorted(mean, key=mean.get)],  # type: ignore[arg-type]
     }
+
+
+def _paired_ci(a: list[float], b: list[float], draws: int = 2000, seed: int = 0) -> list[float] | None:
+    """90% bootstrap interval of mean(a) / mean(b), resampling rounds (a round's requests share an image)."""
+    n = min(len(a), len(b))
+    if n < 4:
+        return None
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(draws, n))
+    x, y = np.asarray(a[:n]), np.asarray(b[:n])
+    ratios = x[idx].mean(axis=1) / y[idx].mean(axis=1)
+    return [round(float(v), 4) for v in np.quantile(ratios, [0.05, 0.95])]
 
 
 def _outcome_predictions(live: Any, plan: Any, input_codec: str | None) -> dict[int, float]:
@@ -323,6 +338,7 @@ def main() -> None:
         "summary": {
             "max_regret_ratio": max(p["ratio"] for p in sweep),
             "regret_ratios": {f"{p['rate_mbit']:g}": round(p["ratio"], 4) for p in sweep},
+            "regret_ratios_ci90": {f"{p['rate_mbit']:g}": p["ratio_ci90"] for p in sweep},
             "regret_ratios_median": {f"{p['rate_mbit']:g}": round(p["ratio_median"], 4) for p in sweep},
             "regret_ratios_choice_at_end": {f"{p['rate_mbit']:g}": p["ratio_choice_at_end"] for p in sweep},
             "regret_ratios_heldout": {f"{p['rate_mbit']:g}": p["ratio_heldout"] for p in sweep},

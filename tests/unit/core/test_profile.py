@@ -8,7 +8,7 @@ import torch
 
 from edgeflow.core.codecs import get_codec
 from edgeflow.core.partition import partition
-from edgeflow.core.profile import ModelProfile, profile_model
+from edgeflow.core.profile import ModelProfile, _codec_costs, profile_model
 from edgeflow.core.zoo import build_model
 
 
@@ -55,3 +55,29 @@ def test_profile_json_round_trip():
     _, prof = _profile()
     again = ModelProfile.from_json(prof.to_json())
     assert again == prof
+
+
+def test_codecs_are_timed_as_served_right_after_the_model_ran():
+    torch.manual_seed(0)
+    model = build_model("resnet18", width=8, image_size=32).eval()
+    x = torch.rand(1, 3, 32, 32)
+    p = partition(model, x)
+    events: list[str] = []
+    p.model.register_forward_hook(lambda *_: events.append("F"))
+    forwards = {}
+    for served in (True, False):
+        events.clear()
+        profile_model(p, (x,), activation_codecs=[get_codec("int8")], repeats=1, codec_repeats=2, clock=FakeClock(),
+                      codecs_as_served=served)  # fmt: skip
+        forwards[served] = len(events)
+    assert forwards[True] - forwards[False] == 2 * 2 * len(p.cuts)  # before every encode and decode: 2 repeats a cut
+
+    events.clear()
+    ticks = itertools.count()
+
+    def clock() -> float:
+        events.append("c")
+        return next(ticks) * 1e-3
+
+    _codec_costs([x], [get_codec("int8")], 3, clock, disturb=lambda: events.append("F"))
+    assert "".join(events) == "FccFcc" * 3  # the disturbance, then the timed call: never timed itself
