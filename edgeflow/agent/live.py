@@ -426,7 +426,10 @@ class RelayedPeer:
         self.via, self.address = via, address
 
     def probe(self, *, send_nbytes: int = 0, timeout_s: float = 10.0) -> float:
-        return float(self.via.probe_upstream(send_nbytes=send_nbytes, timeout_s=timeout_s))
+        seconds = float(self.via.probe_upstream(send_nbytes=send_nbytes, timeout_s=timeout_s))
+        if not seconds > 0:  # an agent that predates ProbeRequest.forward echoes the probe and leaves forward_s at 0
+            raise PeerUnavailable(f"{self.via.address} did not forward the probe to {self.address} (an older edgeflow?)")
+        return seconds
 
 
 def _probe_link(tracker: Any, link: int, peer: Any, nbytes: int, clock: Callable[[], float],

@@ -276,3 +276,17 @@ def test_the_device_reaches_the_cloud_only_through_its_edge(chain: ChainFactory,
             cloud.probe_upstream(0, time.monotonic() + 5)
     finally:
         live.close()
+
+
+def test_a_relay_that_does_not_forward_is_not_read_as_an_instant_link() -> None:
+    from edgeflow.agent.live import RelayedPeer
+    from edgeflow.errors import PeerUnavailable
+
+    class OldEdge:  # answers the probe itself: forward_s stays 0
+        address = "edge:1"
+
+        def probe_upstream(self, *, send_nbytes: int = 0, timeout_s: float = 10.0) -> float:
+            return 0.0
+
+    with pytest.raises(PeerUnavailable, match="did not forward the probe to cloud:2"):
+        RelayedPeer(OldEdge(), "cloud:2").probe(send_nbytes=1000)
