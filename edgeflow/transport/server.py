@@ -56,7 +56,8 @@ class AgentHandler(Protocol):
 
 class RelayingHandler(AgentHandler, Protocol):
     """An agent with an upstream it can speak for: the server then also answers ``DescribeRequest.with_upstream``
-    and ``ProbeRequest.forward`` (a handler without these answers them FAILED_PRECONDITION)."""
+    and ``ProbeRequest.forward``. For a handler without these a forwarded probe is FAILED_PRECONDITION and a
+    description asked for with its upstream comes back with ``upstream_error`` set."""
 
     def describe_upstream(self, deadline: float) -> Description:
         """The upstream's handshake answer, asked for now. Raises NoUpstream, or TransportError if it does not answer."""
