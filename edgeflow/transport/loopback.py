@@ -7,12 +7,10 @@ edgeflow errors a gRPC peer would produce, so agent logic can be tested, and cha
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from typing import Iterable, Iterator
 
 import grpc
 
-from edgeflow.errors import EdgeflowError
 from edgeflow.transport.messages import (
     Description,
     InferCall,
@@ -23,7 +21,7 @@ from edgeflow.transport.messages import (
     encode_reply,
     encode_request,
 )
-from edgeflow.transport.server import AgentHandler
+from edgeflow.transport.server import AgentHandler, describe_with_upstream, forward_probe
 from edgeflow.transport.status import error_of, status_of
 
 __all__ = ["LoopbackClient"]
@@ -56,15 +54,7 @@ class LoopbackClient:
     def describe(self, fingerprint: str = "", role: str = "", *, timeout_s: float = 5.0,
                  with_upstream: bool = False) -> Description:  # fmt: skip
         d = self._call(lambda: self._handler.describe(fingerprint, role))
-        if not with_upstream:
-            return d
-        ask = getattr(self._handler, "describe_upstream", None)
-        if ask is None:
-            return replace(d, upstream_error=f"{d.role or 'this agent'} does not speak for an upstream")
-        try:
-            return replace(d, upstream_description=ask(time.monotonic() + timeout_s))
-        except EdgeflowError as e:
-            return replace(d, upstream_error=str(e))
+        return describe_with_upstream(self._handler, d, time.monotonic() + timeout_s) if with_upstream else d
 
     def infer(self, call: InferCall, *, timeout_s: float, wait_for_ready: bool = False) -> InferReply:
         return self.infer_bytes(encode_request(call), timeout_s=timeout_s)
@@ -85,10 +75,8 @@ class LoopbackClient:
         return 0.0
 
     def probe_upstream(self, *, send_nbytes: int = 0, timeout_s: float = 10.0) -> float:
-        forward = getattr(self._handler, "probe_upstream", None)
-        if forward is None:
-            raise error_of(grpc.StatusCode.FAILED_PRECONDITION, "this agent does not forward probes", self.address)
-        return self._call(lambda: forward(send_nbytes, time.monotonic() + timeout_s))
+        deadline = time.monotonic() + timeout_s
+        return self._call(lambda: forward_probe(self._handler, send_nbytes, deadline, self.limits))
 
     def close(self) -> None:
         return None

@@ -187,15 +187,7 @@ class AgentServer:
             except Exception as e:  # protobuf's DecodeError
                 raise InvalidRequest(f"malformed DescribeRequest: {e}") from None
             d = self._handler.describe(req.model_fingerprint, req.caller_role)
-            if req.with_upstream:
-                ask = getattr(self._handler, "describe_upstream", None)
-                try:
-                    if ask is None:
-                        raise NoUpstream(f"{d.role or 'this agent'} does not speak for an upstream")
-                    d = replace(d, upstream_description=ask(deadline))
-                except EdgeflowError as e:  # the answer about this agent stands; the caller learns why not the rest
-                    d = replace(d, upstream_error=str(e))
-            return encode_description(d)
+            return encode_description(describe_with_upstream(self._handler, d, deadline) if req.with_upstream else d)
 
         deadline = self._deadline(context)
         return self._run(context, go)
@@ -264,13 +256,7 @@ class AgentServer:
             except Exception as e:
                 raise InvalidRequest(f"malformed ProbeRequest: {e}") from None
             if req.forward:
-                forward = getattr(self._handler, "probe_upstream", None)
-                if forward is None:
-                    raise NoUpstream("this agent does not forward probes")
-                n, most = req.forward_send_nbytes, min(_MAX_FORWARD_NBYTES, self.limits.max_message_bytes - 1024)
-                if not 0 <= n <= most:
-                    raise RequestTooLarge(f"forward_send_nbytes {n} outside 0..{most}")
-                seconds = forward(n, deadline)
+                seconds = forward_probe(self._handler, req.forward_send_nbytes, deadline, self.limits)
                 return frame(pb.ProbeResponse(id=req.id, forward_s=seconds).SerializeToString(), 15, [b""])
             if req.echo:
                 out = payloads[0] if payloads else b""
@@ -290,6 +276,34 @@ class AgentServer:
 # A forwarded probe makes this agent send that much upstream: kept to what a bandwidth probe needs (the live
 # planner's are at most 4 MiB), so a caller cannot turn one small request into a message-limit's worth of traffic.
 _MAX_FORWARD_NBYTES = 4 << 20
+
+
+def describe_with_upstream(handler: AgentHandler, d: Description, deadline: float) -> Description:
+    """``d`` with the handler's upstream described (``DescribeRequest.with_upstream``), or with why not: the answer
+    about this agent stands either way."""
+    ask = getattr(handler, "describe_upstream", None)
+    try:
+        if ask is None:
+            raise NoUpstream(f"{d.role or 'this agent'} does not speak for an upstream")
+        return replace(d, upstream_description=ask(deadline))
+    except EdgeflowError as e:
+        return replace(d, upstream_error=str(e))
+
+
+def forward_probe(handler: AgentHandler, send_nbytes: int, deadline: float, limits: WireLimits) -> float:
+    """Seconds the handler's probe of its upstream took (``ProbeRequest.forward``).
+
+    Raises:
+        NoUpstream: the handler does not forward probes.
+        RequestTooLarge: ``send_nbytes`` is negative or over the bound.
+    """
+    forward = getattr(handler, "probe_upstream", None)
+    if forward is None:
+        raise NoUpstream("this agent does not forward probes")
+    most = min(_MAX_FORWARD_NBYTES, limits.max_message_bytes - 1024)
+    if not 0 <= send_nbytes <= most:
+        raise RequestTooLarge(f"forward_send_nbytes {send_nbytes} outside 0..{most}")
+    return float(forward(send_nbytes, deadline))
 
 # A status message travels as an HTTP/2 header; gRPC clients refuse header blocks over 8 KiB (the call then
 # fails RESOURCE_EXHAUSTED instead of with our status), and messages echo values taken from requests.
