@@ -100,15 +100,13 @@ def _random_plans(md: Any, rng: random.Random, count: int) -> list[Any]:
         combo = rng.randrange(md.exit_model.num_combos)
         ch = Choice(tiers, cuts, tuple(codecs), md.exit_model.exits_of(combo))
         if not md.violations(ch):
-            out.append((md.to_plan(ch), ch.input_codec))
+            out.append(md.to_plan(ch))
     return out
 
 
 def _fixed_plans(md: Any) -> list[Any]:
     n = len(md.tiers)
-    out = [(md.to_plan(Choice((0,), (), ())), None)]
-    out.append((md.to_plan(Choice((n - 1,), (), ("lossless",))), "lossless"))
-    return out
+    return [md.to_plan(Choice((0,), (), ())), md.to_plan(Choice((n - 1,), (), ("lossless",)))]
 
 
 # ------------------------------------------------------------------------------------------ parts
@@ -126,27 +124,22 @@ def _sweep_point(edge: str, rate_mbit: float, args: argparse.Namespace, images: 
             assert live is not None
             for i in range(args.warmup):
                 dev.infer(images[i % len(images)])
-            choice, choice_inp = live.plan, live.input_codec
+            choice = live.plan
             est = live.estimate_bps(0)
             res = live.replanner.planner.search(live.replanner.tracker.conditions(time.monotonic()), top_k=10)
-            cands = [(c.plan, c.input_codec) for c in (res.best, *res.alternatives)]
+            cands = [c.plan for c in (res.best, *res.alternatives)]
             rng = random.Random(args.seed + int(rate_mbit * 1000))
-            pool = [(choice, choice_inp), *cands, *_fixed_plans(live.model), *_random_plans(live.model, rng, args.random_plans)]
-            plans, seen = [], set()
-            for p, inp in pool:
-                key = str(p) + str(inp)
-                if key not in seen:
-                    seen.add(key)
-                    plans.append((p, inp))
-            pred = {str(p) + str(i): live.predict_s(p, i) for p, i in plans}
+            pool = [choice, *cands, *_fixed_plans(live.model), *_random_plans(live.model, rng, args.random_plans)]
+            plans = list(dict.fromkeys(pool))
+            pred = {str(p): live.predict_s(p) for p in plans}
             best_pred = min(v for v in pred.values() if v is not None)
-            measured_plans = [(p, i) for p, i in plans if pred[str(p) + str(i)] <= args.prune * best_pred or (p, i) == (choice, choice_inp)]
+            measured_plans = [p for p in plans if pred[str(p)] <= args.prune * best_pred or p == choice]
             pruned = len(plans) - len(measured_plans)
-            lat: dict[str, list[float]] = {str(p) + str(i): [] for p, i in measured_plans}
+            lat: dict[str, list[float]] = {str(p): [] for p in measured_plans}
             preds: dict[str, list[float]] = {k: [] for k in lat}
             t_end = time.monotonic() + args.point_budget_s
-            for p, i in measured_plans:  # one warm-up request per plan (first use of a range builds it)
-                dev.infer(images[0], plan=p, input_codec=i)
+            for p in measured_plans:  # one warm-up request per plan (first use of a range builds it)
+                dev.infer(images[0], plan=p)
             rounds = 0
             given: list[float] = []  # per request: |measured - predicted for the exit it took| / measured
             order = list(measured_plans)
@@ -154,25 +147,25 @@ def _sweep_point(edge: str, rate_mbit: float, args: argparse.Namespace, images: 
                 if r >= 2 and time.monotonic() > t_end:
                     break
                 rng.shuffle(order)  # a fixed order would always run the choice first, right after another plan
-                for p, i in order:
-                    outcomes = _outcome_predictions(live, p, i)
-                    out = dev.infer(images[(r + 1) % len(images)], plan=p, input_codec=i)
-                    lat[str(p) + str(i)].append(out.latency_s)
-                    preds[str(p) + str(i)].append(out.predicted_latency_s if out.predicted_latency_s is not None else float("nan"))
+                for p in order:
+                    outcomes = _outcome_predictions(live, p)
+                    out = dev.infer(images[(r + 1) % len(images)], plan=p)
+                    lat[str(p)].append(out.latency_s)
+                    preds[str(p)].append(out.predicted_latency_s if out.predicted_latency_s is not None else float("nan"))
                     took = out.exit_position if out.exit_position >= 0 else live.model.num_positions
                     if took in outcomes:
                         given.append(abs(out.latency_s - outcomes[took]) / out.latency_s)
                 rounds += 1
             est_after = live.estimate_bps(0)
             end = live.replanner.planner.search(live.replanner.tracker.conditions(time.monotonic()), top_k=0).best
-            end_key = str(end.plan) + str(end.input_codec)
+            end_key = str(end.plan)
     finally:
         emu.stop()
     # the planner minimises *expected* latency, so plans are compared by their mean over the same images; a median
     # of a mix of early-exit and full-model requests reports which mode the sample's middle request fell in
     med = {k: statistics.median(v) for k, v in lat.items()}
     mean = {k: statistics.mean(v) for k, v in lat.items()}
-    key_choice = str(choice) + str(choice_inp)
+    key_choice = str(choice)
     best_key = min(mean, key=mean.get)  # type: ignore[arg-type]
     best_med_key = min(med, key=med.get)  # type: ignore[arg-type]
     # held out: the best is picked on the even rounds and both are timed on the odd ones (the lowest of ~25 noisy
@@ -184,16 +177,16 @@ def _sweep_point(edge: str, rate_mbit: float, args: argparse.Namespace, images: 
     plan_errors = [abs(statistics.mean(lat[k]) - statistics.mean(preds[k])) / statistics.mean(lat[k]) for k in lat]
     return {
         "rate_mbit": rate_mbit,
-        "choice": str(choice) + (f"  input|{choice_inp}" if choice_inp else ""),
+        "choice": str(choice),
         "choice_mean_ms": mean[key_choice] * 1e3,
         "choice_median_ms": med[key_choice] * 1e3,
-        "choice_at_end": end_key.removesuffix("None"),
+        "choice_at_end": end_key,
         "ratio_choice_at_end": (mean[end_key] / mean[best_key]) if end_key in mean else None,
-        "best_measured": best_key.removesuffix("None"),
+        "best_measured": best_key,
         "best_mean_ms": mean[best_key] * 1e3,
         "ratio": mean[key_choice] / mean[best_key],
         "ratio_median": med[key_choice] / med[best_med_key],
-        "best_measured_median": best_med_key.removesuffix("None"),
+        "best_measured_median": best_med_key,
         "ratio_heldout": (odd[key_choice] / odd[held_best]) if held_best is not None and key_choice in odd else None,
         "ratio_ci90": _paired_ci(lat[key_choice], lat[best_key]),
         "best_heldout": held_best.removesuffix("None") if held_best is not None else None,
@@ -223,11 +216,11 @@ def _paired_ci(a: list[float], b: list[float], draws: int = 2000, seed: int = 0)
     return [round(float(v), 4) for v in np.quantile(ratios, [0.05, 0.95])]
 
 
-def _outcome_predictions(live: Any, plan: Any, input_codec: str | None) -> dict[int, float]:
+def _outcome_predictions(live: Any, plan: Any) -> dict[int, float]:
     """The cost model's latency for each exit outcome of ``plan`` (answering position -> seconds), under the
     conditions the live planner estimates now: the prediction for the path a request actually takes."""
     cond = live.replanner.tracker.conditions(time.monotonic())
-    return {} if cond is None else dict(live.model.evaluate(plan, cond, input_codec).outcome_latency_s)
+    return {} if cond is None else dict(live.model.evaluate(plan, cond).outcome_latency_s)
 
 
 def _adaptation(edge: str, args: argparse.Namespace, images: list[torch.Tensor]) -> dict[str, Any]:

@@ -287,7 +287,6 @@ class Agent:
         deadline: float,
         block: bool = True,
         plan: Plan | str | None = None,
-        input_codec: str | None = None,
         target: float | None = None,
         stall_s: float | None = None,
     ) -> LocalAnswer:
@@ -301,8 +300,8 @@ class Agent:
             request_id: id carried up the chain.
             deadline: ``time.monotonic()`` value.
             block: wait for room in the compute queue (backpressure) instead of raising Overloaded.
-            plan: the plan this request goes by (default: the agent's plan).
-            input_codec: codec of the raw input when the plan gives the device nothing to run (default lossless).
+            plan: the plan this request goes by (default: the agent's plan); its ``input_codec`` codes the raw
+                input when the plan gives the device nothing to run (default lossless).
             target: ``time.monotonic()`` value to answer by when possible (the latency target): with fallback on,
                 the upstream is given up in time to finish here by then (see ``FallbackConfig``).
             stall_s: seconds an upstream call may take before it counts as stalled: with fallback on, it is given
@@ -322,7 +321,7 @@ class Agent:
             if forward and start == stop:  # the plan starts upstream: send the raw input with the input codec
                 t = time.monotonic()
                 info = self.runtime.cut_info(0).tensors
-                codec = self._codec(input_codec or "lossless")
+                codec = self._codec(resolved.input_codec or "lossless")
                 wire = [self._wire(i.name, v, codec) for i, v in zip(info, values)]
                 timing.encode_s = time.monotonic() - t
                 answer = self._forward(request_id, 0, wire, values, timing, deadline, resolved, plan_text,

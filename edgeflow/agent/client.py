@@ -62,7 +62,6 @@ class Result:
         breakdown: per-tier timing and bytes, in chain order.
         latency_s: wall time seen by the caller.
         plan: the plan it went by, text form ("" when unknown, e.g. through :class:`AgentClient`).
-        input_codec: the raw input's codec when the device ran nothing of the model.
         predicted_latency_s: the live planner's prediction for it when it was sent (None without one).
     """
 
@@ -71,7 +70,6 @@ class Result:
     breakdown: Breakdown
     latency_s: float
     plan: str = ""
-    input_codec: str | None = None
     predicted_latency_s: float | None = None
 
     @property
@@ -87,7 +85,7 @@ class Result:
         out = self.output if isinstance(self.output, torch.Tensor) else self.output[0]
         data: dict[str, Any] = {"request_id": self.request_id, "latency_s": self.latency_s}
         if self.plan:
-            data["plan"] = self.plan + (f"  input|{self.input_codec}" if self.input_codec else "")
+            data["plan"] = self.plan
         if self.predicted_latency_s is not None:
             data["predicted_latency_s"] = self.predicted_latency_s
         if out.dim() == 2 and out.is_floating_point():  # logits (B, classes)
@@ -149,11 +147,10 @@ class DeviceClient:
 
     @property
     def plan(self) -> str:
-        """The plan the next request goes by (text form; a raw input codec follows as ``  input|codec``)."""
+        """The plan the next request goes by (text form)."""
         if self.live is None:
             return str(self.agent.plan)
-        plan, codec, _ = self.live.current()
-        return str(plan) + (f"  input|{codec}" if codec else "")
+        return str(self.live.current()[0])
 
     @property
     def plan_switches(self) -> list[PlanSwitch]:
@@ -198,7 +195,6 @@ class DeviceClient:
         *,
         timeout_s: float | None = None,
         plan: Plan | str | None = None,
-        input_codec: str | None = None,
     ) -> Result:
         """Run one input batch through the chain.
 
@@ -206,7 +202,7 @@ class DeviceClient:
             x: model input, e.g. images (B, 3, H, W) float32 in [0, 1]; a tuple for several inputs.
             timeout_s: deadline for the whole request (default: the node's ``deadlines.request_s``).
             plan: go by this plan instead of the current one (the live planner still learns from the reply,
-                but does not re-plan on it); ``input_codec`` goes with it.
+                but does not re-plan on it).
 
         Raises:
             InvalidRequest: the input does not fit the model, or ``plan`` does not fit the model or chain.
@@ -217,19 +213,19 @@ class DeviceClient:
         predicted = None
         forced = plan is not None
         if not forced and self.live is not None:
-            plan, input_codec, predicted = self.live.current()
+            plan, predicted = self.live.current()
         elif forced and self.live is not None:
             p = plan if isinstance(plan, Plan) else Plan.parse(str(plan))
-            predicted = self.live.predict_s(p, input_codec)
+            predicted = self.live.predict_s(p)
         t0 = time.monotonic()
         target = t0 + self._target_s if self._target_s is not None else None
         ans = self.agent.submit_local(values, request_id=_request_id(self.agent.role), deadline=t0 + timeout,
-                                      plan=plan, input_codec=input_codec, target=target,
+                                      plan=plan, target=target,
                                       stall_s=None if forced else stall_after_s(self.agent.config.fallback, predicted))  # fmt: skip
         latency = time.monotonic() - t0
         if self.live is not None:
             self.live.observe(ans.breakdown, ans.plan, decide=not forced)
-        return Result(ans.request_id, _as_output(ans.values), ans.breakdown, latency, ans.plan, input_codec, predicted)
+        return Result(ans.request_id, _as_output(ans.values), ans.breakdown, latency, ans.plan, predicted)
 
     def infer_many(self, inputs: Iterable[torch.Tensor], *, timeout_s: float | None = None) -> Iterator[Result]:
         """Pipeline ``inputs`` through the chain; yields results in input order.

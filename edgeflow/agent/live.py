@@ -240,7 +240,7 @@ class LivePlanner:
         cond = tracker.conditions(clock())
         assert cond is not None, "fallbacks are set"
         first = planner.search(cond, settings.objective, latency_slo_s=slo, top_k=0).best
-        rp = Replanner(planner, first.plan, input_codec=first.input_codec, objective=settings.objective,
+        rp = Replanner(planner, first.plan, objective=settings.objective,
                        latency_slo_s=slo, tracker=tracker, margin=settings.margin, hold_s=settings.hold_s,
                        min_evaluations=settings.min_evaluations, min_interval_s=settings.min_interval_s)  # fmt: skip
         live = cls(agent, rp, peers, settings, clock=clock)
@@ -252,19 +252,14 @@ class LivePlanner:
         return live
 
     # ------------------------------------------------------------------------------------ per request
-    def current(self) -> tuple[Plan, str | None, float | None]:
-        """``(plan, input_codec, predicted latency s)`` for the next request."""
+    def current(self) -> tuple[Plan, float | None]:
+        """``(plan, predicted latency s)`` for the next request."""
         with self._lock:
-            rp = self.replanner
-            return rp.current, rp.input_codec, self._predicted_s
+            return self.replanner.current, self._predicted_s
 
     @property
     def plan(self) -> Plan:
         return self.replanner.current
-
-    @property
-    def input_codec(self) -> str | None:
-        return self.replanner.input_codec
 
     def observe(self, breakdown: Breakdown, plan: Plan | str, *, decide: bool = True) -> None:
         """Feed one reply's breakdown (the request went by ``plan``), then re-plan (``decide``)."""
@@ -355,7 +350,7 @@ class LivePlanner:
 
     def _decide(self, now: float, why: str | None = None) -> None:
         rp = self.replanner
-        old = str(rp.current) + _inp(rp.input_codec)
+        old = str(rp.current)
         try:
             d = rp.decide(now)
         except EdgeflowError as e:  # no feasible plan (e.g. with tiers down): keep the current one
@@ -363,7 +358,7 @@ class LivePlanner:
             self.last_reason = f"keep: {e}"
             return
         if d.switched:
-            new = str(d.plan) + _inp(d.input_codec)
+            new = str(d.plan)
             why = why or d.reason.split(f"-> {new}: ", 1)[-1]  # the replanner's reason repeats both plans
             sw = PlanSwitch(now, self.requests, old, new, why)
             self.switches.append(sw)
@@ -371,13 +366,13 @@ class LivePlanner:
         self.last_reason = d.reason
         cond = rp.tracker.conditions(now)
         if cond is not None:
-            self._predicted_s = self.model.evaluate(rp.current, cond, rp.input_codec).latency_s
+            self._predicted_s = self.model.evaluate(rp.current, cond).latency_s
 
-    def predict_s(self, plan: Plan, input_codec: str | None = None) -> float | None:
+    def predict_s(self, plan: Plan) -> float | None:
         """Predicted expected latency of ``plan`` under the conditions estimated now."""
         with self._lock:
             cond = self.replanner.tracker.conditions(self.clock())
-            return None if cond is None else self.model.evaluate(plan, cond, input_codec).latency_s
+            return None if cond is None else self.model.evaluate(plan, cond).latency_s
 
     def estimate_bps(self, link: int = 0) -> float | None:
         """The bandwidth estimate of ``link`` (0: device to the next tier)."""
@@ -585,8 +580,4 @@ def _encodes(codec: str, x: torch.Tensor) -> bool:
         return True
     except EdgeflowError:
         return False
-
-
-def _inp(codec: str | None) -> str:
-    return f"  input|{codec}" if codec else ""
 

@@ -396,4 +396,4 @@ def _print_result(res, rate: float, links, names, dt: float) -> None:
 
 
 def _cand_json(c) -> dict[str, Any]:
-    return {"plan": str(c.plan), "input_codec": c.input_codec, "value": c.value, "breakdown": asdict(c.breakdown)}
+    return {"plan": str(c.plan), "value": c.value, "breakdown": asdict(c.breakdown)}

@@ -3,7 +3,11 @@
 Plans are data with a one-line text form that parses back::
 
     device[0:14]|int8 > edge[14:31]|int4 > cloud[31:]  exits@9:0.92,20:0.8
+    input|png > edge[0:52]|int8 > cloud[52:]
 
+- ``input|codec`` (optional, first) is the codec of the raw input (position 0) when the first stage is not the
+  device's: the source sends the model input upstream before any tier computes (``lossless``, ``png``, ``jpeg``).
+  Absent: ``lossless``. A plan whose first stage is the device's takes none (the device runs the input).
 - ``tier[a:b]`` runs positions ``[a:b]`` (see :mod:`edgeflow.core.partition`); ``[a:]`` runs to the model
   output. Tiers appear in chain order ``device > edge > cloud``, each at most once; any may be absent.
 - ``|codec`` is the codec on the hop leaving that tier (upstream), a codec spec such as ``int8`` or ``int8:z3``
@@ -25,9 +29,10 @@ from typing import Collection, Sequence
 
 from edgeflow.errors import PlanError
 
-__all__ = ["TIERS", "DEFAULT_HOP_CODEC", "Stage", "ExitPoint", "Plan"]
+__all__ = ["TIERS", "INPUT", "DEFAULT_HOP_CODEC", "Stage", "ExitPoint", "Plan"]
 
 TIERS: tuple[str, ...] = ("device", "edge", "cloud")  # chain order, input first
+INPUT = "input"  # the text form's name for the raw input's hop: "input|png > edge[0:]"
 DEFAULT_HOP_CODEC = "lossless"
 
 _STAGE = re.compile(r"(?P<tier>[^\[\]|>\s]*)\[(?P<start>[^:\]]*):(?P<stop>[^\]]*)\](?:\|(?P<codec>.*))?")
@@ -70,10 +75,12 @@ class ExitPoint:
 
 @dataclass(frozen=True)
 class Plan:
-    """Stages in chain order, and early exits sorted by position. Build with :meth:`parse` or directly."""
+    """Stages in chain order, early exits sorted by position, and the raw input's codec when the input is sent
+    before any tier computes (``None``: lossless). Build with :meth:`parse` or directly."""
 
     stages: tuple[Stage, ...]
     exits: tuple[ExitPoint, ...] = ()
+    input_codec: str | None = None
 
     def __post_init__(self) -> None:
         _check_structure(self)
@@ -81,6 +88,8 @@ class Plan:
     # ----------------------------------------------------------------------------------- text form
     def __str__(self) -> str:
         text = " > ".join(str(s) for s in self.stages)
+        if self.input_codec is not None:
+            text = f"{INPUT}|{self.input_codec} > {text}"
         if self.exits:
             text += "  exits@" + ",".join(str(e) for e in self.exits)
         return text
@@ -104,11 +113,16 @@ class Plan:
             raise PlanError(f"plan {text!r} has no stages; expected e.g. 'device[0:14]|int8 > cloud[14:]'")
         stages = []
         parts = [p.strip() for p in body.split(">")]
+        input_codec = _parse_input(parts[0], text) if parts[0].startswith(INPUT) else None
+        if input_codec is not None:
+            parts = parts[1:]
+            if not parts:
+                raise PlanError(f"plan {text!r} has no stages after its input codec")
         for i, part in enumerate(parts):
             stages.append(_parse_stage(part, i, last=i == len(parts) - 1, text=text))
         exits = _parse_exits(exit_text.strip(), text) if sep else ()
         try:
-            return cls(tuple(stages), exits)
+            return cls(tuple(stages), exits, input_codec)
         except PlanError as e:
             raise PlanError(f"plan {text!r}: {e}") from None
 
@@ -137,6 +151,15 @@ class Plan:
     def exits_in(self, start: int, stop: int) -> tuple[ExitPoint, ...]:
         """Exits a tier running ``[start:stop]`` evaluates: ``start < position <= stop``."""
         return tuple(e for e in self.exits if start < e.position <= stop)
+
+    @property
+    def sends_input(self) -> bool:
+        """Whether the source sends the raw input upstream (the first stage is not the device's)."""
+        return self.stages[0].tier != TIERS[0]
+
+    def with_input_codec(self, codec: str | None) -> "Plan":
+        """This plan with the raw input's codec replaced (``None``: the default, lossless)."""
+        return replace(self, input_codec=codec)
 
     def resolved(self, num_positions: int) -> "Plan":
         """This plan with the open stop of the last stage replaced by ``num_positions``."""
@@ -181,6 +204,8 @@ class Plan:
             for s in self.stages:
                 if s.codec is not None and s.codec.split(":")[0] not in codecs:
                     raise PlanError(f"plan {self}: unknown codec {s.codec!r} on stage {s} (known: {sorted(codecs)})")
+            if self.input_codec is not None and self.input_codec.split(":")[0] not in codecs:
+                raise PlanError(f"plan {self}: unknown input codec {self.input_codec!r} (known: {sorted(codecs)})")
         for e in self.exits:
             if not 0 < e.position < n:
                 raise PlanError(f"plan {self}: exit at {e.position} outside the model's interior 1..{n - 1}")
@@ -214,6 +239,16 @@ def _parse_stage(part: str, index: int, *, last: bool, text: str) -> Stage:
     elif not last:
         codec = DEFAULT_HOP_CODEC
     return Stage(m["tier"], start, stop, codec)
+
+
+def _parse_input(part: str, text: str) -> str:
+    name, bar, codec = part.partition("|")
+    if name.strip() != INPUT or not bar:
+        raise PlanError(f"plan {text!r}: {part!r} is not '{INPUT}|codec'")
+    codec = codec.strip()
+    if not _CODEC.fullmatch(codec):
+        raise PlanError(f"plan {text!r}: input codec {codec!r} is not a codec name")
+    return codec
 
 
 def _parse_exits(exit_text: str, text: str) -> tuple[ExitPoint, ...]:
@@ -261,6 +296,11 @@ def _check_structure(plan: Plan) -> None:
             raise PlanError(f"stage {s}: the last stage has no hop, so no codec")
     if stages[0].start != 0:
         raise PlanError(f"first stage {stages[0]} must start at position 0 (the model input)")
+    if plan.input_codec is not None:
+        if not isinstance(plan.input_codec, str) or not _CODEC.fullmatch(plan.input_codec):
+            raise PlanError(f"input codec {plan.input_codec!r} is not a codec name")
+        if not plan.sends_input:
+            raise PlanError(f"{INPUT}|{plan.input_codec}: the first stage {stages[0]} runs the input, so no input codec")
     previous = 0
     for e in plan.exits:
         if isinstance(e.position, bool) or not isinstance(e.position, int) or e.position <= 0:

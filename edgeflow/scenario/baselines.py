@@ -1,8 +1,8 @@
 """The runs of a scenario: edgeflow's own and the baselines it is compared with, each a fixed plan.
 
 Every run goes through the same agents, emulators, trace (replayed from t = 0) and request schedule; only
-the plan differs. A plan whose device runs nothing sends the raw input with an *input codec* (the hop a
-plan's text cannot name), chosen per scenario by :func:`choose_input_codec`.
+the plan differs. A plan whose device runs nothing sends the raw input with its *input codec*
+(``input|jpeg > edge[0:]``), chosen per scenario by :func:`choose_input_codec`.
 
 - ``device-only``: ``device[0:]``, no exits.
 - ``edge-only`` / ``cloud-only``: ``edge[0:]`` / ``cloud[0:]``, no exits, the input with the best image codec.
@@ -46,8 +46,7 @@ class RunSpec:
 
     Attributes:
         name: ``edgeflow``, a baseline name, or ``candidate-<i>`` (extra best-fixed candidates).
-        plan: the fixed plan every request of the run follows.
-        input_codec: codec of the raw input when the device runs nothing (else None).
+        plan: the fixed plan every request of the run follows (with its input codec).
         how: one line saying how the plan was chosen.
         predicted_latency_s: the cost model's expected latency at the mean link rates (None if not evaluated).
         adaptive: the device's live planner chooses each request's plan (``plan`` is unused).
@@ -55,18 +54,17 @@ class RunSpec:
 
     name: str
     plan: Plan
-    input_codec: str | None = None
     how: str = ""
     predicted_latency_s: float | None = None
     adaptive: bool = False
 
     @property
     def key(self) -> str:
-        """Identifies the plan as run (plan text plus input codec): runs with equal keys are the same experiment.
-        An adaptive run's plan is chosen per request: ``auto``."""
+        """Identifies the plan as run (its text): runs with equal keys are the same experiment. An adaptive run's
+        plan is chosen per request: ``auto``."""
         if self.adaptive:
             return "auto"
-        return str(self.plan) + (f"  input|{self.input_codec}" if self.input_codec else "")
+        return str(self.plan)
 
     @property
     def tiers(self) -> tuple[str, ...]:
@@ -120,10 +118,10 @@ def choose_input_codec(
 def fixed_baseline(name: str, input_codec: str, planning: PlanningModel, cond: Conditions) -> RunSpec:
     """``device-only``, ``edge-only`` or ``cloud-only`` (no exits)."""
     tier = name.removesuffix("-only")
-    plan = Plan((Stage(tier, 0, None),))
     codec = None if tier == "device" else input_codec
+    plan = Plan((Stage(tier, 0, None),), input_codec=codec)
     how = "the whole model on the device" if codec is None else f"the whole model on the {tier}, input sent as {codec}"
-    return RunSpec(name, plan, codec, how, predict_latency(planning, plan, codec, cond))
+    return RunSpec(name, plan, how, predict_latency(planning, plan, cond))
 
 
 def neurosurgeon(planning: PlanningModel, cond: Conditions) -> RunSpec:
@@ -139,7 +137,7 @@ def neurosurgeon(planning: PlanningModel, cond: Conditions) -> RunSpec:
         "cloud only" if ch.tiers[0] == cloud else f"cut at {ch.cuts[0]}")
     how = (f"single device/cloud cut minimising predicted latency at the mean link rates over {len(choices)} cuts "
            f"(lossless, no exits): {where}")
-    return RunSpec("neurosurgeon", plan, ch.input_codec, how, best_s)
+    return RunSpec("neurosurgeon", plan, how, best_s)
 
 
 def best_fixed_candidates(
@@ -163,7 +161,7 @@ def best_fixed_candidates(
             continue
         for rank, c in enumerate(cands):
             spec = RunSpec(
-                f"candidate-{len(out) + 1}", c.plan, c.input_codec,
+                f"candidate-{len(out) + 1}", c.plan,
                 f"planner's {'best' if rank == 0 else f'alternative {rank}'} at {factor:g}x the mean link rates",
                 float(c.breakdown.latency_s),
             )  # fmt: skip
@@ -181,9 +179,9 @@ def pick_best_fixed(medians_ms: dict[str, float]) -> str | None:
     return min(medians_ms, key=lambda n: (medians_ms[n], n))
 
 
-def predict_latency(planning: PlanningModel, plan: Plan, input_codec: str | None, cond: Conditions) -> float | None:
+def predict_latency(planning: PlanningModel, plan: Plan, cond: Conditions) -> float | None:
     """The cost model's expected latency of ``plan`` under ``cond``, or None when it does not fit the model."""
     try:
-        return float(planning.cost.evaluate(plan, cond, input_codec).latency_s)
+        return float(planning.cost.evaluate(plan, cond).latency_s)
     except PlanError:
         return None

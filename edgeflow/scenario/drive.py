@@ -37,7 +37,7 @@ _MAX_WORKERS = 32  # requests outstanding at once per run (open loop); beyond, t
 @dataclass
 class Answer:
     """What came back for one request: the answering logits (B, classes), where time and bytes went, the plan
-    it went by (text, ``  input|codec`` appended when the raw input was sent), and the planner's prediction.
+    it went by (text), and the planner's prediction.
     ``ready``: the ``time.monotonic()`` at which the answer was in hand, when the sender did more work after it
     (a live planner learning from the reply); None: when ``send`` returned."""
 
@@ -79,42 +79,35 @@ class Sender(Protocol):
     def close(self) -> None: ...
 
 
-def _text(plan: Plan, input_codec: str | None) -> str:
-    return str(plan) + (f"  input|{input_codec}" if input_codec else "")
-
-
 def _never_exits(plan: Plan) -> Plan:
     """``plan`` with every exit at threshold 1.0: each tier still runs its exit heads and the sub-ranges between
     them (a range's first run, graph code generation, is a one-time cost the emulated slowdown would multiply
     into the first measured requests), but a request goes on to the end of the plan (only a confidence of
     exactly 1.0 would stop it)."""
-    return Plan(plan.stages, tuple(ExitPoint(e.position, 1.0) for e in plan.exits))
+    return Plan(plan.stages, tuple(ExitPoint(e.position, 1.0) for e in plan.exits), plan.input_codec)
 
 
 class PlanSender:
-    """The device agent in process, every request stamped with one fixed plan (and input codec).
+    """The device agent in process, every request stamped with one fixed plan.
 
     Args:
         agent: the device agent (its upstream, if any, is the run's device-edge link).
         plan: the plan every request goes by; upstream tiers follow the plan the request carries.
-        input_codec: the raw input's codec when the device runs nothing.
     """
 
-    def __init__(self, agent: Agent, plan: Plan, input_codec: str | None = None):
-        self.agent, self.plan, self.input_codec = agent, plan, input_codec
+    def __init__(self, agent: Agent, plan: Plan):
+        self.agent, self.plan = agent, plan
 
     def plan_text(self) -> str:
-        return _text(self.plan, self.input_codec)
+        return str(self.plan)
 
     def send(self, request_id: str, x: torch.Tensor, deadline: float) -> Answer:
-        ans = self.agent.submit_local([x], request_id=request_id, deadline=deadline, block=True, plan=self.plan,
-                                      input_codec=self.input_codec)  # fmt: skip
+        ans = self.agent.submit_local([x], request_id=request_id, deadline=deadline, block=True, plan=self.plan)
         return Answer(ans.values[0], ans.position, ans.breakdown, self.plan_text())
 
     def warm_up(self, request_id: str, x: torch.Tensor, deadline: float) -> None:
         """One request through every tier and range of the plan (handshakes, first runs), not measured."""
-        self.agent.submit_local([x], request_id=request_id, deadline=deadline, block=True,
-                                plan=_never_exits(self.plan), input_codec=self.input_codec)  # fmt: skip
+        self.agent.submit_local([x], request_id=request_id, deadline=deadline, block=True, plan=_never_exits(self.plan))
 
     def close(self) -> None:
         self.agent.close()
@@ -132,24 +125,21 @@ class LiveSender:
         self._target_s = latency_target_s(agent.config.fallback, live.settings.slo_ms)
 
     def plan_text(self) -> str:
-        plan, codec, _ = self.live.current()
-        return _text(plan, codec)
+        return str(self.live.current()[0])
 
     def send(self, request_id: str, x: torch.Tensor, deadline: float) -> Answer:
-        plan, codec, predicted = self.live.current()
+        plan, predicted = self.live.current()
         target = time.monotonic() + self._target_s if self._target_s is not None else None
-        ans = self.agent.submit_local([x], request_id=request_id, deadline=deadline, block=True, plan=plan,
-                                      input_codec=codec, target=target,
+        ans = self.agent.submit_local([x], request_id=request_id, deadline=deadline, block=True, plan=plan, target=target,
                                       stall_s=stall_after_s(self.agent.config.fallback, predicted))  # fmt: skip
         ready = time.monotonic()  # the answer is the caller's now; learning from it comes after
         self.live.observe(ans.breakdown, ans.plan)
-        return Answer(ans.values[0], ans.position, ans.breakdown, _text(plan, codec), predicted, ready)
+        return Answer(ans.values[0], ans.position, ans.breakdown, str(plan), predicted, ready)
 
     def warm_up(self, request_id: str, x: torch.Tensor, deadline: float) -> None:
         """One request through every tier and range of the current plan (not fed to the planner)."""
-        plan, codec, _ = self.live.current()
-        self.agent.submit_local([x], request_id=request_id, deadline=deadline, block=True, plan=_never_exits(plan),
-                                input_codec=codec)  # fmt: skip
+        plan, _ = self.live.current()
+        self.agent.submit_local([x], request_id=request_id, deadline=deadline, block=True, plan=_never_exits(plan))
 
     def close(self) -> None:
         self.live.close()

@@ -26,7 +26,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import re
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -189,7 +188,7 @@ def recovery_metrics(records: list[dict[str, Any]], faults: Sequence[dict[str, A
 @functools.lru_cache(maxsize=256)
 def _plan_tiers(text: str) -> tuple[str, ...]:
     try:
-        return Plan.parse(re.sub(r"\s+input\|\S+", "", text)).tiers
+        return Plan.parse(text).tiers
     except PlanError:
         return ()
 

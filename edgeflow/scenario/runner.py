@@ -279,7 +279,7 @@ class ScenarioRunner:
         static = None
         if sc.plan not in (AUTO_PLAN, "static"):
             plan = Plan.parse(sc.plan)
-            own = bl.RunSpec("edgeflow", plan, None, "the scenario's fixed plan", bl.predict_latency(planning, plan, None, cond))
+            own = bl.RunSpec("edgeflow", plan, "the scenario's fixed plan", bl.predict_latency(planning, plan, cond))
         else:
             try:
                 cands = planning.best(cond, sc.objective, slo_s=slo_s, top_k=3)
@@ -288,7 +288,7 @@ class ScenarioRunner:
                     raise
                 cands = planning.best(cond, sc.objective, slo_s=None, top_k=3)  # SLO unreachable: best effort
                 info["slo_note"] = f"no plan meets the SLO at the mean rates ({e}); planned without it"
-            static = bl.RunSpec("edgeflow", cands[0].plan, cands[0].input_codec,
+            static = bl.RunSpec("edgeflow", cands[0].plan,
                                 f"planner's best for {sc.objective} at the mean link rates, chosen once",
                                 float(cands[0].breakdown.latency_s))  # fmt: skip
             info["static_plan"] = static.key
@@ -297,7 +297,7 @@ class ScenarioRunner:
             if sc.plan == "static":
                 own = static
             else:
-                own = bl.RunSpec("edgeflow", Plan.parse("device[0:]"), None,
+                own = bl.RunSpec("edgeflow", Plan.parse("device[0:]"),
                                  "the device's live planner: each request goes by its current plan", None, adaptive=True)
         specs = [own]
         for name in sc.baselines:
@@ -379,7 +379,7 @@ class ScenarioRunner:
     def _sender(self, spec: bl.RunSpec, runtime: ModelRuntime, link: RunLink, example: torch.Tensor) -> Sender:
         agent = self._device_agent(runtime, link.address)
         if not spec.adaptive:
-            return PlanSender(agent, spec.plan, spec.input_codec)
+            return PlanSender(agent, spec.plan)
         from edgeflow.agent.live import LivePlanner
 
         sc = self.scenario

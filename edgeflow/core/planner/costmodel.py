@@ -326,10 +326,10 @@ class CostModel:
         for i, t in enumerate(ch.tiers):
             last = i == len(ch.tiers) - 1
             stages.append(Stage(self.names[t], bounds[i], None if last else bounds[i + 1], None if last else hop_codecs[i]))
-        return Plan(tuple(stages), tuple(ch.exits))
+        return Plan(tuple(stages), tuple(ch.exits), ch.input_codec)
 
-    def choice_of(self, plan: Plan, input_codec: str | None = None) -> Choice:
-        """The :class:`Choice` for a plan (``input_codec``: the raw input's codec when the source runs nothing).
+    def choice_of(self, plan: Plan) -> Choice:
+        """The :class:`Choice` for a plan (its ``input_codec``, default lossless, when the source runs nothing).
 
         Raises:
             PlanError: the plan names a tier not in this chain, a hop off the candidate cuts, or an unknown codec.
@@ -338,10 +338,14 @@ class CostModel:
         tiers = tuple(self._tier_index(s.tier) for s in plan.stages)
         codecs = [s.codec.split(":")[0] for s in plan.stages[:-1] if s.codec]
         if tiers[0] != 0:
-            codecs.insert(0, input_codec or "lossless")
-        elif input_codec is not None:
-            raise PlanError(f"plan {plan}: input_codec {input_codec!r} given, but {self.names[0]} runs the input")
+            codecs.insert(0, (plan.input_codec or "lossless").split(":")[0])
+        elif plan.input_codec is not None:
+            raise PlanError(f"plan {plan}: input codec {plan.input_codec!r} given, but {self.names[0]} runs the input")
         return Choice(tiers, tuple(plan.cuts), tuple(codecs), tuple(plan.exits))
+
+    def canonical(self, plan: Plan) -> Plan:
+        """The plan as the search writes it (the input codec named when the source sends the input)."""
+        return self.to_plan(self.choice_of(plan))
 
     def violations(self, ch: Choice) -> list[str]:
         """Static constraints the choice breaks (accuracy floor, privacy, memory caps); empty when none."""
@@ -370,13 +374,13 @@ class CostModel:
         return float(self.drop_pts[i, self.codecs.index(codec)])
 
     # ------------------------------------------------------------------------------------ evaluation
-    def evaluate(self, plan: Plan | Choice, cond: Conditions, input_codec: str | None = None) -> Breakdown:
+    def evaluate(self, plan: Plan | Choice, cond: Conditions) -> Breakdown:
         """Predict one plan, walking each exit outcome's path explicitly (the reference the search must match).
 
         Raises:
             PlanError: the plan does not fit this chain/model, or the conditions do not fit the chain.
         """
-        ch = plan if isinstance(plan, Choice) else self.choice_of(plan, input_codec)
+        ch = plan if isinstance(plan, Choice) else self.choice_of(plan)
         self.check_conditions(cond)
         answer, head, acc = self.exit_model.stats(ch.exits)
         n, m = self.num_positions, len(self.tiers)

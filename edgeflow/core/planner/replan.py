@@ -43,7 +43,6 @@ class Decision:
 
     Attributes:
         plan: the plan to switch to, or None to keep the current one.
-        input_codec: the raw input's codec for ``plan`` when its source runs nothing.
         reason: why, in one line.
         current: the plan in use after this decision.
         current_value: the current plan's predicted objective before the decision (None without conditions).
@@ -52,7 +51,6 @@ class Decision:
     """
 
     plan: Plan | None
-    input_codec: str | None
     reason: str
     current: Plan
     current_value: float | None = None
@@ -70,7 +68,6 @@ class Replanner:
     Args:
         planner: the search over the cost model.
         current: the plan in use.
-        input_codec: its raw-input codec when its source runs nothing.
         objective, latency_slo_s: what to optimise (see :meth:`Planner.search`).
         tracker: the observations; default: a :class:`ConditionsTracker` for the model's chain.
         margin: relative gain a challenger must keep (0.10 = 10%).
@@ -87,7 +84,6 @@ class Replanner:
         planner: Planner,
         current: Plan,
         *,
-        input_codec: str | None = None,
         objective: str = "latency",
         latency_slo_s: float | None = None,
         tracker: ConditionsTracker | None = None,
@@ -104,8 +100,7 @@ class Replanner:
         self._chosen_bw: tuple[float, ...] | None = None  # link bandwidths when the current plan was chosen
         self.planner = planner
         self.model = planner.model
-        self.model.choice_of(current, input_codec)  # raises PlanError when it does not fit
-        self.current, self.input_codec = current, input_codec
+        self.current = self.model.canonical(current)  # raises PlanError when it does not fit
         self.objective, self.latency_slo_s = objective, latency_slo_s
         self.tracker = tracker or ConditionsTracker(self.model.names)
         self.margin, self.hold_s, self.min_evaluations, self.min_interval_s = margin, hold_s, min_evaluations, min_interval_s
@@ -157,7 +152,7 @@ class Replanner:
         cond = self.tracker.conditions(now_s)
         if cond is None:
             self._reset()
-            return Decision(None, None, "keep: no bandwidth/RTT estimate yet for every link", self.current)
+            return Decision(None, "keep: no bandwidth/RTT estimate yet for every link", self.current)
         return self.decide_with(cond, now_s)
 
     def decide_with(self, cond: Conditions, now_s: float) -> Decision:
@@ -177,7 +172,7 @@ class Replanner:
             # with tiers down, the best plan left beats no plan, SLO or not
             result = self.planner.search(cond, obj, top_k=0, unavailable=down)
         best = result.best
-        cur = md.choice_of(self.current, self.input_codec)
+        cur = md.choice_of(self.current)
         cur_b = md.evaluate(cur, cond)
         cur_v = cur_b.objective(obj)
         broken = md.violations(cur)
@@ -190,10 +185,10 @@ class Replanner:
         bw = tuple(link.bandwidth_bps for link in cond.links)
         if self._chosen_bw is None:
             self._chosen_bw = bw
-        if best.plan == self.current and best.input_codec == self.input_codec:
+        if best.plan == self.current:
             self._reset()
-            why = f"keep: {self._cur_text()} is the best ({unit(cur_v)})"
-            return Decision(None, None, why, self.current, cur_v, best.value, result)
+            why = f"keep: {self.current} is the best ({unit(cur_v)})"
+            return Decision(None, why, self.current, cur_v, best.value, result)
         if back:
             self._back, self._back_since = frozenset(), None
             return self._switch(best, now_s, cur_v, result, f"{', '.join(sorted(back))} back", bw)
@@ -204,7 +199,7 @@ class Replanner:
             self._reset()
             why = (f"keep: best {best} predicts {unit(best.value)} vs {unit(cur_v)}: "
                    f"gain {gain:.1%} < margin {self.margin:.0%}")  # fmt: skip
-            return Decision(None, None, why, self.current, cur_v, best.value, result)
+            return Decision(None, why, self.current, cur_v, best.value, result)
         if self._pending_since is None:
             self._pending_since = now_s
         self._pending_count += 1
@@ -219,7 +214,7 @@ class Replanner:
                 why += f"; {since_switch:.2f} s after the last switch: a link's bandwidth moved {moved:.1f}x since"
             return self._switch(best, now_s, cur_v, result, why, bw)
         return Decision(
-            None, None,
+            None,
             f"pending: {best} gains {gain:.1%} for {held:.2f} s / {self._pending_count} evaluations "
             f"(needs {self.hold_s:g} s, {self.min_evaluations}, {self.min_interval_s:g} s after a switch)",
             self.current, cur_v, best.value, result,
@@ -227,18 +222,15 @@ class Replanner:
 
     def _switch(self, best, now_s: float, cur_v: float, result: SearchResult, why: str,
                 bw: tuple[float, ...]) -> Decision:
-        old = self._cur_text()
-        self.current, self.input_codec = best.plan, best.input_codec
+        old = self.current
+        self.current = best.plan
         self._reset()
         self._last_switch_s = now_s
         self._chosen_bw = bw
-        return Decision(best.plan, best.input_codec, f"switch: {old} -> {best}: {why}", best.plan, cur_v, best.value, result)
+        return Decision(best.plan, f"switch: {old} -> {best}: {why}", best.plan, cur_v, best.value, result)
 
     def _reset(self) -> None:
         self._pending_since, self._pending_count = None, 0
-
-    def _cur_text(self) -> str:
-        return str(self.current) + (f"  input|{self.input_codec}" if self.input_codec else "")
 
 
 def _unit(objective: str):

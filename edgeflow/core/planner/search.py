@@ -53,21 +53,19 @@ class Candidate:
     """A plan with its predicted cost.
 
     Attributes:
-        plan: the plan.
-        input_codec: the raw input's codec when the source runs nothing (the hop ``Plan`` cannot name yet).
+        plan: the plan (its ``input_codec`` named when the source sends the raw input).
         value: the objective value (seconds for latency and throughput's bottleneck, joules for energy).
         breakdown: the explicit prediction.
         choice: the plan in cost-model terms.
     """
 
     plan: Plan
-    input_codec: str | None
     value: float
     breakdown: Breakdown
     choice: Choice
 
     def __str__(self) -> str:
-        return str(self.plan) + (f"  input|{self.input_codec}" if self.input_codec else "")
+        return str(self.plan)
 
 
 @dataclass(frozen=True)
@@ -187,7 +185,7 @@ class Planner:
             raise PlanError(_why_none(md, objective, latency_slo_s) + down)
         found.sort(key=lambda vc: vc[0])
         cands = [
-            Candidate(md.to_plan(ch), ch.input_codec, float(value), md.evaluate(ch, cond), ch)
+            Candidate(md.to_plan(ch), float(value), md.evaluate(ch, cond), ch)
             for value, ch in found[: top_k + 1]
         ]
         return SearchResult(objective, cands[0], tuple(cands[1:]), self.num_plans)

@@ -91,9 +91,9 @@ class _Flipper:
         self.observed: list[str] = []
         self.switches: list[object] = []
 
-    def current(self) -> tuple[Plan, None, None]:
+    def current(self) -> tuple[Plan, None]:
         with self._lock:
-            return next(self._plans), None, None
+            return next(self._plans), None
 
     def observe(self, breakdown: Breakdown, plan: str, *, decide: bool = True) -> None:
         with self._lock:

@@ -17,6 +17,8 @@ GOLDEN = [
     "device[0:40]",
     "device[0:3]|fp16 > edge[3:]  exits@1:0.5,2:0.99",
     "device[0:3]|int8c:z3:a-1 > edge[3:]",
+    "input|png > edge[0:52]|int8 > cloud[52:]",
+    "input|jpeg > cloud[0:]  exits@20:0.9",
 ]
 
 
@@ -72,6 +74,10 @@ def test_omitted_hop_codec_means_lossless_and_is_written_out() -> None:
         ("device[0:14]|int8 > cloud[14:]exits@9:0.5", "whitespace before 'exits@'"),
         ("device[0:14]|int8 > cloud[14:20]  exits@25:0.5", "not before the model output 20"),
         ("device[5:5]", "stop must be an int > start"),
+        ("input|png > device[0:14]|int8 > cloud[14:]", "runs the input, so no input codec"),
+        ("input|PNG > cloud[0:]", "input codec 'PNG' is not a codec name"),
+        ("input > cloud[0:]", "is not 'input|codec'"),
+        ("input|png", "no stages after its input codec"),
     ],
 )
 def test_malformed_text_names_the_problem(text: str, problem: str) -> None:
@@ -95,6 +101,16 @@ def test_check_against_a_model() -> None:
         Plan.parse("device[0:14]|int8 > cloud[14:30]").check(40)
     with pytest.raises(PlanError, match="is empty"):
         Plan.parse("device[0:14]|int8 > cloud[14:]").check(14)
+    with pytest.raises(PlanError, match="unknown input codec 'webp'"):
+        Plan.parse("input|webp > cloud[0:]").check(40, codecs={"png", "lossless"})
+
+
+def test_the_input_codec_is_part_of_the_plan() -> None:
+    plan = Plan.parse("input|jpeg > edge[0:52]|int8 > cloud[52:]")
+    assert plan.input_codec == "jpeg" and plan.sends_input and plan.tiers == ("edge", "cloud")
+    assert plan != Plan.parse("edge[0:52]|int8 > cloud[52:]")  # another codec on the input hop: another plan
+    assert str(plan.with_input_codec(None)) == "edge[0:52]|int8 > cloud[52:]"
+    assert not Plan.parse("device[0:]").sends_input
 
 
 @st.composite
@@ -113,7 +129,8 @@ def plans(draw: st.DrawFn) -> Plan:
     positions = sorted(draw(st.sets(st.integers(1, limit - 1), max_size=3))) if limit > 1 else []
     thresholds = st.floats(min_value=1e-6, max_value=1.0, allow_nan=False)
     exits = tuple(ExitPoint(p, draw(thresholds)) for p in positions)
-    return Plan(tuple(stages), exits)
+    input_codec = draw(st.sampled_from([None, "lossless", "png", "jpeg"])) if tiers[0] != "device" else None
+    return Plan(tuple(stages), exits, input_codec)
 
 
 @given(plans())

@@ -35,7 +35,7 @@ def test_split_plan_by_hand(tiny):
 def test_cloud_only_sends_the_input_with_its_codec(tiny):
     md = two_tier(tiny)
     cond = Conditions((LinkState(BW, 0.02),), queue_s={"cloud": 0.005, "device": 0.5})
-    b = md.evaluate(Plan.parse("cloud[0:]"), cond, input_codec="jpeg")
+    b = md.evaluate(Plan.parse("input|jpeg > cloud[0:]"), cond)
     assert b.latency_s == pytest.approx(2e-3 + 2e-3 + 0.02 + 1e-3 + 0.005 + 0.06 + 4e-5)  # device queue not paid
     assert md.evaluate(Plan.parse("cloud[0:]"), cond).uplink_nbytes == 8000  # lossless when unnamed
 
@@ -107,8 +107,9 @@ def test_errors_name_the_problem(tiny):
 
 def test_to_plan_round_trips(tiny):
     md = CostModel([TierSpec("device", tiny), TierSpec("edge", tiny), TierSpec("cloud", tiny)])
-    for text, codec in [("device[0:1]|int8 > edge[1:2]|lossless > cloud[2:]", None), ("edge[0:2]|int8 > cloud[2:]", "jpeg")]:
-        ch = md.choice_of(Plan.parse(text), codec)
+    for text, codec in [("device[0:1]|int8 > edge[1:2]|lossless > cloud[2:]", None), ("input|jpeg > edge[0:2]|int8 > cloud[2:]", "jpeg")]:
+        ch = md.choice_of(Plan.parse(text))
         assert str(md.to_plan(ch)) == text and ch.input_codec == codec
-    assert md.choice_of(Plan.parse("edge[0:2]|int8 > cloud[2:]"), "jpeg") == Choice((1, 2), (2,), ("jpeg", "int8"))
+    assert md.choice_of(Plan.parse("input|jpeg > edge[0:2]|int8 > cloud[2:]")) == Choice((1, 2), (2,), ("jpeg", "int8"))
+    assert md.canonical(Plan.parse("edge[0:2]|int8 > cloud[2:]")) == Plan.parse("input|lossless > edge[0:2]|int8 > cloud[2:]")
     assert np.isfinite(md.drop_pts).sum() == 2 + 2 * 2  # input codecs at 0, activation codecs at both cuts

@@ -40,7 +40,7 @@ def test_one_step_gives_one_switch_after_the_hold(planner):
     high, low = 5e6, 2e4
     start = best(planner, high)
     assert best(planner, low).plan != start.plan
-    rp = Replanner(planner, start.plan, input_codec=start.input_codec, hold_s=0.3, min_evaluations=2)
+    rp = Replanner(planner, start.plan, hold_s=0.3, min_evaluations=2)
     switches = run(rp, np.random.default_rng(0), lambda t: high if t < 5.0 else low)
     assert len(switches) == 1, switches
     t, plan, reason = switches[0]
@@ -54,14 +54,14 @@ CROSSOVERS = (6.75e4, 2.7e5)  # bit/s where the best plan of this model changes
 @pytest.mark.parametrize("bw", [3e4, *CROSSOVERS, 1e6])
 def test_noisy_steady_link_does_not_flap(planner, bw):
     start = best(planner, bw)
-    rp = Replanner(planner, start.plan, input_codec=start.input_codec)
+    rp = Replanner(planner, start.plan)
     assert run(rp, np.random.default_rng(int(bw)), lambda t: bw, until=20.0, noise=0.25) == []
 
 
 @pytest.mark.parametrize("bw", CROSSOVERS)
 def test_without_hysteresis_the_same_stream_flaps(planner, bw):
     start = best(planner, bw)
-    rp = Replanner(planner, start.plan, input_codec=start.input_codec, margin=0.0, hold_s=0.0, min_evaluations=1,
+    rp = Replanner(planner, start.plan, margin=0.0, hold_s=0.0, min_evaluations=1,
                    min_interval_s=0.0)  # fmt: skip
     assert len(run(rp, np.random.default_rng(int(bw)), lambda t: bw, until=20.0, noise=0.25)) >= 3
 
@@ -115,7 +115,7 @@ def test_a_single_stalled_transfer_never_switches(planner):
     bw = 1e6  # one sample 100x slower in a plain mean of 8 would read ~75 kbit/s, where another plan wins
     start = best(planner, bw)
     assert best(planner, bw * 8 / 107).plan != start.plan
-    rp = Replanner(planner, start.plan, input_codec=start.input_codec, min_evaluations=1, hold_s=0.0)
+    rp = Replanner(planner, start.plan, min_evaluations=1, hold_s=0.0)
     stall = {3.0}  # one transfer 100x slower than the link
     rng = np.random.default_rng(5)
     switches, t = [], 0.0
@@ -151,7 +151,7 @@ def test_a_real_change_right_after_a_switch_does_not_wait_out_the_interval(plann
 def test_noise_never_waives_the_interval(planner):
     bw = CROSSOVERS[1]
     start = best(planner, bw)
-    rp = Replanner(planner, start.plan, input_codec=start.input_codec, margin=0.0, hold_s=0.0, min_evaluations=1,
+    rp = Replanner(planner, start.plan, margin=0.0, hold_s=0.0, min_evaluations=1,
                    min_interval_s=1.0)  # fmt: skip
     switches = run(rp, np.random.default_rng(7), lambda t: bw, until=20.0, noise=0.25)
     times = [t for t, _, _ in switches]

@@ -30,7 +30,7 @@ def test_search_plans_around_down_tiers(planner: Planner) -> None:
 
 def test_replanner_leaves_a_down_tier_at_once_and_returns_at_once(planner: Planner) -> None:
     start = planner.search(FAST).best
-    rp = Replanner(planner, start.plan, input_codec=start.input_codec, hold_s=10.0, min_evaluations=5,
+    rp = Replanner(planner, start.plan, hold_s=10.0, min_evaluations=5,
                    min_interval_s=100.0)  # fmt: skip
     rp.set_unavailable({"cloud"})
     d = rp.decide_with(FAST, 1.0)
@@ -45,7 +45,7 @@ def test_replanner_leaves_a_down_tier_at_once_and_returns_at_once(planner: Plann
 def test_slo_gives_way_when_tiers_are_down(planner: Planner) -> None:
     start = planner.search(FAST).best
     slo = start.breakdown.latency_s * 1.01  # only plans using the cloud meet it
-    rp = Replanner(planner, start.plan, input_codec=start.input_codec, latency_slo_s=slo)
+    rp = Replanner(planner, start.plan, latency_slo_s=slo)
     with pytest.raises(PlanError):
         planner.search(FAST, latency_slo_s=slo, unavailable={"edge"})
     rp.set_unavailable({"edge"})

@@ -138,7 +138,7 @@ def _rec(send_s: float, plan: str, latency_ms: float | None, fallback: str = "")
 
 
 SPLIT = "device[0:20]|int8 > edge[20:]"
-CLOUD_INPUT = "cloud[0:]  exits@20:0.9  input|jpeg"
+CLOUD_INPUT = "input|jpeg > cloud[0:]  exits@20:0.9"
 LOCAL = "device[0:]"
 
 

@@ -97,8 +97,8 @@ def test_fixed_baselines_and_best_fixed_candidates() -> None:
     planning, cond = _planning(1)
     dev = bl.fixed_baseline("device-only", "jpeg", planning, cond)
     cloud = bl.fixed_baseline("cloud-only", "jpeg", planning, cond)
-    assert str(dev.plan) == "device[0:]" and dev.input_codec is None
-    assert str(cloud.plan) == "cloud[0:]" and cloud.input_codec == "jpeg" and cloud.key.endswith("input|jpeg")
+    assert str(dev.plan) == "device[0:]" and dev.plan.input_codec is None
+    assert str(cloud.plan) == "input|jpeg > cloud[0:]" and cloud.plan.input_codec == "jpeg" and cloud.key == str(cloud.plan)
     cands = bl.best_fixed_candidates(planning, [(1.0, cond)], "latency", slo_s=None, top_k=2, exclude=[dev.key],
                                      max_candidates=2)
     assert 1 <= len(cands) <= 2 and len({c.key for c in cands}) == len(cands) and dev.key not in {c.key for c in cands}
