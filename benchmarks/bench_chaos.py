@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO))
 from edgeflow.cli.run_cmd import read_scenario  # noqa: E402
 from edgeflow.scenario.report import write_report  # noqa: E402
 from edgeflow.scenario.runner import RunnerEvents, ScenarioRunner  # noqa: E402
-from edgeflow.testing.procs import rss_bytes  # noqa: E402
+from edgeflow.scenario.procs import rss_bytes  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "chaos.json"
 CASES = ["chaos-kill-edge", "chaos-kill-cloud", "chaos-link-outage"]

@@ -26,7 +26,7 @@ import yaml  # noqa: E402
 from edgeflow.agent.loader import load_runtime  # noqa: E402
 from edgeflow.config import NodeConfig  # noqa: E402
 from edgeflow.testing.fuzz import FuzzTarget, fuzz_agent  # noqa: E402
-from edgeflow.testing.procs import AgentProcess, child_env  # noqa: E402
+from edgeflow.scenario.procs import AgentProcess, child_env  # noqa: E402
 
 PLAN = "device[0:20]|lossless > edge[20:52]|lossless > cloud[52:]"
 

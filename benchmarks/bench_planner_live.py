@@ -56,7 +56,7 @@ from edgeflow.core.data import load_demo_dataset  # noqa: E402
 from edgeflow.core.planner import Choice  # noqa: E402
 from edgeflow.core.traces import steps  # noqa: E402
 from edgeflow.netem import LinkEmulator, LinkSpec  # noqa: E402
-from edgeflow.testing.procs import AgentProcess, ChildProcess, child_env  # noqa: E402
+from edgeflow.scenario.procs import AgentProcess, ChildProcess, child_env  # noqa: E402
 
 DELAY_S = 0.001
 BACKHAUL_MBIT, BACKHAUL_DELAY_MS = 100.0, 2.0

@@ -57,7 +57,7 @@ from edgeflow.transport import (  # noqa: E402
 from edgeflow.transport.alloc import keep_freed_buffers  # noqa: E402
 from edgeflow.transport.messages import encode_request  # noqa: E402
 from edgeflow.transport.options import Keepalive, channel_options, server_options  # noqa: E402
-from edgeflow.testing.procs import LISTENING, AgentProcess, ChildProcess  # noqa: E402
+from edgeflow.scenario.procs import LISTENING, AgentProcess, ChildProcess  # noqa: E402
 
 LIMITS = WireLimits(max_message_bytes=64 << 20)
 HOP_MODEL = "zoo:resnet18?width=25&image_size=64&num_classes=10"  # conv1 output (1, 25, 32, 32) fp32 = 100 KB

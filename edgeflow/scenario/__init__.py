@@ -8,7 +8,7 @@
 
 Modules in the order a run uses them: ``schema`` (the file), ``workload`` (requests and schedule),
 ``planning`` + ``baselines`` (which plans run), ``links`` (emulated links; agent processes come from
-:mod:`edgeflow.testing.procs`), ``drive`` (the device side), ``faults`` (agents killed, restarted, stalled during a
+:mod:`edgeflow.scenario.procs`), ``drive`` (the device side), ``faults`` (agents killed, restarted, stalled during a
 run), ``runner`` (all of it, stopped for certain), ``report`` + ``plots``.
 This package sits above the agents: it starts processes and emulators.
 """

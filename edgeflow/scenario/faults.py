@@ -7,7 +7,7 @@
 
 Each tier's faults run on a thread of their own (a restart that waits for the agent to listen does not delay
 another tier's fault). A killed agent comes back on the port it listened on, so the emulated link in front of it
-(and so every peer's upstream address) stays valid. Agents are started by :mod:`edgeflow.testing.procs`'s
+(and so every peer's upstream address) stays valid. Agents are started by :mod:`edgeflow.scenario.procs`'s
 launcher thread, so they do not die with these threads.
 
 The log is one record per fault, times in seconds after the run's start (see :func:`link_outage_records` for
@@ -26,7 +26,7 @@ from typing import Any, Mapping, Sequence
 
 from edgeflow.errors import EdgeflowError, ScenarioError
 from edgeflow.scenario.schema import FaultSpec
-from edgeflow.testing.procs import ChildProcess
+from edgeflow.scenario.procs import ChildProcess
 
 __all__ = ["FaultInjector", "link_outage_records"]
 

@@ -7,7 +7,7 @@ through one deployment:
 
     device (this process) --[device_edge link]--> edge agent --[edge_cloud link]--> cloud agent
 
-- The cloud and edge agents are ``edgeflow agent`` processes (:mod:`edgeflow.testing.procs`) with ``plan:
+- The cloud and edge agents are ``edgeflow agent`` processes (:mod:`edgeflow.scenario.procs`) with ``plan:
   auto``: every request carries its plan and each tier runs what that plan gives it, so one pair serves every
   run. Their node files are written to ``<out>/nodes/``, their logs to ``<out>/logs/``.
 - Each link is a userspace emulator on a fixed port (:class:`~edgeflow.scenario.links.RunLink`): warm between
@@ -56,7 +56,7 @@ from edgeflow.scenario.planning import PlanningModel, build_planning_model, link
 from edgeflow.scenario.faults import FaultInjector, link_outage_records
 from edgeflow.scenario.schema import LINK_NAMES, Scenario
 from edgeflow.scenario.workload import Workload, build_workload, reference_predictions
-from edgeflow.testing.procs import AgentProcess, stop_all, wait_all
+from edgeflow.scenario.procs import AgentProcess, stop_all, wait_all
 
 __all__ = ["RunResult", "ScenarioResult", "RunnerEvents", "ScenarioRunner", "run_scenario"]
 

@@ -15,7 +15,7 @@ import pytest
 
 from edgeflow.agent.loader import builtin_artifact_path
 from edgeflow.errors import ScenarioError
-from edgeflow.testing import procs
+from edgeflow.scenario import procs
 
 REPO = Path(__file__).resolve().parents[2]
 NODES = REPO / "nodes"
@@ -38,7 +38,7 @@ def env() -> dict[str, str]:
 
 
 class AgentProcess(procs.AgentProcess):
-    """``edgeflow agent`` in a subprocess (:class:`edgeflow.testing.procs.AgentProcess`) with the test defaults:
+    """``edgeflow agent`` in a subprocess (:class:`edgeflow.scenario.procs.AgentProcess`) with the test defaults:
     a shipped node file by name, port 0, the test artifact; waits until it listens (:attr:`address`)."""
 
     def __init__(self, node: str | Path, *extra: str, port: int = 0, upstream: str | None = None,

@@ -1,4 +1,4 @@
-"""edgeflow.testing.procs with a tiny stand-in child (a socket server that prints its address): start, read
+"""edgeflow.scenario.procs with a tiny stand-in child (a socket server that prints its address): start, read
 the address, kill, restart on the same port, pause/resume, stop for certain, survive the starting thread."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from edgeflow.errors import ScenarioError
-from edgeflow.testing.procs import ChildProcess, rss_bytes, stop_all, wait_all
+from edgeflow.scenario.procs import ChildProcess, rss_bytes, stop_all, wait_all
 
 # Listens on 127.0.0.1:<argv[1]> (0: any), prints the address, answers each connection with b"ok".
 _SERVER = (
