@@ -2,11 +2,12 @@
 
 A request carries the live values at position ``start``. The agent
 
-1. checks the fingerprint, the position and the declared tensors (before decoding anything),
-2. decodes the payloads (bounded by the declared shapes),
-3. waits for its turn on the single compute unit (alone, or batched with compatible requests: ``batching``) and
+1. checks the fingerprint and the request's plan, then admits the inbound tensors in one step
+   (:mod:`edgeflow.agent.admission`: checked against the position before anything is decoded, budgeted, decoded
+   within their declared size),
+2. waits for its turn on the single compute unit (alone, or batched with compatible requests: ``batching``) and
    runs the range ``[start:stop]``, evaluating the plan's exits on the way,
-4. answers if an exit was confident or the range reached the model output, else encodes the values at
+3. answers if an exit was confident or the range reached the model output, else encodes the values at
    ``stop`` with the plan's hop codec and forwards them upstream; the reply comes back down unchanged,
    with this tier's timing prepended to the breakdown.
 
@@ -14,8 +15,12 @@ A request carries the live values at position ``start``. The agent
 (``InferCall.plan``), else this agent's configured plan. A tier absent from the plan relays payloads untouched.
 Because every tier follows the plan the request carries, the device can switch plans between two requests and
 every request in flight still finishes under the plan it started with. A request with an explicit ``stop`` runs
-just ``[start:stop]`` here and returns the values (range calls, e.g. for profiling by a planner). Inputs from the
-device's own caller enter at :meth:`Agent.submit_local`.
+just ``[start:stop]`` here and returns the values (range calls, e.g. for profiling by a planner).
+
+The device is where requests enter the chain: its inputs — from its in-process caller (:meth:`Agent.submit_local`)
+or over gRPC from other processes (an ``Infer`` call at position 0 without ``stop``) — pass its
+:class:`~edgeflow.agent.source.Source`, which stamps each with its plan (the live planner's, with ``plan: auto``),
+and learns from its reply. A call that names a plan goes by it (the live planner learns but does not re-plan).
 
 Failures (:mod:`edgeflow.agent.failover`): when the call upstream fails because the peer is down, stalled or
 overloaded, the tier finishes the model itself (every agent loads the whole artifact) and says so in
@@ -34,16 +39,18 @@ from typing import Sequence
 
 import torch
 
+from edgeflow.agent.admission import Admission, CodecCache
+from edgeflow.agent.compute import BatchingComputeUnit, BatchJob, ComputeUnit, JobTiming, MemoryBudget
 from edgeflow.agent.failover import failure_kind, fallback_reason, reserve_s, upstream_deadline
-from edgeflow.agent.replay import ReplyCache, request_key
-from edgeflow.agent.runtime import ModelRuntime
-from edgeflow.agent.upstream import Upstream
-from edgeflow.agent.compute import BatchingComputeUnit, BatchJob, ComputeUnit, MemoryBudget
 from edgeflow.agent.gate import RequestGate
+from edgeflow.agent.replay import ReplyCache, request_key
+from edgeflow.agent.runtime import ModelRuntime, RunOutcome
+from edgeflow.agent.source import Source, Ticket
+from edgeflow.agent.upstream import Upstream
 from edgeflow.config import NodeConfig
-from edgeflow.core.codecs import CODEC_NAMES, Codec, DecodeLimits, codec_from_spec, decode, get_codec, read_header
-from edgeflow.core.plan import TIERS, Plan
-from edgeflow.errors import CodecError, ConfigError, DeadlineExceeded, NoUpstream, PlanError, TransportError
+from edgeflow.core.codecs import CODEC_NAMES, Codec, DecodeLimits, decode
+from edgeflow.core.plan import TIERS, ExitPoint, Plan
+from edgeflow.errors import ConfigError, DeadlineExceeded, NoUpstream, PlanError, TransportError
 from edgeflow.transport import (
     Breakdown,
     Counters,
@@ -63,7 +70,6 @@ from edgeflow.transport.messages import encode_request
 __all__ = ["Agent", "LocalAnswer", "wire_limits"]
 
 _PLAN_CACHE = 64  # parsed request plans kept (a live planner uses a handful)
-_CODEC_CACHE = 64  # parsed codec specs kept: requests name a handful; hostile ones could name millions
 _log = logging.getLogger(__name__)
 
 
@@ -74,13 +80,15 @@ def wire_limits(config: NodeConfig) -> WireLimits:
 
 @dataclass
 class LocalAnswer:
-    """A result as the device's caller gets it: decoded values and the breakdown."""
+    """A result as the device's caller gets it: decoded values, the breakdown, the plan it went by and the live
+    planner's prediction for it (None without one)."""
 
     request_id: str
     values: list[torch.Tensor]
     position: int
     breakdown: Breakdown
     plan: str = ""
+    predicted_s: float | None = None
 
 
 @dataclass
@@ -119,18 +127,16 @@ class Agent:
         plan = config.parsed_plan
         plan.check(n, runtime.cuts, codecs=CODEC_NAMES, exit_positions=set(runtime.exits))
         self.plan: Plan = plan.resolved(n)
-        self.stage = self.plan.stage(self.role)
-        hop = self.stage.codec if self.stage is not None else None
-        self.hop_codec: Codec = codec_from_spec(hop) if hop else get_codec("lossless")
         self.upstream = upstream
-        if self.plan.upstream_of(self.role) is not None or self.stage is None:
+        if self.plan.upstream_of(self.role) is not None or self.plan.stage(self.role) is None:
             if upstream is None:
                 raise ConfigError(f"upstream: plan {self.plan} continues past {self.role}, but no upstream is given")
         self.limits = wire_limits(config)
         self.compute = _compute_unit(config)
         cap = config.compute.memory_cap_mb
         self.memory = MemoryBudget(int(cap * 2**20) if cap else None)
-        self._codecs: dict[str, Codec] = {}
+        self.codecs = CodecCache()
+        self.admission = Admission(runtime, self.memory, self.codecs)
         self._plans: dict[str, Plan] = {str(plan): self.plan, "": self.plan}
         self._plans_lock = threading.Lock()
         self.gate = RequestGate(self.role)  # in flight, draining, counters
@@ -138,6 +144,8 @@ class Agent:
         self.replies = ReplyCache()  # idempotent request ids
         self._fallback_lock = threading.Lock()  # _reserve_profile
         self._reserve_profile: list[RangeProfile] | None = None  # without a handshake profile: measured when needed
+        # the device is where requests enter the chain (see the module doc)
+        self.source: Source | None = Source(config, self.plan) if self.role == TIERS[0] else None
 
     # ------------------------------------------------------------------------------------ handshake
     def describe(self, caller_fingerprint: str = "", caller_role: str = "") -> Description:
@@ -156,13 +164,14 @@ class Agent:
         inputs = [(t.name, datatype_of(t.dtype), t.shape) for t in self.runtime.cut_info(0).tensors]
         from edgeflow import __version__
 
+        live = self.source.state() if self.source is not None else None
         return Description(
             role=self.role,
             fingerprint=self.fingerprint,
             num_positions=self.runtime.num_positions,
             cuts=self.runtime.cuts,
             codecs=list(CODEC_NAMES),
-            plan=str(self.plan),
+            plan=live.plan if live is not None and live.ready and live.plan else str(self.plan),
             profile=self.profile,
             slowdown_factor=c.compute.slowdown_factor,
             power_w=(c.power.idle_w, c.power.active_w, c.power.transmit_w),
@@ -174,6 +183,7 @@ class Agent:
             version=__version__,
             inputs=inputs,
             counters=self.counters,
+            live=live,
         )
 
     # ------------------------------------------------------------------------------ speaking for the upstream
@@ -227,7 +237,8 @@ class Agent:
 
     # ------------------------------------------------------------------------------------ entry points
     def infer(self, call: InferCall, deadline: float) -> InferReply:
-        """Serve a request from downstream (the transport calls this; see the module doc).
+        """Serve a request from downstream, or from another process at the device (the transport calls this;
+        see the module doc).
 
         Raises:
             FingerprintMismatch, InvalidRequest, RequestTooLarge, CodecError, Overloaded, ShuttingDown,
@@ -253,31 +264,36 @@ class Agent:
                 f"model fingerprint mismatch: request {call.request_id!r} carries {got}, this {self.role} agent "
                 f"serves {self.fingerprint}"
             )
-        plan = self.plan_of(call.plan)
-        start, stop, forward = self._local_range(call.start, call.stop, plan)
-        out_codec = self._codec(call.output_codec or "lossless")  # refuse a bad one before computing
-        timing = TierTiming(self.role, start, stop, bytes_in=call.wire_nbytes)
-        if forward and start == stop:  # not our range: relay the payloads untouched
-            answer = self._forward(call.request_id, start, call.tensors, None, timing, deadline, plan, call.plan)
+        plan = self.plan_of(call.plan)  # refuse a bad one before anything else
+        out_codec = self._codec(call.output_codec or "lossless")
+        if self.source is not None and call.start == 0 and not call.stop:  # an input entering the chain here
+            forced = Plan.parse(call.plan) if call.plan else None
+            with self.admission.admit(0, call.tensors) as got:
+                ans = self._enter(call.request_id, got.values, deadline, forced, block=False, decode_s=got.decode_s,
+                                  bytes_in=call.wire_nbytes)  # fmt: skip
+            answer = _Answer(ans.position, ans.breakdown, values=ans.values)
+            timing = ans.breakdown.tiers[0]
+            said = (ans.plan, ans.predicted_s or 0.0)
         else:
-            self.runtime.check_wire_tensors(start, call.tensors)
-            nbytes = sum(_declared_nbytes(t) for t in call.tensors)
-            self.memory.acquire(nbytes)
-            try:
-                t = time.monotonic()
-                values = [self._decode(i, t_, start) for i, t_ in enumerate(call.tensors)]
-                timing.decode_s = time.monotonic() - t
-                answer = self._run(call.request_id, start, stop, forward, values, timing, deadline, plan, call.plan)
-            finally:
-                self.memory.release(nbytes)
+            said = ("", 0.0)
+            start, stop, forward = self._local_range(call.start, call.stop, plan)
+            timing = TierTiming(self.role, start, stop, bytes_in=call.wire_nbytes)
+            if forward and start == stop:  # not our range: relay the payloads untouched
+                answer = self._forward(call.request_id, start, call.tensors, None, timing, deadline, plan, call.plan)
+            else:
+                with self.admission.admit(start, call.tensors) as got:
+                    timing.decode_s = got.decode_s
+                    answer = self._run(call.request_id, start, stop, forward, got.values, timing, deadline, plan,
+                                       call.plan)  # fmt: skip
         tensors = answer.wire
         if tensors is None:
             t = time.monotonic()
             names = self._names(answer.position, len(answer.values or []))
-            tensors = [self._wire(name, v, out_codec) for name, v in zip(names, answer.values or [])]
+            tensors = [self.wire_tensor(name, v, out_codec) for name, v in zip(names, answer.values or [])]
             timing.encode_s += time.monotonic() - t
         self._finish(timing, t0)
-        return InferReply(call.request_id, self.fingerprint, answer.position, tensors, answer.breakdown)
+        return InferReply(call.request_id, self.fingerprint, answer.position, tensors, answer.breakdown, plan=said[0],
+                          predicted_latency_s=said[1])  # fmt: skip
 
     def submit_local(
         self,
@@ -287,55 +303,62 @@ class Agent:
         deadline: float,
         block: bool = True,
         plan: Plan | str | None = None,
-        target: float | None = None,
-        stall_s: float | None = None,
+        learn: bool = True,
     ) -> LocalAnswer:
         """Serve the device's own input (the model inputs, position 0) without a network hop in.
 
-        The request is stamped with its plan, so every tier runs it by that plan even if the device switches
-        plans while it is in flight.
+        The request is stamped with its plan (see :class:`~edgeflow.agent.source.Source`), so every tier runs it by
+        that plan even if the device switches plans while it is in flight.
 
         Args:
             values: model inputs, e.g. ``[images]`` with images (B, 3, H, W).
             request_id: id carried up the chain.
             deadline: ``time.monotonic()`` value.
             block: wait for room in the compute queue (backpressure) instead of raising Overloaded.
-            plan: the plan this request goes by (default: the agent's plan); its ``input_codec`` codes the raw
-                input when the plan gives the device nothing to run (default lossless).
-            target: ``time.monotonic()`` value to answer by when possible (the latency target): with fallback on,
-                the upstream is given up in time to finish here by then (see ``FallbackConfig``).
-            stall_s: seconds an upstream call may take before it counts as stalled: with fallback on, it is given
-                up then and the request finished here (see ``failover.stall_after_s``).
+            plan: go by this plan (its ``input_codec`` codes the raw input when the device runs nothing) instead
+                of the current one; the live planner predicts it and learns from its reply but does not re-plan.
+            learn: feed the reply to the live planner (False: a warm-up the planner should not see).
 
         Raises:
             InvalidRequest: the input does not fit the model, or the plan does not fit the model or this chain.
         """
-        t0 = time.monotonic()
         with self.gate.request():
             values = list(values)
             self.runtime.check_values(0, values)
-            resolved = self.plan_of(str(plan)) if plan is not None else self.plan
-            plan_text = str(plan) if plan is not None else str(self.plan)
-            start, stop, forward = self._local_range(0, 0, resolved)
-            timing = TierTiming(self.role, start, stop)
-            if forward and start == stop:  # the plan starts upstream: send the raw input with the input codec
-                t = time.monotonic()
-                info = self.runtime.cut_info(0).tensors
-                codec = self._codec(resolved.input_codec or "lossless")
-                wire = [self._wire(i.name, v, codec) for i, v in zip(info, values)]
-                timing.encode_s = time.monotonic() - t
-                answer = self._forward(request_id, 0, wire, values, timing, deadline, resolved, plan_text,
-                                       target=target, stall_s=stall_s)  # fmt: skip
-            else:
-                answer = self._run(request_id, start, stop, forward, values, timing, deadline, resolved, plan_text,
-                                   block=block, target=target, stall_s=stall_s)  # fmt: skip
-            out = answer.values
-            if out is None:
-                t = time.monotonic()
-                out = [decode(w.payload, DecodeLimits()) for w in answer.wire or []]
-                timing.decode_s += time.monotonic() - t
-            self._finish(timing, t0)
-            return LocalAnswer(request_id, out, answer.position, answer.breakdown, plan_text)
+            forced = None
+            if plan is not None:
+                self.plan_of(str(plan))  # checked against the model and chain; stamped as the caller wrote it
+                forced = plan if isinstance(plan, Plan) else Plan.parse(plan)
+            return self._enter(request_id, values, deadline, forced, block=block, learn=learn)
+
+    def _enter(self, request_id: str, values: list[torch.Tensor], deadline: float, forced: Plan | None, *,
+               block: bool, learn: bool = True, decode_s: float = 0.0, bytes_in: int = 0) -> LocalAnswer:  # fmt: skip
+        """One input entering the chain here, at position 0, by its ticket's plan (see the module doc)."""
+        t0 = time.monotonic()
+        source = self.source
+        ticket = source.ticket(forced, t0) if source is not None else Ticket(forced or self.plan, forced=forced is not None)
+        plan = self.plan_of(str(ticket.plan))
+        start, stop, forward = self._local_range(0, 0, plan)
+        timing = TierTiming(self.role, start, stop, decode_s=decode_s, bytes_in=bytes_in)
+        if forward and start == stop:  # the plan starts upstream: send the raw input with the input codec
+            t = time.monotonic()
+            info = self.runtime.cut_info(0).tensors
+            codec = self._codec(plan.input_codec or "lossless")
+            wire = [self.wire_tensor(i.name, v, codec) for i, v in zip(info, values)]
+            timing.encode_s = time.monotonic() - t
+            answer = self._forward(request_id, 0, wire, values, timing, deadline, plan, str(ticket.plan), ticket=ticket)
+        else:
+            answer = self._run(request_id, start, stop, forward, values, timing, deadline, plan, str(ticket.plan),
+                               block=block, ticket=ticket)  # fmt: skip
+        out = answer.values
+        if out is None:
+            t = time.monotonic()
+            out = [decode(w.payload, DecodeLimits()) for w in answer.wire or []]
+            timing.decode_s += time.monotonic() - t
+        self._finish(timing, t0)
+        if learn and source is not None:
+            source.learn(ticket, answer.breakdown)
+        return LocalAnswer(request_id, out, answer.position, answer.breakdown, str(ticket.plan), ticket.predicted_s)
 
     # ------------------------------------------------------------------------------------ plans
     def plan_of(self, text: str) -> Plan:
@@ -392,8 +415,7 @@ class Agent:
         plan_text: str,
         *,
         block: bool = False,
-        target: float | None = None,
-        stall_s: float | None = None,
+        ticket: Ticket | None = None,
     ) -> _Answer:
         exits = plan.exits_in(start, stop) if forward or stop == self.runtime.num_positions else ()
         key = self.runtime.batch_key(start, stop, values, exits)
@@ -410,11 +432,10 @@ class Agent:
         t = time.monotonic()
         names = [i.name for i in self.runtime.cut_info(stop).tensors]
         stage = plan.stage(self.role)
-        hop = self._codec(stage.codec) if stage is not None and stage.codec else self.hop_codec
-        wire = [self._wire(name, v, hop) for name, v in zip(names, outcome.values)]
+        hop = self._codec(stage.codec if stage is not None and stage.codec else "lossless")
+        wire = [self.wire_tensor(name, v, hop) for name, v in zip(names, outcome.values)]
         timing.encode_s = time.monotonic() - t
-        return self._forward(request_id, stop, wire, outcome.values, timing, deadline, plan, plan_text, target=target,
-                             stall_s=stall_s)  # fmt: skip
+        return self._forward(request_id, stop, wire, outcome.values, timing, deadline, plan, plan_text, ticket=ticket)
 
     def _forward(
         self,
@@ -427,13 +448,12 @@ class Agent:
         plan: Plan,
         plan_text: str,
         *,
-        target: float | None = None,
-        stall_s: float | None = None,
+        ticket: Ticket | None = None,
     ) -> _Answer:
         """Send the values at ``position`` upstream; should that fail for a reason nobody's bug, finish here.
 
-        ``values`` are the decoded ``wire`` when at hand (``None``: decoded only for a fallback). ``target``,
-        ``stall_s``: see :meth:`submit_local`.
+        ``values`` are the decoded ``wire`` when at hand (``None``: decoded only for a fallback). A source request's
+        ``ticket`` gives up the upstream call at its latency target or stall budget (see ``FallbackConfig``).
         """
         assert self.upstream is not None, "checked in plan_of and __init__"
         f = self.config.fallback
@@ -443,15 +463,15 @@ class Agent:
             profile = self._local_profile()
             reserve = reserve_s(profile, position, safety_factor=f.safety_factor, margin_s=f.local_margin_s)
             up_deadline = upstream_deadline(deadline, reserve, now)
-            if target is not None:
-                give_up = target - reserve
+            if ticket is not None and ticket.target is not None:
+                give_up = ticket.target - reserve
                 if now < give_up < up_deadline:
                     up_deadline, why = give_up, " for the latency target"
-            if stall_s is not None and now + stall_s < up_deadline:
-                up_deadline, why = now + stall_s, f" (stalled: past {f.stall_factor:g}x the predicted latency)"
+            if ticket is not None and ticket.stall_s is not None and now + ticket.stall_s < up_deadline:
+                up_deadline, why = now + ticket.stall_s, f" (stalled: past {f.stall_factor:g}x the predicted latency)"
         t = time.monotonic()
         try:
-            return self._call_upstream(request_id, position, wire, timing, up_deadline, plan_text)
+            return self.call_upstream(request_id, position, wire, timing, up_deadline, plan_text)
         except TransportError as e:
             kind = failure_kind(e)
             if kind is None or not f.enabled or time.monotonic() >= deadline:  # a bug, or an answer nobody awaits
@@ -461,9 +481,15 @@ class Agent:
             timing.network_s, timing.bytes_out, timing.bytes_back = time.monotonic() - t, 0, 0  # nothing got through
             return self._finish_here(position, wire, values, timing, deadline, plan, kind, e)
 
-    def _call_upstream(
+    def call_upstream(
         self, request_id: str, position: int, wire: list[WireTensor], timing: TierTiming, deadline: float, plan_text: str
     ) -> _Answer:
+        """One call to the upstream with the values at ``position`` (no fallback); fills ``timing``'s network time
+        and bytes. Also how the live planner measures a real message's overhead at start-up.
+
+        Raises:
+            TransportError: the call failed.
+        """
         assert self.upstream is not None
         data = encode_request(InferCall(request_id, self.fingerprint, position, wire, plan=plan_text))
         timing.bytes_out = len(data)
@@ -489,23 +515,15 @@ class Agent:
         error: TransportError,
     ) -> _Answer:
         """The fallback: run ``[position:]`` here with the plan's exits (waiting for the compute unit rather than
-        refusing: this request was accepted already)."""
+        refusing: this request was accepted already). Relayed payloads are admitted now, like any inbound tensors."""
         n = self.runtime.num_positions
-        nbytes = 0
-        if values is None:  # relayed payloads: check and decode them now
-            self.runtime.check_wire_tensors(position, wire)
-            nbytes = sum(_declared_nbytes(t) for t in wire)
-            self.memory.acquire(nbytes)
-        try:
-            if values is None:
-                t = time.monotonic()
-                values = [self._decode(i, t_, position) for i, t_ in enumerate(wire)]
-                timing.decode_s += time.monotonic() - t
-            exits = plan.exits_in(position, n)
-            vals = values
-            outcome, job = self.compute.run(lambda: self.runtime.run(position, n, vals, exits), deadline, block=True)
-        finally:
-            self.memory.release(nbytes)
+        exits = plan.exits_in(position, n)
+        if values is None:
+            with self.admission.admit(position, wire) as got:
+                timing.decode_s += got.decode_s
+                outcome, job = self._run_here(position, got.values, exits, deadline)
+        else:
+            outcome, job = self._run_here(position, values, exits, deadline)
         timing.queue_s += job.queue_s
         timing.compute_s += job.compute_s
         timing.stop = outcome.exit_position if outcome.exit_position >= 0 else n
@@ -518,6 +536,11 @@ class Agent:
         _log.warning("fallback: %s", reason)
         b = Breakdown([timing], self.role, outcome.exit_position, outcome.exit_confidence, reason)
         return _Answer(outcome.position, b, values=outcome.values)
+
+    def _run_here(self, position: int, values: list[torch.Tensor], exits: Sequence[ExitPoint],
+                  deadline: float) -> tuple[RunOutcome, JobTiming]:  # fmt: skip
+        n = self.runtime.num_positions
+        return self.compute.run(lambda: self.runtime.run(position, n, values, exits), deadline, block=True)
 
     def _local_profile(self) -> list[RangeProfile]:
         """This tier's compute profile for fallback reserves: the handshake's, else measured once, cheaply (tens
@@ -547,40 +570,12 @@ class Agent:
 
     # ------------------------------------------------------------------------------------ codecs
     def _codec(self, spec: str) -> Codec:
-        codec = self._codecs.get(spec)
-        if codec is None:
-            if spec.split(":")[0] not in CODEC_NAMES:
-                raise InvalidRequest(f"unknown codec {spec!r}; known: {', '.join(CODEC_NAMES)}")
-            codec = codec_from_spec(spec)
-            if len(self._codecs) < _CODEC_CACHE:  # bounded: int8c:a<N> alone spells unboundedly many specs
-                self._codecs[spec] = codec
-        return codec
+        return self.codecs.get(spec)
 
-    def _wire(self, name: str, value: torch.Tensor, codec: Codec) -> WireTensor:
+    def wire_tensor(self, name: str, value: torch.Tensor, codec: Codec) -> WireTensor:
+        """``value`` encoded with ``codec``, as it travels."""
         dtype = str(value.dtype).removeprefix("torch.")
         return WireTensor(name, datatype_of(dtype), tuple(value.shape), codec.spec, codec.encode(value))
-
-    def _decode(self, index: int, t: WireTensor, position: int) -> torch.Tensor:
-        label = f"input {index} ({t.name!r}) at position {position}"
-        if t.codec.split(":")[0] not in CODEC_NAMES:
-            raise InvalidRequest(f"{label}: unknown codec {t.codec!r}; known: {', '.join(CODEC_NAMES)}")
-        try:
-            self._codec(t.codec)  # the whole spec must parse, not just its name ("lossless:j1" is garbage)
-        except CodecError as e:
-            raise InvalidRequest(f"{label}: declared codec {t.codec!r} is not a codec spec: {e}") from None
-        declared = _declared_nbytes(t)
-        limits = DecodeLimits(max_elements=max(1, _numel(t.shape)), max_bytes=max(1, declared))
-        header = read_header(t.payload, limits)
-        if header.codec_name != t.codec.split(":")[0]:
-            raise InvalidRequest(f"{label}: declared codec {t.codec!r} but the payload is {header.codec_name!r}")
-        got_dtype = str(header.dtype).removeprefix("torch.")
-        if datatype_of(got_dtype) != t.datatype or tuple(header.shape) != tuple(t.shape):
-            raise InvalidRequest(
-                f"{label}: declared {t.datatype} {list(t.shape)} but the payload holds "
-                f"{datatype_of(got_dtype)} {list(header.shape)}"
-            )
-        value = decode(t.payload, limits)
-        return value.to(self.runtime.device, non_blocking=True) if self.runtime.device.type != "cpu" else value
 
     def _names(self, position: int, count: int) -> list[str]:
         if position == self.runtime.num_positions:
@@ -602,8 +597,10 @@ class Agent:
         return self.gate.drain(grace_s)
 
     def close(self) -> None:
-        """Stop the compute unit (queued requests fail with ShuttingDown) and the upstream channel."""
+        """Stop the live planner, the compute unit (queued requests fail with ShuttingDown) and the upstream channel."""
         self.gate.close()
+        if self.source is not None:
+            self.source.close()
         self.compute.stop()
         if self.upstream is not None:
             self.upstream.close()
@@ -622,21 +619,6 @@ def _compute_unit(config: NodeConfig) -> ComputeUnit | BatchingComputeUnit:
 def _next_tier(role: str) -> str:
     i = TIERS.index(role) if role in TIERS else len(TIERS)
     return TIERS[i + 1] if i + 1 < len(TIERS) else "upstream"
-
-
-def _numel(shape: Sequence[int]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
-
-
-_ITEMSIZE = {"BOOL": 1, "UINT8": 1, "INT8": 1, "UINT16": 2, "INT16": 2, "FP16": 2, "BF16": 2, "UINT32": 4,
-             "INT32": 4, "FP32": 4, "UINT64": 8, "INT64": 8, "FP64": 8}  # fmt: skip
-
-
-def _declared_nbytes(t: WireTensor) -> int:
-    return _numel(t.shape) * _ITEMSIZE.get(t.datatype, 8)
 
 
 def _relay_timeout_s(deadline: float) -> float:

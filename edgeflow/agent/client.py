@@ -20,12 +20,10 @@ from typing import Any, Iterable, Iterator
 
 import torch
 
-from edgeflow.agent.agent import Agent, wire_limits
-from edgeflow.agent.failover import latency_target_s, stall_after_s
+from edgeflow.agent.agent import Agent
 from edgeflow.agent.gcfreeze import freeze_startup_objects, thaw
-from edgeflow.agent.live import LivePlanner, PlanSwitch
-from edgeflow.agent.loader import load_runtime
-from edgeflow.agent.upstream import Upstream
+from edgeflow.agent.live import LivePlanner
+from edgeflow.agent.wiring import build_agent, start_live_planning
 from edgeflow.config import NodeConfig
 from edgeflow.core.codecs import DecodeLimits, decode, get_codec
 from edgeflow.core.plan import Plan
@@ -35,15 +33,15 @@ from edgeflow.transport import (
     InferCall,
     Keepalive,
     PeerClient,
+    PlanSwitch,
     TlsFiles,
     WireLimits,
     WireTensor,
     datatype_of,
     raise_for_error,
 )
-from edgeflow.transport.auth import load_token
 
-__all__ = ["Result", "DeviceClient", "AgentClient", "peer_client"]
+__all__ = ["Result", "DeviceClient", "AgentClient"]
 
 _ids = itertools.count()
 
@@ -101,30 +99,14 @@ def _as_output(values: list[torch.Tensor]) -> torch.Tensor | tuple[torch.Tensor,
     return values[0] if len(values) == 1 else tuple(values)
 
 
-def peer_client(config: NodeConfig) -> PeerClient:
-    """A channel to ``config.upstream`` with the node's limits, keepalive, TLS and token.
-
-    Raises:
-        ConfigError: ``upstream.auth`` names a token that cannot be read.
-    """
-    assert config.upstream is not None
-    tls, auth = config.upstream.tls, config.upstream.auth
-    return PeerClient(
-        config.upstream.address,
-        limits=wire_limits(config),
-        keepalive=Keepalive(config.keepalive.time_s, config.keepalive.timeout_s, config.keepalive.permit_without_calls),
-        tls=TlsFiles(tls.cert, tls.key, tls.ca) if tls else None,
-        token=load_token(auth.token_file, auth.token_env) if auth else None,
-    )
-
-
 class DeviceClient:
     """The device tier, in process.
 
-    Every request is stamped with the plan it goes by. With a live planner (``plan: auto`` or
-    ``planner.enabled`` in the node file, see :mod:`edgeflow.agent.live`) that is the planner's current plan,
-    re-chosen after every reply; :attr:`plan` and :attr:`plan_switches` tell what it is doing, and each
-    :class:`Result` carries its own ``plan``.
+    Every request is stamped with the plan it goes by (:class:`~edgeflow.agent.source.Source`). With a live planner
+    (``plan: auto`` or ``planner.enabled`` in the node file, see :mod:`edgeflow.agent.live`) that is the planner's
+    current plan, re-chosen after every reply; :attr:`plan` and :attr:`plan_switches` tell what it is doing, and each
+    :class:`Result` carries its own ``plan`` and prediction. A device agent process serving other processes plans the
+    same way, through the same :class:`~edgeflow.agent.source.Source`.
 
     With a latency target (``fallback.slo_ms``, default ``planner.slo_ms``) each request is given up upstream in
     time to finish here within it; with a live planner, one on the planner's plan whose upstream has taken
@@ -134,68 +116,55 @@ class DeviceClient:
     Args:
         agent: an agent (usually role ``device``) whose plan starts the chain.
         max_inflight: requests in flight at once in :meth:`infer_many`.
-        live: the live planner, or None to go by the agent's configured plan.
     """
 
-    def __init__(self, agent: Agent, *, max_inflight: int = 4, live: LivePlanner | None = None):
+    def __init__(self, agent: Agent, *, max_inflight: int = 4):
         self.agent = agent
         self.max_inflight = max_inflight
-        self.live = live
-        self._target_s = latency_target_s(agent.config.fallback, agent.config.planner.slo_ms)
         self._pool = ThreadPoolExecutor(max_workers=max_inflight, thread_name_prefix="edgeflow-device")
         self._frozen = False  # from_config froze the start-up objects (edgeflow.agent.gcfreeze); close thaws them
 
     @property
+    def live(self) -> LivePlanner | None:
+        """The live planner (None without ``plan: auto``, or while it is not ready)."""
+        return self.agent.source.planner if self.agent.source is not None else None
+
+    @property
     def plan(self) -> str:
         """The plan the next request goes by (text form)."""
-        if self.live is None:
-            return str(self.agent.plan)
-        return str(self.live.current()[0])
+        return str(self.agent.source.current_plan()) if self.agent.source is not None else str(self.agent.plan)
 
     @property
     def plan_switches(self) -> list[PlanSwitch]:
         """Every switch of the live plan so far (empty without a live planner)."""
-        return list(self.live.switches) if self.live is not None else []
+        return self.live.switches if self.live is not None else []
 
     @classmethod
     def from_config(
         cls, config: NodeConfig, *, profile_repeats: int = 0, example: torch.Tensor | tuple[torch.Tensor, ...] | None = None
     ) -> "DeviceClient":
         """Load the model and connect upstream as ``config`` says (no server is started). With ``plan: auto``
-        (or ``planner.enabled``) start the live planner (see :meth:`LivePlanner.start`; ``example``: an input
-        to profile codecs on). Then the objects alive are frozen out of the garbage collector's full collections
-        (:mod:`edgeflow.agent.gcfreeze`: one costs 130–200 ms here) until :meth:`close`.
+        (or ``planner.enabled``) start the live planner and wait for its first plan (see :meth:`LivePlanner.start`;
+        ``example``: an input to profile codecs on). Then the objects alive are frozen out of the garbage collector's
+        full collections (:mod:`edgeflow.agent.gcfreeze`: one costs 130–200 ms here) until :meth:`close`.
 
         Raises:
             ArtifactError, ConfigError, PlanError: the node cannot be set up.
             TransportError: the live planner cannot reach the upstream chain.
         """
-        runtime = load_runtime(config)
-        upstream = None
-        if config.upstream is not None:
-            upstream = Upstream(
-                peer_client(config), fingerprint=runtime.fingerprint, role=config.role, connect_s=config.deadlines.connect_s
-            )
-        agent = Agent(config, runtime, upstream=upstream, profile_repeats=profile_repeats)
-        live = None
-        if config.auto:
-            try:
-                live = LivePlanner.start(agent, config.planner, example=example)
-            except BaseException:
-                agent.close()
-                raise
-        client = cls(agent, max_inflight=config.queues.inflight, live=live)
+        agent = build_agent(config, profile_repeats=profile_repeats)
+        try:
+            start_live_planning(agent, wait=True, example=example)
+        except BaseException:
+            agent.close()
+            raise
+        client = cls(agent, max_inflight=config.queues.inflight)
         freeze_startup_objects()
         client._frozen = True
         return client
 
-    def infer(
-        self,
-        x: torch.Tensor | tuple[torch.Tensor, ...],
-        *,
-        timeout_s: float | None = None,
-        plan: Plan | str | None = None,
-    ) -> Result:
+    def infer(self, x: torch.Tensor | tuple[torch.Tensor, ...], *, timeout_s: float | None = None,
+              plan: Plan | str | None = None) -> Result:  # fmt: skip
         """Run one input batch through the chain.
 
         Args:
@@ -210,22 +179,10 @@ class DeviceClient:
         """
         values = list(x) if isinstance(x, tuple) else [x]
         timeout = timeout_s if timeout_s is not None else self.agent.config.deadlines.request_s
-        predicted = None
-        forced = plan is not None
-        if not forced and self.live is not None:
-            plan, predicted = self.live.current()
-        elif forced and self.live is not None:
-            p = plan if isinstance(plan, Plan) else Plan.parse(str(plan))
-            predicted = self.live.predict_s(p)
         t0 = time.monotonic()
-        target = t0 + self._target_s if self._target_s is not None else None
-        ans = self.agent.submit_local(values, request_id=_request_id(self.agent.role), deadline=t0 + timeout,
-                                      plan=plan, target=target,
-                                      stall_s=None if forced else stall_after_s(self.agent.config.fallback, predicted))  # fmt: skip
+        ans = self.agent.submit_local(values, request_id=_request_id(self.agent.role), deadline=t0 + timeout, plan=plan)
         latency = time.monotonic() - t0
-        if self.live is not None:
-            self.live.observe(ans.breakdown, ans.plan, decide=not forced)
-        return Result(ans.request_id, _as_output(ans.values), ans.breakdown, latency, ans.plan, predicted)
+        return Result(ans.request_id, _as_output(ans.values), ans.breakdown, latency, ans.plan, ans.predicted_s)
 
     def infer_many(self, inputs: Iterable[torch.Tensor], *, timeout_s: float | None = None) -> Iterator[Result]:
         """Pipeline ``inputs`` through the chain; yields results in input order.
@@ -250,9 +207,7 @@ class DeviceClient:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
-        if self.live is not None:
-            self.live.close()
-        self.agent.close()
+        self.agent.close()  # its live planner too
         if self._frozen:
             self._frozen = False
             thaw()
@@ -294,7 +249,7 @@ class AgentClient:
             self._description = self.peer.describe(timeout_s=timeout_s)
         return self._description
 
-    def _call(self, x: torch.Tensor | tuple[torch.Tensor, ...]) -> InferCall:
+    def _call(self, x: torch.Tensor | tuple[torch.Tensor, ...], plan: str = "") -> InferCall:
         d = self.describe()
         values = list(x) if isinstance(x, tuple) else [x]
         names = [n for n, _, _ in d.inputs] or [""] * len(values)
@@ -302,16 +257,21 @@ class AgentClient:
             WireTensor(name, datatype_of(str(v.dtype).removeprefix("torch.")), tuple(v.shape), self._codec.spec, self._codec.encode(v))
             for name, v in zip(names, values)
         ]
-        return InferCall(_request_id("client"), d.fingerprint, 0, tensors)
+        return InferCall(_request_id("client"), d.fingerprint, 0, tensors, plan=plan)
 
     @staticmethod
     def _result(reply: Any, latency_s: float) -> Result:
         values = [decode(t.payload, DecodeLimits()) for t in reply.tensors]
-        return Result(reply.request_id, _as_output(values), reply.breakdown, latency_s)
+        return Result(reply.request_id, _as_output(values), reply.breakdown, latency_s, reply.plan,
+                      reply.predicted_latency_s or None)  # fmt: skip
 
-    def infer(self, x: torch.Tensor | tuple[torch.Tensor, ...], *, timeout_s: float = 30.0) -> Result:
-        """Run one input batch; raises TransportError subclasses on failure."""
-        call = self._call(x)
+    def infer(self, x: torch.Tensor | tuple[torch.Tensor, ...], *, timeout_s: float = 30.0,
+              plan: Plan | str | None = None) -> Result:  # fmt: skip
+        """Run one input batch; raises TransportError subclasses on failure.
+
+        ``plan``: the plan the request goes by (default: the agent's; a device agent that plans live chooses it).
+        """
+        call = self._call(x, str(plan) if plan is not None else "")
         t0 = time.monotonic()
         reply = self.peer.infer(call, timeout_s=timeout_s)
         return self._result(reply, time.monotonic() - t0)

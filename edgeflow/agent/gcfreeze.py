@@ -23,10 +23,15 @@ __all__ = ["freeze_startup_objects", "thaw"]
 _log = logging.getLogger(__name__)
 
 
-def freeze_startup_objects() -> int:
-    """Collect once, then exempt every object alive now from later collections. Returns how many were frozen."""
+def freeze_startup_objects(*, collect: bool = True) -> int:
+    """Collect once, then exempt every object alive now from later collections. Returns how many were frozen.
+
+    ``collect=False`` skips the collection: for objects made while the agent already serves (the live planner's
+    tables, built in the background), where a full collection would be the very pause this avoids.
+    """
     t0 = time.perf_counter()
-    gc.collect()
+    if collect:
+        gc.collect()
     gc.freeze()
     n = gc.get_freeze_count()
     _log.debug("gc: %d start-up objects frozen after a %.0f ms full collection", n, (time.perf_counter() - t0) * 1e3)

@@ -1,5 +1,9 @@
 """A served agent: the agent, its gRPC server, its upstream link, and an orderly shutdown.
 
+A device with ``plan: auto`` serves at once, under its safe plan, while its live planner measures the chain in the
+background; from its first live plan on, every input it takes over gRPC goes by the live plan
+(:class:`~edgeflow.agent.source.Source`).
+
 Shutdown (SIGTERM/SIGINT in the CLI): health turns NOT_SERVING and new requests are refused with
 UNAVAILABLE ("shutting down"); requests in flight get ``deadlines.shutdown_grace_s`` to finish; then the
 server stops (cancelling what is left) and requests still queued for compute fail with UNAVAILABLE.
@@ -12,15 +16,12 @@ import threading
 import time
 
 from edgeflow.agent.agent import Agent, wire_limits
-from edgeflow.agent.client import peer_client
 from edgeflow.agent.gcfreeze import freeze_startup_objects
-from edgeflow.agent.loader import load_runtime
-from edgeflow.agent.upstream import Upstream
+from edgeflow.agent.wiring import build_agent, build_server, start_live_planning
 from edgeflow.config import NodeConfig
 from edgeflow.errors import EdgeflowError
-from edgeflow.transport import AgentServer, Keepalive, TlsFiles
+from edgeflow.transport import AgentServer
 from edgeflow.transport.alloc import keep_freed_buffers
-from edgeflow.transport.auth import load_token
 
 __all__ = ["ServedAgent", "serve"]
 
@@ -67,30 +68,21 @@ class ServedAgent:
 
 
 def serve(config: NodeConfig, *, profile_repeats: int = 3) -> ServedAgent:
-    """Load the model, build the agent, start its server on ``config.listen.address``.
+    """Load the model, build the agent, start its server on ``config.listen.address``; a device with ``plan: auto``
+    starts its live planner in the background (it serves its safe plan until the first live plan is chosen).
 
     Raises:
         ArtifactError, ConfigError, PlanError: the node cannot be set up.
         OSError: the address cannot be bound.
     """
     keep_freed_buffers(wire_limits(config).max_message_bytes)
-    runtime = load_runtime(config)
-    upstream = None
-    if config.upstream is not None:
-        upstream = Upstream(peer_client(config), fingerprint=runtime.fingerprint, role=config.role, connect_s=config.deadlines.connect_s)
-    agent = Agent(config, runtime, upstream=upstream, profile_repeats=profile_repeats)
-    tls, auth = config.tls, config.auth
-    server = AgentServer(
-        agent,
-        address=config.listen.address,
-        limits=wire_limits(config),
-        keepalive=Keepalive(config.keepalive.time_s, config.keepalive.timeout_s, config.keepalive.permit_without_calls),
-        tls=TlsFiles(tls.cert, tls.key, tls.ca) if tls else None,
-        max_workers=config.queues.workers,
-        stream_inflight=config.queues.inflight,
-        default_timeout_s=config.deadlines.request_s,
-        auth_token=load_token(auth.token_file, auth.token_env) if auth else None,
-    )
-    freeze_startup_objects()  # a full collection over torch and the model costs ~130 ms: not inside requests
-    server.start()
+    agent = build_agent(config, profile_repeats=profile_repeats)
+    try:
+        server = build_server(config, agent)
+        freeze_startup_objects()  # a full collection over torch and the model costs ~130 ms: not inside requests
+        server.start()
+    except BaseException:
+        agent.close()
+        raise
+    start_live_planning(agent, wait=False)  # after the server is up: its probes and calls go out from a serving agent
     return ServedAgent(agent, server)

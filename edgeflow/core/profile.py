@@ -193,6 +193,62 @@ def _codec_costs(
     return costs
 
 
+class _CacheFlush:
+    """Stands in for the compute that comes before an encode or decode when serving: streams through a buffer
+    larger than the caches (16 MiB, ~1 ms). A codec timed right after it measured what it measured right after
+    a forward pass of the demo model (int8 0.19-0.22 ms vs 0.19-0.21; lossless 0.05-0.10 vs 0.06-0.09), at a
+    fraction of a forward pass's cost on a large model."""
+
+    def __init__(self, nbytes: int = 16 << 20):
+        self._buf = torch.zeros(nbytes, dtype=torch.uint8)
+
+    def __call__(self) -> None:
+        self._buf.add_(1)
+
+
+def _fitted_codec_costs(
+    values: dict[int, list[torch.Tensor]],
+    codecs: Sequence[Any],
+    repeats: int,
+    clock: Clock,
+    disturb: Callable[[], Any] | None,
+    points: int,
+) -> dict[int, dict[str, CodecCost]]:
+    """Bytes measured at every position; encode and decode seconds timed at ``points`` positions spread over the
+    sizes (as served, after ``disturb``) and fitted as ``fixed + per_element x elements`` per codec (least squares,
+    both terms >= 0), then read off the fit at every position. Codec time is a per-call cost plus a per-element
+    one; timing every position of a large model takes seconds (MobileNetV2 at 224: 153 cuts x 6 codecs)."""
+    sizes = {k: sum(int(t.numel()) for t in ts) for k, ts in values.items()}
+    distinct = sorted(set(sizes.values()))
+    picks = sorted({distinct[round(i * (len(distinct) - 1) / max(1, points - 1))] for i in range(min(points, len(distinct)))})
+    at = {n: next(k for k, v in sizes.items() if v == n) for n in picks}
+    out: dict[int, dict[str, CodecCost]] = {k: {} for k in values}
+    for codec in codecs:
+        for k, ts in values.items():
+            payloads = [codec.encode(t) for t in ts]
+            out[k][codec.name] = CodecCost(nbytes=sum(len(pl) for pl in payloads), encode_s=0.0, decode_s=0.0)
+        timed = {n: _codec_costs(values[k], [codec], repeats, clock, disturb)[codec.name] for n, k in at.items()}
+        enc = _affine([(n, c.encode_s) for n, c in timed.items()])
+        dec = _affine([(n, c.decode_s) for n, c in timed.items()])
+        for k, n in sizes.items():
+            cost = out[k][codec.name]
+            cost.encode_s, cost.decode_s = enc(n), dec(n)
+    return out
+
+
+def _affine(points: Sequence[tuple[int, float]]) -> Callable[[int], float]:
+    """``n -> a + b n`` fitted to ``(n, seconds)`` by least squares with ``a, b >= 0``."""
+    ns = [float(n) for n, _ in points]
+    ts = [t for _, t in points]
+    mean_n, mean_t = sum(ns) / len(ns), sum(ts) / len(ts)
+    var = sum((n - mean_n) ** 2 for n in ns)
+    b = max(0.0, sum((n - mean_n) * (t - mean_t) for n, t in zip(ns, ts)) / var) if var > 0 else 0.0
+    a = mean_t - b * mean_n
+    if a < 0:  # through the origin
+        a, b = 0.0, max(0.0, sum(n * t for n, t in zip(ns, ts)) / max(sum(n * n for n in ns), 1e-12))
+    return lambda n: a + b * n
+
+
 def profile_model(
     p: Partition,
     inputs: tuple[Any, ...],
@@ -203,6 +259,7 @@ def profile_model(
     repeats: int = 10,
     codec_repeats: int = 3,
     codecs_as_served: bool = True,
+    codec_fit_points: int | None = None,
     clock: Clock = time.perf_counter,
 ) -> ModelProfile:
     """Profile every position of ``p``: compute, FLOPs, bytes, and per-codec bytes/encode/decode times.
@@ -220,6 +277,10 @@ def profile_model(
             working set stays in cache: an int8 encode measured 0.1 ms there, 0.4-0.5 ms right after the model
             ran and 0.6-0.7 ms after a 10-30 ms sleep, and agents measured 4x the tight-loop profile in service.
             False: tight loop (the codec's own cost, as ``benchmarks/bench_codecs.py`` reports it).
+        codec_fit_points: time the activation codecs at this many positions only and fit the rest (bytes are
+            measured everywhere; see ``_fitted_codec_costs``), with a cache flush instead of a forward pass before
+            each call: seconds instead of tens on a large model (the live planner's start-up, which corrects
+            codec times online afterwards). None: time every cut after a forward pass.
         clock: seconds clock.
     """
     node_s, node_flops, full_s = profile_compute(p, inputs, repeats=repeats, clock=clock)
@@ -229,7 +290,13 @@ def profile_model(
         with torch.no_grad():
             p.model(*inputs)
 
-    disturb = forward if codecs_as_served else None
+    disturb: Callable[[], Any] | None = forward if codecs_as_served else None
+    fitted: dict[int, dict[str, CodecCost]] = {}
+    if codec_fit_points is not None and activation_codecs:
+        flush = _CacheFlush() if codecs_as_served else None
+        disturb = flush
+        fitted = _fitted_codec_costs({k: values[k] for k in p.cuts}, activation_codecs, codec_repeats, clock, flush,
+                                     codec_fit_points)  # fmt: skip
     positions: list[PositionProfile] = []
     cum_s, cum_f = 0.0, 0
     for k in range(p.num_positions + 1):
@@ -242,7 +309,7 @@ def profile_model(
         if k == 0 and input_codecs:
             codecs = _codec_costs(values[0], input_codecs, codec_repeats, clock, disturb)
         elif is_cut and activation_codecs:
-            codecs = _codec_costs(values[k], activation_codecs, codec_repeats, clock, disturb)
+            codecs = fitted.get(k) or _codec_costs(values[k], activation_codecs, codec_repeats, clock, disturb)
         positions.append(
             PositionProfile(
                 position=k,

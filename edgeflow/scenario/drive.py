@@ -1,12 +1,10 @@
 """Driving a workload: the device side of a run, and the request schedule.
 
-Two ways a device sends a request:
+How a device sends a request:
 
-- :class:`PlanSender`: the device agent in this process (the same :class:`~edgeflow.agent.Agent` that
-  ``edgeflow infer --node`` runs), every request stamped with one fixed plan and input codec; upstream tiers
-  run what the request's plan gives them. Several devices share the loaded model but each has its own agent,
-  compute unit (its own emulated hardware) and link.
-- :class:`LiveSender`: the same, with the device's live planner choosing each request's plan.
+- :class:`LocalSender`: the device agent in this process (the same :class:`~edgeflow.agent.Agent` that
+  ``edgeflow infer --node`` runs), every request stamped with one fixed plan, or with its live planner's. Several
+  devices share the loaded model but each has its own agent, compute unit (its own emulated hardware) and link.
 
 :func:`drive` sends the requests: open loop at the scheduled offsets (latency counts from the scheduled send
 time, so waiting behind earlier requests on the device counts), or closed loop with a fixed number
@@ -24,12 +22,11 @@ from typing import Any, Callable, Protocol, Sequence
 import torch
 
 from edgeflow.agent.agent import Agent
-from edgeflow.agent.failover import latency_target_s, stall_after_s
 from edgeflow.core.plan import ExitPoint, Plan
 from edgeflow.errors import EdgeflowError
 from edgeflow.transport import Breakdown
 
-__all__ = ["Answer", "Outcome", "Sender", "PlanSender", "LiveSender", "drive"]
+__all__ = ["Answer", "Outcome", "Sender", "LocalSender", "drive"]
 
 _MAX_WORKERS = 32  # requests outstanding at once per run (open loop); beyond, they wait in the pool's queue
 
@@ -37,16 +34,13 @@ _MAX_WORKERS = 32  # requests outstanding at once per run (open loop); beyond, t
 @dataclass
 class Answer:
     """What came back for one request: the answering logits (B, classes), where time and bytes went, the plan
-    it went by (text), and the planner's prediction.
-    ``ready``: the ``time.monotonic()`` at which the answer was in hand, when the sender did more work after it
-    (a live planner learning from the reply); None: when ``send`` returned."""
+    it went by (text), and the planner's prediction."""
 
     logits: torch.Tensor
     position: int
     breakdown: Breakdown
     plan: str = ""
     predicted_s: float | None = None
-    ready: float | None = None
 
 
 @dataclass
@@ -76,6 +70,8 @@ class Sender(Protocol):
 
     def warm_up(self, request_id: str, x: torch.Tensor, deadline: float) -> None: ...
 
+    def switches(self) -> list[Any]: ...
+
     def close(self) -> None: ...
 
 
@@ -87,62 +83,42 @@ def _never_exits(plan: Plan) -> Plan:
     return Plan(plan.stages, tuple(ExitPoint(e.position, 1.0) for e in plan.exits), plan.input_codec)
 
 
-class PlanSender:
-    """The device agent in process, every request stamped with one fixed plan.
+class LocalSender:
+    """The device agent in this process (the same :class:`~edgeflow.agent.Agent` that ``edgeflow infer --node`` runs).
+
+    With a fixed ``plan`` every request is stamped with it; without, the device's
+    :class:`~edgeflow.agent.source.Source` stamps each with its live planner's current plan and learns from the reply
+    (what ``DeviceClient.infer`` and a device agent process do). Upstream tiers run what the request's plan gives them.
 
     Args:
         agent: the device agent (its upstream, if any, is the run's device-edge link).
-        plan: the plan every request goes by; upstream tiers follow the plan the request carries.
+        plan: the plan every request goes by; None: the live planner's.
     """
 
-    def __init__(self, agent: Agent, plan: Plan):
+    def __init__(self, agent: Agent, plan: Plan | None = None):
         self.agent, self.plan = agent, plan
 
     def plan_text(self) -> str:
-        return str(self.plan)
+        if self.plan is not None:
+            return str(self.plan)
+        return str(self.agent.source.current_plan()) if self.agent.source is not None else str(self.agent.plan)
 
     def send(self, request_id: str, x: torch.Tensor, deadline: float) -> Answer:
         ans = self.agent.submit_local([x], request_id=request_id, deadline=deadline, block=True, plan=self.plan)
-        return Answer(ans.values[0], ans.position, ans.breakdown, self.plan_text())
+        return Answer(ans.values[0], ans.position, ans.breakdown, ans.plan, ans.predicted_s)
 
     def warm_up(self, request_id: str, x: torch.Tensor, deadline: float) -> None:
-        """One request through every tier and range of the plan (handshakes, first runs), not measured."""
-        self.agent.submit_local([x], request_id=request_id, deadline=deadline, block=True, plan=_never_exits(self.plan))
+        """One request through every tier and range of the plan (handshakes, first runs), not measured or learned."""
+        plan = self.plan if self.plan is not None else Plan.parse(self.plan_text())
+        self.agent.submit_local([x], request_id=request_id, deadline=deadline, block=True, plan=_never_exits(plan),
+                                learn=False)  # fmt: skip
+
+    def switches(self) -> list[Any]:
+        """The live planner's switches so far (none with a fixed plan)."""
+        planner = self.agent.source.planner if self.agent.source is not None and self.plan is None else None
+        return planner.switches if planner is not None else []
 
     def close(self) -> None:
-        self.agent.close()
-
-
-class LiveSender:
-    """The device agent with its live planner (:class:`edgeflow.agent.live.LivePlanner`): each request goes by
-    the planner's current plan, and every reply is fed back to it (what ``DeviceClient.infer`` does, with the
-    runner's request ids). With the scenario's SLO each request is given up upstream in time to finish on the
-    device within it, and an upstream stalled past a multiple of the prediction is given up too (``FallbackConfig``);
-    the fixed-plan baselines keep only the deadline's fallback."""
-
-    def __init__(self, agent: Agent, live: Any):
-        self.agent, self.live = agent, live
-        self._target_s = latency_target_s(agent.config.fallback, live.settings.slo_ms)
-
-    def plan_text(self) -> str:
-        return str(self.live.current()[0])
-
-    def send(self, request_id: str, x: torch.Tensor, deadline: float) -> Answer:
-        plan, predicted = self.live.current()
-        target = time.monotonic() + self._target_s if self._target_s is not None else None
-        ans = self.agent.submit_local([x], request_id=request_id, deadline=deadline, block=True, plan=plan, target=target,
-                                      stall_s=stall_after_s(self.agent.config.fallback, predicted))  # fmt: skip
-        ready = time.monotonic()  # the answer is the caller's now; learning from it comes after
-        self.live.observe(ans.breakdown, ans.plan)
-        return Answer(ans.values[0], ans.position, ans.breakdown, str(plan), predicted, ready)
-
-    def warm_up(self, request_id: str, x: torch.Tensor, deadline: float) -> None:
-        """One request through every tier and range of the current plan (not fed to the planner)."""
-        plan, _ = self.live.current()
-        self.agent.submit_local([x], request_id=request_id, deadline=deadline, block=True, plan=_never_exits(plan))
-
-    def close(self) -> None:
-        self.live.close()
         self.agent.close()
 
 
@@ -194,7 +170,7 @@ def drive(
                 if o.answer is None:
                     o.answer = ans
                     o.plan = ans.plan or o.plan
-            o.done_s = (ans.ready if ans.ready is not None else time.monotonic()) - t0
+            o.done_s = time.monotonic() - t0
         if on_done is not None:
             on_done(o)
 

@@ -18,12 +18,11 @@ import torch
 
 from edgeflow.agent.runtime import ModelRuntime
 from edgeflow.config import NodeConfig
-from edgeflow.core.codecs import get_codec
 from edgeflow.core.planner.costmodel import Conditions, CostModel, LinkState, PowerSpec, TierSpec
-from edgeflow.core.planner.exitmodel import ExitModel
+from edgeflow.core.planner.build import planning_inputs
 from edgeflow.core.planner.search import Candidate, Planner
 from edgeflow.core.plan import TIERS
-from edgeflow.core.profile import ModelProfile, profile_model
+from edgeflow.core.profile import ModelProfile
 from edgeflow.core.traces import BandwidthTrace
 
 __all__ = [
@@ -78,21 +77,17 @@ def build_planning_model(
     Raises:
         PlanError: the profile or exit data do not fit the cost model.
     """
-    from edgeflow.core.planner.build import exit_head_seconds
-
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the agents compute (nodes/*.yaml compute.threads)
     try:
-        p = runtime.partition
-        prof = profile_model(
-            p, (example,), name=artifact, activation_codecs=[get_codec(c) for c in ACTIVATION_CODECS],
-            input_codecs=[get_codec(c) for c in INPUT_CODECS], repeats=repeats, codec_repeats=1,  # as served: 1.1 s
-        )  # fmt: skip
-        heads = [runtime.exits[k] for k in sorted(runtime.exits)]
-        head_s = exit_head_seconds(p, heads, example, repeats=10) if heads else {}
-        exits, source = _exit_model(runtime, artifact)
+        measured = planning_inputs(runtime.partition, (example,), runtime.exits, runtime.calibration,
+                                   activation_codecs=ACTIVATION_CODECS, input_codecs=INPUT_CODECS, name=artifact,
+                                   repeats=repeats, head_repeats=10)  # fmt: skip
     finally:
         torch.set_num_threads(threads)
+    prof, head_s, exits = measured.profile, measured.exit_head_s, measured.exits
+    source = "none" if exits is None else "calibration samples (joint)" if exits.source == "samples" else (
+        "calibration table (marginals)")
     tiers = [
         TierSpec(
             name=t,
@@ -132,15 +127,6 @@ def _compute_factor(runtime: ModelRuntime, device: NodeConfig, example: torch.Te
         agent.close()
     predicted = prof.range_compute_s(0, prof.num_positions)
     return float(np.clip(np.median(times) / predicted, 0.5, 10.0)) if predicted > 0 else 1.0
-
-
-def _exit_model(runtime: ModelRuntime, artifact: str) -> tuple[ExitModel | None, str]:
-    """The artifact's exit behaviour, as the device's live planner reads it (``ExitModel.from_calibration``:
-    exact joint statistics when the table keeps per-sample data, as the demo's does)."""
-    if not runtime.exits or runtime.calibration is None:
-        return None, "none"
-    model = ExitModel.from_calibration(runtime.calibration)
-    return model, "calibration samples (joint)" if model.source == "samples" else "calibration table (marginals)"
 
 
 def link_conditions(rates: Sequence[BandwidthTrace | None], delays_s: Sequence[float], factor: float = 1.0, *,

@@ -41,16 +41,15 @@ import torch
 import yaml
 
 from edgeflow.agent.agent import Agent
-from edgeflow.agent.client import peer_client
 from edgeflow.agent.gcfreeze import freeze_startup_objects, thaw
 from edgeflow.agent.loader import load_runtime
 from edgeflow.agent.runtime import ModelRuntime
-from edgeflow.agent.upstream import Upstream
+from edgeflow.agent.wiring import build_agent, start_live_planning
 from edgeflow.config import AUTO_PLAN, NodeConfig
 from edgeflow.core.plan import Plan
-from edgeflow.errors import ConfigError, EdgeflowError, PlanError, ScenarioError
+from edgeflow.errors import ConfigError, EdgeflowError, PlanError
 from edgeflow.scenario import baselines as bl
-from edgeflow.scenario.drive import LiveSender, Outcome, PlanSender, Sender, drive
+from edgeflow.scenario.drive import LocalSender, Outcome, Sender, drive
 from edgeflow.scenario.links import LinkPlan, RunLink, link_plan, swap_all
 from edgeflow.scenario.planning import PlanningModel, build_planning_model, link_conditions
 from edgeflow.scenario.faults import FaultInjector, link_outage_records
@@ -372,26 +371,26 @@ class ScenarioRunner:
 
     # ------------------------------------------------------------------------------------ one run
     def _device_agent(self, runtime: ModelRuntime, upstream: str) -> Agent:
-        cfg = self._node("device", upstream)
-        up = Upstream(peer_client(cfg), fingerprint=runtime.fingerprint, role="device", connect_s=cfg.deadlines.connect_s)
-        return Agent(cfg, runtime, upstream=up, profile_repeats=0)
+        return build_agent(self._node("device", upstream), runtime=runtime)
+
+    def _planner_settings(self) -> Any:
+        """The device's ``planner`` section for edgeflow's run: the scenario's objective, SLO, floor and privacy."""
+        sc = self.scenario
+        return self.nodes["device"].planner.model_copy(update={
+            "enabled": True, "objective": sc.objective, "slo_ms": sc.slo_ms if sc.objective != "throughput" else None,
+            "max_accuracy_drop_pts": sc.accuracy_floor_pts, "privacy": sc.privacy, "input_codecs": _INPUT_CODECS,
+        })  # fmt: skip
 
     def _sender(self, spec: bl.RunSpec, runtime: ModelRuntime, link: RunLink, example: torch.Tensor) -> Sender:
         agent = self._device_agent(runtime, link.address)
         if not spec.adaptive:
-            return PlanSender(agent, spec.plan)
-        from edgeflow.agent.live import LivePlanner
-
-        sc = self.scenario
-        settings = self.nodes["device"].planner.model_copy(update={
-            "enabled": True, "objective": sc.objective, "slo_ms": sc.slo_ms if sc.objective != "throughput" else None,
-            "max_accuracy_drop_pts": sc.accuracy_floor_pts, "privacy": sc.privacy, "input_codecs": _INPUT_CODECS,
-        })  # fmt: skip
+            return LocalSender(agent, spec.plan)
         try:
-            return LiveSender(agent, LivePlanner.start(agent, settings, example=example))
+            start_live_planning(agent, wait=True, example=example, settings=self._planner_settings())
         except BaseException:
             agent.close()
             raise
+        return LocalSender(agent)
 
     def _execute(self, spec: bl.RunSpec, runtime: ModelRuntime, workload: Workload,
                  live: list[tuple[RunLink, LinkPlan]]) -> RunResult:
@@ -433,8 +432,7 @@ class ScenarioRunner:
                 self._injector = None
             faults.sort(key=lambda f: (f["down_s"] is None, f["down_s"] or 0.0))
             stats = {link.label: link.stats() for link, _ in live}
-            switches = [_switch_json(sw, t0) for s in senders if isinstance(s, LiveSender) for sw in s.live.switches
-                        if sw.t_s >= t0]  # fmt: skip
+            switches = [_switch_json(sw, t0) for s in senders for sw in s.switches() if sw.t_s >= t0]
         finally:
             thaw()
             if self._injector is not None:  # the run failed or was interrupted: inject nothing more

@@ -7,6 +7,7 @@ copied by protobuf — :func:`encode_request` appends them raw and :func:`decode
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -28,6 +29,9 @@ __all__ = [
     "InferReply",
     "RangeProfile",
     "Counters",
+    "LinkReading",
+    "PlanSwitch",
+    "LiveState",
     "Description",
     "encode_request",
     "decode_request",
@@ -198,7 +202,9 @@ class Breakdown:
 class InferReply:
     """An inference response: the values at ``position`` (N = model output) and the breakdown.
 
-    ``error_code``/``error_message`` are set only on failed items of a stream (``tensors`` is then empty).
+    ``error_code``/``error_message`` are set only on failed items of a stream (``tensors`` is then empty). A device
+    answering an input it took over gRPC says which ``plan`` it went by and the live planner's prediction for it
+    (``predicted_latency_s``, 0 without one): the caller of a device agent process sees what the in-process one does.
     """
 
     request_id: str
@@ -209,6 +215,8 @@ class InferReply:
     error_code: int = 0
     error_message: str = ""
     wire_nbytes: int = 0
+    plan: str = ""
+    predicted_latency_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -243,6 +251,53 @@ class Counters:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
+@dataclass(frozen=True)
+class LinkReading:
+    """One link's estimates as a live planner holds them (``LinkReading`` in agent.proto)."""
+
+    name: str  # "device>edge"
+    bandwidth_bps: float  # 0: not measured yet
+    rtt_s: float
+
+
+@dataclass(frozen=True)
+class PlanSwitch:
+    """One switch of a live plan (``PlanSwitch`` in agent.proto; what the log line says, as data)."""
+
+    t_s: float  # monotonic seconds in process; seconds after the planner started on the wire
+    request_index: int  # replies learned from before the switch
+    old: str
+    new: str
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass
+class LiveState:
+    """What a device that plans live reports in ``Describe`` (``LiveState`` in agent.proto)."""
+
+    ready: bool = False
+    safe_plan: str = ""
+    first_plan_s: float = 0.0
+    error: str = ""
+    plan: str = ""
+    predicted_latency_s: float = 0.0
+    links: list[LinkReading] = field(default_factory=list)
+    compute_factor: dict[str, float] = field(default_factory=dict)
+    down: list[str] = field(default_factory=list)
+    switches: list[PlanSwitch] = field(default_factory=list)
+    requests: int = 0
+    last_reason: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["links"] = [{"name": k.name, "bandwidth_bps": k.bandwidth_bps, "rtt_s": k.rtt_s} for k in self.links]
+        out["switches"] = [sw.to_json() for sw in self.switches]
+        return out
+
+
 @dataclass
 class Description:
     """What an agent says about itself in the handshake (see ``DescribeResponse`` in agent.proto)."""
@@ -267,6 +322,7 @@ class Description:
     # asked for with ``with_upstream``: the upstream's own answer (one level), or why it could not be had
     upstream_description: "Description | None" = None
     upstream_error: str = ""
+    live: LiveState | None = None  # a device that plans live
 
     def to_json(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -275,6 +331,7 @@ class Description:
         out["counters"] = self.counters.to_json()
         if self.upstream_description is not None:
             out["upstream_description"] = self.upstream_description.to_json()
+        out["live"] = self.live.to_json() if self.live is not None else None
         return out
 
 
@@ -323,6 +380,10 @@ def encode_reply(reply: InferReply) -> bytes:
     for t in reply.tensors:
         _tensor_meta(t, msg.outputs.add())
     _breakdown_meta(reply.breakdown, msg.breakdown)
+    if reply.plan:
+        msg.parameters["plan"].string_param = reply.plan
+    if reply.predicted_latency_s:
+        msg.parameters["predicted_latency_s"].double_param = reply.predicted_latency_s
     return frame(msg.SerializeToString(), _RAW_FIELD, [t.payload for t in reply.tensors])
 
 
@@ -404,6 +465,10 @@ def decode_reply(data: bytes | memoryview, limits: WireLimits) -> InferReply:
     )
     msg = pb.InferResponse()
     _parse(msg, rest, "InferResponse")
+    plan = msg.parameters["plan"].string_param if "plan" in msg.parameters else ""
+    if len(plan) > 4 * limits.max_name_chars:
+        raise InvalidRequest(f"reply plan is {len(plan)} characters, limit {4 * limits.max_name_chars}")
+    predicted = msg.parameters["predicted_latency_s"].double_param if "predicted_latency_s" in msg.parameters else 0.0
     b = msg.breakdown
     breakdown = Breakdown(
         tiers=[TierTiming(*[getattr(t, name) for name in _TIMING_FIELDS]) for t in b.tiers],
@@ -421,6 +486,8 @@ def decode_reply(data: bytes | memoryview, limits: WireLimits) -> InferReply:
         error_code=msg.error_code,
         error_message=msg.error_message,
         wire_nbytes=memoryview(data).nbytes,
+        plan=plan,
+        predicted_latency_s=predicted if math.isfinite(predicted) and predicted > 0 else 0.0,
     )
 
 
@@ -452,7 +519,29 @@ def _description_msg(d: Description) -> Any:
     )
     if d.upstream_description is not None:
         msg.upstream_description.CopyFrom(_description_msg(replace(d.upstream_description, upstream_description=None)))
+    if d.live is not None:
+        _live_msg(d.live, msg.live)
     return msg
+
+
+def _live_msg(state: LiveState, into: Any) -> None:
+    for f in ("ready", "safe_plan", "first_plan_s", "error", "plan", "predicted_latency_s", "requests", "last_reason"):
+        setattr(into, f, getattr(state, f))
+    into.links.extend(pb.LinkReading(name=k.name, bandwidth_bps=k.bandwidth_bps, rtt_s=k.rtt_s) for k in state.links)
+    into.compute_factor.update(state.compute_factor)
+    into.down.extend(state.down)
+    into.switches.extend(pb.PlanSwitch(**sw.to_json()) for sw in state.switches)
+
+
+def _live_of(msg: Any) -> LiveState:
+    return LiveState(
+        ready=msg.ready, safe_plan=msg.safe_plan, first_plan_s=msg.first_plan_s, error=msg.error, plan=msg.plan,
+        predicted_latency_s=msg.predicted_latency_s,
+        links=[LinkReading(k.name, k.bandwidth_bps, k.rtt_s) for k in msg.links],
+        compute_factor=dict(msg.compute_factor), down=list(msg.down),
+        switches=[PlanSwitch(sw.t_s, sw.request_index, sw.old, sw.new, sw.reason) for sw in msg.switches],
+        requests=msg.requests, last_reason=msg.last_reason,
+    )  # fmt: skip
 
 
 def decode_description(data: bytes) -> Description:
@@ -489,4 +578,5 @@ def _description_of(msg: Any) -> Description:
         inputs=[(t.name, t.datatype, tuple(t.shape)) for t in msg.inputs],
         counters=Counters(*[getattr(msg.counters, name) for name in _COUNTER_FIELDS]),
         upstream_error=msg.upstream_error,
+        live=_live_of(msg.live) if msg.HasField("live") else None,
     )

@@ -103,7 +103,7 @@ def test_health_is_reachable_without_a_token(secured) -> None:  # type: ignore[n
 
 def test_upstream_auth_from_a_node_file(secured, tmp_path, tools) -> None:  # type: ignore[no-untyped-def]
     """An edge's ``upstream.tls``/``upstream.auth`` (paths relative to its node file) reach the cloud."""
-    from edgeflow.agent.client import peer_client
+    from edgeflow.agent.wiring import peer_client
     from edgeflow.cli.agent_cmds import read_node_file
 
     agent, certs, _ = secured

@@ -1,25 +1,80 @@
-"""Planner inputs measured from a model: exit behaviour on held-out data and exit-head seconds.
+"""Planner inputs measured from a model: its profile, exit-head seconds, and exit behaviour (from held-out data or
+the artifact's calibration table).
 
 Computation only (torch, no files): callers load the artifact and the data. The clock is a parameter, as in
-``edgeflow.core.profile``.
+``edgeflow.core.profile``. :func:`planning_inputs` is what both the device's live planner (``edgeflow.agent.measure``)
+and the scenario runner's planning (``edgeflow.scenario.planning``) measure before they build a cost model.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
-from typing import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from edgeflow.core.codecs import get_codec
 from edgeflow.core.exits import ExitHead, confidence, partition_tap
 from edgeflow.core.partition import Partition
+from edgeflow.core.profile import ModelProfile, profile_model
 
 from .exitmodel import DEFAULT_EXIT_GRID, ExitModel
 
-__all__ = ["exit_model_from_heads", "exit_head_seconds"]
+__all__ = ["PlanningInputs", "planning_inputs", "exit_model_from_heads", "exit_head_seconds"]
+
+
+@dataclass
+class PlanningInputs:
+    """What a cost model needs measured from the model on one host.
+
+    Attributes:
+        profile: per-position compute, bytes and codec costs.
+        exit_head_s: seconds of each exit head (with its confidence), by position.
+        exits: the exit behaviour (None without heads or calibration).
+    """
+
+    profile: ModelProfile
+    exit_head_s: dict[int, float]
+    exits: ExitModel | None
+
+
+def planning_inputs(
+    p: Partition,
+    inputs: tuple[torch.Tensor, ...],
+    heads: Mapping[int, nn.Module],
+    calibration: Any,
+    *,
+    activation_codecs: Sequence[str],
+    input_codecs: Sequence[str],
+    name: str = "model",
+    repeats: int = 3,
+    head_repeats: int = 5,
+    codec_fit_points: int | None = None,
+    exit_grid: Sequence[float] | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> PlanningInputs:
+    """Profile ``p`` on ``inputs`` (codecs timed as served, one repeat), time its exit heads, and read the exit
+    behaviour from ``calibration`` (a ``CalibrationTable``: exact joint statistics when it keeps per-sample data).
+
+    Args:
+        codec_fit_points: see :func:`edgeflow.core.profile.profile_model` (fast: the live planner's start-up).
+        exit_grid: thresholds the exit model offers (default: ``DEFAULT_EXIT_GRID``).
+    """
+    prof = profile_model(
+        p, inputs, name=name, activation_codecs=[get_codec(c) for c in activation_codecs],
+        input_codecs=[get_codec(c) for c in input_codecs], repeats=repeats, codec_repeats=1,
+        codec_fit_points=codec_fit_points, clock=clock,
+    )  # fmt: skip
+    ordered = [heads[k] for k in sorted(heads)]
+    head_s = exit_head_seconds(p, ordered, inputs[0], repeats=head_repeats, clock=clock) if ordered else {}
+    exits = None
+    if ordered and calibration is not None:
+        exits = ExitModel.from_calibration(calibration, tuple(exit_grid) if exit_grid is not None else DEFAULT_EXIT_GRID)
+    return PlanningInputs(prof, head_s, exits)
 
 
 @torch.no_grad()

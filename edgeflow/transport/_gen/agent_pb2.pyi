@@ -168,7 +168,7 @@ class Power(_message.Message):
     def __init__(self, idle_w: _Optional[float] = ..., active_w: _Optional[float] = ..., transmit_w: _Optional[float] = ...) -> None: ...
 
 class DescribeResponse(_message.Message):
-    __slots__ = ("role", "model_fingerprint", "num_positions", "cuts", "codecs", "plan", "profile", "slowdown_factor", "power", "torch_device", "threads", "max_message_bytes", "max_batch", "upstream", "version", "inputs", "counters", "upstream_description", "upstream_error")
+    __slots__ = ("role", "model_fingerprint", "num_positions", "cuts", "codecs", "plan", "profile", "slowdown_factor", "power", "torch_device", "threads", "max_message_bytes", "max_batch", "upstream", "version", "inputs", "counters", "upstream_description", "upstream_error", "live")
     ROLE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     NUM_POSITIONS_FIELD_NUMBER: _ClassVar[int]
@@ -188,6 +188,7 @@ class DescribeResponse(_message.Message):
     COUNTERS_FIELD_NUMBER: _ClassVar[int]
     UPSTREAM_DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     UPSTREAM_ERROR_FIELD_NUMBER: _ClassVar[int]
+    LIVE_FIELD_NUMBER: _ClassVar[int]
     role: str
     model_fingerprint: str
     num_positions: int
@@ -207,7 +208,67 @@ class DescribeResponse(_message.Message):
     counters: Counters
     upstream_description: DescribeResponse
     upstream_error: str
-    def __init__(self, role: _Optional[str] = ..., model_fingerprint: _Optional[str] = ..., num_positions: _Optional[int] = ..., cuts: _Optional[_Iterable[int]] = ..., codecs: _Optional[_Iterable[str]] = ..., plan: _Optional[str] = ..., profile: _Optional[_Iterable[_Union[RangeProfile, _Mapping]]] = ..., slowdown_factor: _Optional[float] = ..., power: _Optional[_Union[Power, _Mapping]] = ..., torch_device: _Optional[str] = ..., threads: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_batch: _Optional[int] = ..., upstream: _Optional[str] = ..., version: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., counters: _Optional[_Union[Counters, _Mapping]] = ..., upstream_description: _Optional[_Union[DescribeResponse, _Mapping]] = ..., upstream_error: _Optional[str] = ...) -> None: ...
+    live: LiveState
+    def __init__(self, role: _Optional[str] = ..., model_fingerprint: _Optional[str] = ..., num_positions: _Optional[int] = ..., cuts: _Optional[_Iterable[int]] = ..., codecs: _Optional[_Iterable[str]] = ..., plan: _Optional[str] = ..., profile: _Optional[_Iterable[_Union[RangeProfile, _Mapping]]] = ..., slowdown_factor: _Optional[float] = ..., power: _Optional[_Union[Power, _Mapping]] = ..., torch_device: _Optional[str] = ..., threads: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_batch: _Optional[int] = ..., upstream: _Optional[str] = ..., version: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., counters: _Optional[_Union[Counters, _Mapping]] = ..., upstream_description: _Optional[_Union[DescribeResponse, _Mapping]] = ..., upstream_error: _Optional[str] = ..., live: _Optional[_Union[LiveState, _Mapping]] = ...) -> None: ...
+
+class LiveState(_message.Message):
+    __slots__ = ("ready", "safe_plan", "first_plan_s", "error", "plan", "predicted_latency_s", "links", "compute_factor", "down", "switches", "requests", "last_reason")
+    class ComputeFactorEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    READY_FIELD_NUMBER: _ClassVar[int]
+    SAFE_PLAN_FIELD_NUMBER: _ClassVar[int]
+    FIRST_PLAN_S_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_LATENCY_S_FIELD_NUMBER: _ClassVar[int]
+    LINKS_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_FACTOR_FIELD_NUMBER: _ClassVar[int]
+    DOWN_FIELD_NUMBER: _ClassVar[int]
+    SWITCHES_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    LAST_REASON_FIELD_NUMBER: _ClassVar[int]
+    ready: bool
+    safe_plan: str
+    first_plan_s: float
+    error: str
+    plan: str
+    predicted_latency_s: float
+    links: _containers.RepeatedCompositeFieldContainer[LinkReading]
+    compute_factor: _containers.ScalarMap[str, float]
+    down: _containers.RepeatedScalarFieldContainer[str]
+    switches: _containers.RepeatedCompositeFieldContainer[PlanSwitch]
+    requests: int
+    last_reason: str
+    def __init__(self, ready: _Optional[bool] = ..., safe_plan: _Optional[str] = ..., first_plan_s: _Optional[float] = ..., error: _Optional[str] = ..., plan: _Optional[str] = ..., predicted_latency_s: _Optional[float] = ..., links: _Optional[_Iterable[_Union[LinkReading, _Mapping]]] = ..., compute_factor: _Optional[_Mapping[str, float]] = ..., down: _Optional[_Iterable[str]] = ..., switches: _Optional[_Iterable[_Union[PlanSwitch, _Mapping]]] = ..., requests: _Optional[int] = ..., last_reason: _Optional[str] = ...) -> None: ...
+
+class LinkReading(_message.Message):
+    __slots__ = ("name", "bandwidth_bps", "rtt_s")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    BANDWIDTH_BPS_FIELD_NUMBER: _ClassVar[int]
+    RTT_S_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    bandwidth_bps: float
+    rtt_s: float
+    def __init__(self, name: _Optional[str] = ..., bandwidth_bps: _Optional[float] = ..., rtt_s: _Optional[float] = ...) -> None: ...
+
+class PlanSwitch(_message.Message):
+    __slots__ = ("t_s", "request_index", "old", "new", "reason")
+    T_S_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_INDEX_FIELD_NUMBER: _ClassVar[int]
+    OLD_FIELD_NUMBER: _ClassVar[int]
+    NEW_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    t_s: float
+    request_index: int
+    old: str
+    new: str
+    reason: str
+    def __init__(self, t_s: _Optional[float] = ..., request_index: _Optional[int] = ..., old: _Optional[str] = ..., new: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Counters(_message.Message):
     __slots__ = ("requests", "fallbacks", "duplicates_served", "shed", "last_fallback")

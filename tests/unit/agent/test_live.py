@@ -95,6 +95,9 @@ class _Flipper:
         with self._lock:
             return next(self._plans), None
 
+    def predict_s(self, plan: Plan) -> None:
+        return None
+
     def observe(self, breakdown: Breakdown, plan: str, *, decide: bool = True) -> None:
         with self._lock:
             self.observed.append(plan)
@@ -116,15 +119,18 @@ def test_switching_mid_burst_loses_and_repeats_nothing(chain: ChainFactory, runt
 
     agents[2].infer = counting  # type: ignore[method-assign]
     flipper = _Flipper(PLANS)
-    device = DeviceClient(agents[0], max_inflight=4, live=flipper)  # type: ignore[arg-type]
+    assert agents[0].source is not None
+    agents[0].source.attach(flipper)  # type: ignore[arg-type]
+    device = DeviceClient(agents[0], max_inflight=4)
     xs = [_x(1, seed=i) for i in range(30)]
     results = list(device.infer_many(xs))
     device._pool.shutdown(wait=True)
+    assert agents[0].source.settle()  # every reply learned from
     assert len(results) == len(xs) and len({r.request_id for r in results}) == len(xs)
     for x, r in zip(xs, results):  # in input order, each under its own plan, each correct
         assert torch.equal(r.output, _reference(runtime, x)), r.plan
     assert Counter(r.plan for r in results) == Counter({p: 6 for p in PLANS})
-    assert sorted(flipper.observed) == sorted(r.plan for r in results)
+    assert sorted(map(str, flipper.observed)) == sorted(r.plan for r in results)
     to_cloud = [r.request_id for r in results if "cloud" in r.plan]
     assert sorted(seen) == sorted(to_cloud) and set(seen.values()) == {1}
 
@@ -181,8 +187,10 @@ def test_live_planner_learns_the_link_from_replies_and_switches(chain: ChainFact
 def test_live_planner_builds_the_devices_ranges_before_any_request(
     chain: ChainFactory, runtime: ModelRuntime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from edgeflow.agent.wiring import start_live_planning
+
     agents = chain("auto", roles=("device", "cloud"))
-    live = _live(agents)
+    start_live_planning(agents[0], wait=True, settings=PlannerConfig(), profile_repeats=1)
 
     def no_build(a: int, b: int) -> None:
         raise AssertionError(f"range [{a}:{b}] built by a request")
@@ -193,7 +201,6 @@ def test_live_planner_builds_the_devices_ranges_before_any_request(
     for stop in [*runtime.cuts, n]:  # any device[0:c], with its exits or without
         runtime.run(0, stop, [_x()])
         runtime.run(0, stop, [_x()], exits)
-    live.close()
 
 
 class _Peer:

@@ -1,0 +1,157 @@
+"""Inbound tensors are admitted in one step: checked, budgeted, decoded.
+
+Whatever tensors reach an agent from the wire — a request's inputs, or payloads it relayed and must now finish
+itself (a fallback) — pass :meth:`Admission.admit` once:
+
+1. **checked** against what crosses that position of the model (:meth:`ModelRuntime.check_wire_tensors`: count,
+   names, datatypes, shapes, batch size), before anything is decoded;
+2. **budgeted**: the decoded size implied by the declared shapes is taken from the agent's memory budget
+   (``compute.memory_cap_mb``) for as long as the values are held;
+3. **decoded**: each payload's codec must be known and its header must agree with the declaration; decoding is
+   bounded by the declared size, so a payload cannot make the agent allocate more than it declared.
+
+Codec specs are parsed once and kept in a bounded cache (:class:`CodecCache`): requests name a handful, hostile ones
+could name millions.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+
+from edgeflow.agent.compute import MemoryBudget
+from edgeflow.agent.runtime import ModelRuntime
+from edgeflow.core.codecs import CODEC_NAMES, Codec, DecodeLimits, codec_from_spec, decode, read_header
+from edgeflow.errors import CodecError
+from edgeflow.transport import InvalidRequest, WireTensor, datatype_of
+
+__all__ = ["CodecCache", "Admitted", "Admission"]
+
+_CODEC_CACHE = 64  # parsed codec specs kept
+
+
+class CodecCache:
+    """Codec specs (``int8``, ``int8c:z3:a-1``) parsed once; at most ``size`` kept."""
+
+    def __init__(self, size: int = _CODEC_CACHE):
+        self.size = size
+        self._codecs: dict[str, Codec] = {}
+        self._lock = threading.Lock()
+
+    def get(self, spec: str) -> Codec:
+        """The codec ``spec`` names.
+
+        Raises:
+            InvalidRequest: an unknown codec name.
+            CodecError: a known name with a malformed spec.
+        """
+        codec = self._codecs.get(spec)
+        if codec is None:
+            if spec.split(":")[0] not in CODEC_NAMES:
+                raise InvalidRequest(f"unknown codec {spec!r}; known: {', '.join(CODEC_NAMES)}")
+            codec = codec_from_spec(spec)
+            with self._lock:
+                if len(self._codecs) < self.size:
+                    self._codecs[spec] = codec
+        return codec
+
+
+@dataclass
+class Admitted:
+    """Decoded values held under the memory budget until the ``admit`` block ends."""
+
+    values: list[torch.Tensor]
+    decode_s: float
+    nbytes: int
+
+
+class Admission:
+    """The admission step of one agent (see the module doc).
+
+    Args:
+        runtime: the loaded model: what crosses each position.
+        memory: the agent's budget of decoded bytes held at once.
+        codecs: the agent's codec cache.
+    """
+
+    def __init__(self, runtime: ModelRuntime, memory: MemoryBudget, codecs: CodecCache):
+        self.runtime, self.memory, self.codecs = runtime, memory, codecs
+
+    @contextmanager
+    def admit(self, position: int, tensors: Sequence[WireTensor]) -> Iterator[Admitted]:
+        """Check, budget and decode ``tensors``, the live values at ``position``; the budget is released when the
+        block ends.
+
+        Raises:
+            InvalidRequest: count, name, datatype or shape does not fit the position, or a payload disagrees with
+                its declaration (codec, datatype, shape).
+            RequestTooLarge, Overloaded: the memory budget cannot hold the declared values.
+            CodecError: a corrupt or truncated payload.
+        """
+        self.runtime.check_wire_tensors(position, tensors)
+        infos = self.runtime.cut_info(position).tensors
+        nbytes = sum(_numel(t.shape) * _itemsize(i.dtype) for t, i in zip(tensors, infos))
+        self.memory.acquire(nbytes)
+        try:
+            t0 = time.monotonic()
+            values = [self._decode(i, t, position) for i, t in enumerate(tensors)]
+            yield Admitted(values, time.monotonic() - t0, nbytes)
+        finally:
+            self.memory.release(nbytes)
+
+    def _decode(self, index: int, t: WireTensor, position: int) -> torch.Tensor:
+        label = f"input {index} ({t.name!r}) at position {position}"
+        if t.codec.split(":")[0] not in CODEC_NAMES:
+            raise InvalidRequest(f"{label}: unknown codec {t.codec!r}; known: {', '.join(CODEC_NAMES)}")
+        try:
+            self.codecs.get(t.codec)  # the whole spec must parse, not just its name ("lossless:j1" is garbage)
+        except CodecError as e:
+            raise InvalidRequest(f"{label}: declared codec {t.codec!r} is not a codec spec: {e}") from None
+        declared = _numel(t.shape) * _itemsize(_torch_dtype_name(t.datatype))
+        limits = DecodeLimits(max_elements=max(1, _numel(t.shape)), max_bytes=max(1, declared))
+        header = read_header(t.payload, limits)
+        if header.codec_name != t.codec.split(":")[0]:
+            raise InvalidRequest(f"{label}: declared codec {t.codec!r} but the payload is {header.codec_name!r}")
+        got_dtype = str(header.dtype).removeprefix("torch.")
+        if datatype_of(got_dtype) != t.datatype or tuple(header.shape) != tuple(t.shape):
+            raise InvalidRequest(
+                f"{label}: declared {t.datatype} {list(t.shape)} but the payload holds "
+                f"{datatype_of(got_dtype)} {list(header.shape)}"
+            )
+        value = decode(t.payload, limits)
+        device = self.runtime.device
+        return value.to(device, non_blocking=True) if device.type != "cpu" else value
+
+
+def _numel(shape: Sequence[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+_ITEMSIZES: dict[str, int] = {}
+
+
+def _itemsize(dtype_name: str) -> int:
+    """Bytes per element of a torch dtype name (``"float32"`` -> 4)."""
+    size = _ITEMSIZES.get(dtype_name)
+    if size is None:
+        dtype = getattr(torch, dtype_name, None)
+        size = torch.empty((), dtype=dtype).element_size() if isinstance(dtype, torch.dtype) else 8
+        _ITEMSIZES[dtype_name] = size
+    return size
+
+
+def _torch_dtype_name(datatype: str) -> str:
+    from edgeflow.transport import dtype_name_of
+
+    try:
+        return dtype_name_of(datatype)
+    except InvalidRequest:
+        return "float64"  # an unknown datatype is refused by the header check; size it as the widest

@@ -1,0 +1,231 @@
+"""Where a request enters the chain: the device decides which plan it goes by, and learns from its reply.
+
+Every input the device takes — from its in-process caller (:class:`~edgeflow.agent.client.DeviceClient`,
+``edgeflow infer``, the scenario runner) or over gRPC from another process (``edgeflow agent --node device.yaml``
+serving ``Infer``) — passes one :class:`Source`, so a device deployed as its own agent process plans live exactly
+like the in-process one:
+
+1. :meth:`Source.ticket` stamps the request with its plan: the live planner's current plan, or a plan the caller
+   forced (the planner then predicts it but does not re-plan on its reply), or, while the live planner is still
+   measuring the chain or when there is none, the *safe plan* (the node file's plan, else device-only). With the
+   plan come its predicted latency, the latency target (``fallback.slo_ms``, else ``planner.slo_ms``) and the
+   stall budget (``fallback.stall_factor`` x the prediction) the upstream call is given up at.
+2. :meth:`Source.learn` hands the reply's breakdown to the live planner on a learner thread, in arrival order:
+   the caller has its answer before the planner searches (a search costs milliseconds), and a burst of replies
+   never blocks requests. The queue is bounded; a reply that finds it full is not learned from (counted). A reply
+   that fell back (a tier down or stalled) is urgent: the next ticket waits until it has been learned from, so the
+   next request is planned around the failed tier instead of waiting on it too.
+
+Serve while planning: :meth:`Source.start_live` measures the chain and picks the first plan in the background
+(:meth:`LivePlanner.start`); requests go by the safe plan until :attr:`Source.ready` is set. Bad requests never
+reach a ticket (they fail admission first), so they change neither the plan nor the estimates.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+from edgeflow.agent.failover import latency_target_s, stall_after_s
+from edgeflow.config import NodeConfig
+from edgeflow.core.plan import Plan
+from edgeflow.errors import EdgeflowError
+from edgeflow.transport import Breakdown, LiveState
+
+if TYPE_CHECKING:
+    from edgeflow.agent.live import LivePlanner
+
+__all__ = ["Ticket", "Source"]
+
+_log = logging.getLogger(__name__)
+_LEARN_QUEUE = 256  # replies waiting to be learned from; beyond, dropped (and counted)
+_URGENT_WAIT_S = 1.0  # the longest a ticket waits for a fallback to be learned from (a search takes milliseconds)
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """What one request goes by.
+
+    Attributes:
+        plan: its plan.
+        predicted_s: the live planner's predicted latency for it (None without one, or before it is ready).
+        target: ``time.monotonic()`` value to answer by where possible (the latency target), or None.
+        stall_s: seconds after which its upstream call counts as stalled, or None.
+        forced: the caller chose the plan (the planner learns from the reply but does not re-plan on it).
+        live: the live planner issued it (its reply is learned from).
+    """
+
+    plan: Plan
+    predicted_s: float | None = None
+    target: float | None = None
+    stall_s: float | None = None
+    forced: bool = False
+    live: bool = False
+
+
+class Source:
+    """The device's request entry (see the module doc).
+
+    Args:
+        config: the device's node config.
+        safe_plan: the plan requests go by while no live plan is ready (the agent's resolved configured plan).
+        clock: monotonic seconds.
+    """
+
+    def __init__(self, config: NodeConfig, safe_plan: Plan, *, clock: Callable[[], float] = time.monotonic):
+        self.config = config
+        self.safe_plan = safe_plan
+        self.clock = clock
+        self.planner: LivePlanner | None = None
+        self.ready = threading.Event()  # the live planner serves plans (set at once without one)
+        self.error = ""  # why the live planner did not start
+        self.first_plan_s = 0.0  # seconds from start_live to the first live plan
+        self.dropped = 0  # replies not learned from (the learner's queue was full)
+        self._target_s = latency_target_s(config.fallback, config.planner.slo_ms)
+        self._queue: queue.Queue[tuple[Ticket, Breakdown] | None] = queue.Queue(_LEARN_QUEUE)
+        self._learner: threading.Thread | None = None
+        self._builder: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._urgent = 0  # fallbacks queued and not yet learned from
+        self._learned = threading.Condition(self._lock)
+        self._closed = False
+        if not config.auto:
+            self.ready.set()
+
+    # ------------------------------------------------------------------------------------ per request
+    def ticket(self, forced: Plan | None = None, t0: float | None = None) -> Ticket:
+        """The plan, prediction, target and stall budget of a request starting at ``t0`` (default: now)."""
+        t0 = self.clock() if t0 is None else t0
+        target = t0 + self._target_s if self._target_s is not None else None
+        if self._urgent:
+            with self._learned:
+                self._learned.wait_for(lambda: not self._urgent, timeout=_URGENT_WAIT_S)
+        planner = self.planner
+        if forced is not None:
+            predicted = planner.predict_s(forced) if planner is not None else None
+            return Ticket(forced, predicted, target, None, forced=True, live=planner is not None)
+        if planner is None:
+            return Ticket(self.safe_plan, None, target)
+        plan, predicted = planner.current()
+        return Ticket(plan, predicted, target, stall_after_s(self.config.fallback, predicted), live=True)
+
+    def learn(self, ticket: Ticket, breakdown: Breakdown) -> None:
+        """Queue a reply for the live planner (no-op without one)."""
+        if not ticket.live or self.planner is None or self._closed:
+            return
+        if self._learner is None:
+            self._start_learner()
+        urgent = bool(breakdown.fallback)
+        with self._lock:
+            self._urgent += urgent
+        try:
+            self._queue.put_nowait((ticket, breakdown))
+        except queue.Full:
+            self.dropped += 1
+            self._learned_one(urgent)
+
+    def settle(self, timeout_s: float = 10.0) -> bool:
+        """Wait until every reply queued so far has been learned from (tests, benchmarks); False on timeout."""
+        end = time.monotonic() + timeout_s
+        while self._queue.unfinished_tasks and time.monotonic() < end:
+            time.sleep(0.002)
+        return not self._queue.unfinished_tasks
+
+    def _start_learner(self) -> None:
+        with self._lock:
+            if self._learner is None:
+                self._learner = threading.Thread(target=self._learn_loop, name="edgeflow-learn", daemon=True)
+                self._learner.start()
+
+    def _learn_loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                ticket, breakdown = item
+                planner = self.planner
+                if planner is not None:
+                    planner.observe(breakdown, ticket.plan, decide=not ticket.forced)
+            except Exception:  # noqa: BLE001 - a planner bug must not stop learning from the next reply
+                _log.exception("live planner: learning from a reply failed")
+            finally:
+                self._queue.task_done()
+                if item is not None:
+                    self._learned_one(bool(item[1].fallback))
+
+    def _learned_one(self, urgent: bool) -> None:
+        if urgent:
+            with self._learned:
+                self._urgent -= 1
+                self._learned.notify_all()
+
+    # ------------------------------------------------------------------------------------ the live planner
+    def attach(self, planner: LivePlanner, first_plan_s: float = 0.0) -> None:
+        """Serve ``planner``'s plans from now on."""
+        self.planner = planner
+        self.first_plan_s = first_plan_s
+        self.ready.set()
+
+    def start_live(self, build: Callable[[], LivePlanner], *, wait: bool, after: Callable[[], None] | None = None) -> None:
+        """Build the live planner with ``build`` (measure the chain, choose the first plan) in the background, then
+        :meth:`attach` it and run ``after`` (e.g. building ranges). ``wait``: block until it is attached or failed.
+
+        Raises:
+            EdgeflowError: with ``wait``, the planner could not start (without, it is logged and the safe plan kept).
+        """
+        t0 = time.monotonic()
+
+        def run() -> None:
+            try:
+                planner = build()
+            except EdgeflowError as e:
+                self.error = f"{type(e).__name__}: {e}"
+                _log.warning("live planner did not start (%s); serving the safe plan %s", self.error, self.safe_plan)
+                self.ready.set()
+                return
+            if self._closed:
+                planner.close()
+                return
+            self.attach(planner, time.monotonic() - t0)
+            _log.info("live planner ready after %.2f s: %s", self.first_plan_s, planner.plan)
+            if after is not None:
+                after()
+
+        if wait:
+            run()
+            if self.error:
+                raise EdgeflowError(self.error)
+            return
+        self._builder = threading.Thread(target=run, name="edgeflow-plan-start", daemon=True)
+        self._builder.start()
+
+    def state(self) -> LiveState | None:
+        """What ``Describe`` reports about live planning (None for a device without ``plan: auto``)."""
+        if not self.config.auto:
+            return None
+        planner = self.planner
+        base = LiveState(ready=planner is not None, safe_plan=str(self.safe_plan), first_plan_s=self.first_plan_s,
+                         error=self.error)  # fmt: skip
+        return planner.state(base) if planner is not None else base
+
+    def current_plan(self) -> Plan:
+        """The plan the next request goes by unless the caller forces one."""
+        return self.planner.current()[0] if self.planner is not None else self.safe_plan
+
+    def close(self) -> None:
+        self._closed = True
+        if self._learner is not None:
+            try:
+                self._queue.put_nowait(None)
+            except queue.Full:
+                pass
+            self._learner.join(timeout=5.0)
+        if self._builder is not None:
+            self._builder.join(timeout=30.0)
+        if self.planner is not None:
+            self.planner.close()
