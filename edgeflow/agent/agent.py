@@ -145,7 +145,7 @@ class Agent:
         self._fallback_lock = threading.Lock()  # _reserve_profile
         self._reserve_profile: list[RangeProfile] | None = None  # without a handshake profile: measured when needed
         # the device is where requests enter the chain (see the module doc)
-        self.source: Source | None = Source(config, self.plan) if self.role == TIERS[0] else None
+        self.source: Source | None = Source(config, config.parsed_plan) if self.role == TIERS[0] else None
 
     # ------------------------------------------------------------------------------------ handshake
     def describe(self, caller_fingerprint: str = "", caller_role: str = "") -> Description:

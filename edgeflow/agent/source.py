@@ -183,7 +183,11 @@ class Source:
         def run() -> None:
             try:
                 planner = build()
-            except EdgeflowError as e:
+            except Exception as e:  # noqa: BLE001 - reported in Describe; serving goes on under the safe plan
+                if self._closed:  # the agent closed its upstream under the measurement: nothing to report
+                    return
+                if not isinstance(e, EdgeflowError):
+                    _log.exception("live planner: start-up failed")
                 self.error = f"{type(e).__name__}: {e}"
                 _log.warning("live planner did not start (%s); serving the safe plan %s", self.error, self.safe_plan)
                 self.ready.set()
@@ -225,7 +229,6 @@ class Source:
             except queue.Full:
                 pass
             self._learner.join(timeout=5.0)
-        if self._builder is not None:
-            self._builder.join(timeout=30.0)
+        # a builder still measuring is not waited for: it ends once the agent closes its upstream under it
         if self.planner is not None:
             self.planner.close()

@@ -270,7 +270,8 @@ def describe(
         _fail(f"{type(e).__name__}: {e}")
         return
     data = {"address": address, "role": d.role, "plan": d.plan, "fingerprint": d.fingerprint, "version": d.version,
-            "upstream": d.upstream, "counters": d.counters.to_json()}  # fmt: skip
+            "upstream": d.upstream, "counters": d.counters.to_json(),
+            "live": d.live.to_json() if d.live is not None else None}  # fmt: skip
     if json_out:
         print(json.dumps(data, indent=1))
         return
@@ -283,6 +284,33 @@ def describe(
                f"shed: {c.shed}", highlight=False)  # fmt: skip
     if c.last_fallback:
         _out.print(f"last fallback: {c.last_fallback}", highlight=False, soft_wrap=True)  # one line: grep-able
+    if d.live is not None:
+        _print_live(d.live)
+
+
+def _print_live(live: Any) -> None:
+    """The live planner's part of ``edgeflow describe``: state, prediction, link estimates, switches."""
+    if not live.ready:
+        _out.print(f"live planner: measuring the chain; serving the safe plan {live.safe_plan}", highlight=False)
+        return
+    if live.error:
+        _out.print(f"live planner: did not start ({live.error}); serving {live.safe_plan}", highlight=False, soft_wrap=True)
+        return
+    _out.print(f"live planner: ready after {live.first_plan_s:.2f} s; {live.requests} replies learned from; "
+               f"predicted latency {live.predicted_latency_s * 1e3:.1f} ms", highlight=False)  # fmt: skip
+    for link in live.links:
+        bw = f"{link.bandwidth_bps / 1e6:.2f} Mbit/s" if link.bandwidth_bps else "not measured"
+        _out.print(f"  link {link.name}: {bw}, round trip {link.rtt_s * 1e3:.2f} ms", highlight=False)
+    if live.compute_factor:
+        factors = ", ".join(f"{k} x{v:.2f}" for k, v in sorted(live.compute_factor.items()))
+        _out.print(f"  compute correction: {factors}", highlight=False)
+    if live.down:
+        _out.print(f"  down: {', '.join(live.down)}", highlight=False)
+    _out.print(f"  last decision: {live.last_reason}", highlight=False, soft_wrap=True)
+    _out.print(f"  switches: {len(live.switches)}" + (" (latest first)" if live.switches else ""), highlight=False)
+    for sw in reversed(live.switches[-10:]):
+        _out.print(f"    t={sw.t_s:.2f} s after request {sw.request_index}: {sw.old} -> {sw.new} ({sw.reason})",
+                   highlight=False, soft_wrap=True)  # fmt: skip
 
 
 def register(app: typer.Typer) -> None:

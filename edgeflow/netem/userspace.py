@@ -243,6 +243,25 @@ class LinkEmulator:
         """A snapshot of the counters."""
         return LinkStats(**vars(self._stats))
 
+    def set_specs(self, uplink: LinkSpec | None = None, downlink: LinkSpec | None = None, timeout_s: float = 10.0) -> None:
+        """Change a direction's shaping now (its trace, if any, is read at link time from here on), e.g. a rate drop
+        a test makes happen at an event instead of at a time. Bytes already booked keep their delivery times."""
+        loop = self._loop
+        if loop is None:
+            raise RuntimeError("LinkEmulator is not started")
+        done = threading.Event()
+
+        def swap() -> None:
+            for direction, spec in (("uplink", uplink), ("downlink", downlink)):
+                if spec is not None:
+                    self._clocks[direction].spec = spec
+                    setattr(self, direction, spec)
+            done.set()
+
+        loop.call_soon_threadsafe(swap)
+        if not done.wait(timeout_s):
+            raise RuntimeError("LinkEmulator did not apply the new specs")
+
     def current_rate_bps(self, direction: str = "downlink") -> float | None:
         """The rate set now on ``"uplink"`` or ``"downlink"``: 0 in an outage, ``None`` when unshaped."""
         return self._clocks[direction].rate_at(self.now())

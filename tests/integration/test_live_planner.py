@@ -6,7 +6,6 @@ import logging
 import time
 
 from edgeflow.agent import DeviceClient
-from edgeflow.core.traces import steps
 from edgeflow.netem import LinkEmulator, LinkSpec
 
 DELAY_S = 0.001
@@ -31,25 +30,30 @@ def test_estimate_tracks_a_shaped_link(edge, make_device_config, images) -> None
 
 
 def test_plan_switches_soon_after_a_10x_drop(edge, make_device_config, images, caplog) -> None:  # type: ignore[no-untyped-def]
-    # the live planner needs ~1-3 s to profile, probe and plan (the link clock runs meanwhile), then a steady
-    # stretch before the drop: its last switch must be >= min_interval_s before it, or the test measures that
-    high, drop_at_s = 2e6, 6.0
-    trace = steps([(drop_at_s, high), (600.0, high / 10)])
-    spec = LinkSpec(rate=trace, delay_s=DELAY_S)
+    # events, not times: the drop comes once the planner is ready (from_config returns then) and has kept one plan
+    # for 10 requests in a row; each request's reply is learned from before the next (settle)
+    high = 2e6
+    fast = LinkSpec.constant(high, delay_s=DELAY_S)
     caplog.set_level(logging.INFO, logger="edgeflow.agent.live")
-    with LinkEmulator(edge.address, uplink=spec, downlink=spec) as emu:
+    with LinkEmulator(edge.address, uplink=fast, downlink=fast) as emu:
         # a slow device (30x the host) offloads on the fast link; after the drop, computing here wins
         with _device(make_device_config, emu.address, **{"compute.slowdown_factor": 30.0}) as device:
-            before = []
-            while emu.now() < drop_at_s:
+            source = device.agent.source
+            before: list = []  # type: ignore[type-arg]
+            steady = 0
+            while steady < 10:
                 before.append(device.infer(images[len(before) % 4]))
-                assert len(before) < 2000
+                assert source.settle() and len(before) < 500, [r.plan for r in before[-20:]]
+                steady = steady + 1 if len(before) > 1 and before[-1].plan == before[-2].plan else 0
             plan_before = before[-1].plan
             assert "edge" in plan_before or "cloud" in plan_before, plan_before
+            slow = LinkSpec.constant(high / 10, delay_s=DELAY_S)
+            emu.set_specs(uplink=slow, downlink=slow)  # the drop
             after = []
             t0 = time.monotonic()
             while len(after) < 8 and device.plan == plan_before:
                 after.append(device.infer(images[len(after) % 4]))
+                assert source.settle()
             switched_in = len(after)
             switches = device.plan_switches
     assert device.plan != plan_before, [s.reason for s in switches]
