@@ -249,7 +249,7 @@ class AgentClient:
             self._description = self.peer.describe(timeout_s=timeout_s)
         return self._description
 
-    def _call(self, x: torch.Tensor | tuple[torch.Tensor, ...], plan: str = "") -> InferCall:
+    def _call(self, x: torch.Tensor | tuple[torch.Tensor, ...], plan: str = "", request_id: str | None = None) -> InferCall:
         d = self.describe()
         values = list(x) if isinstance(x, tuple) else [x]
         names = [n for n, _, _ in d.inputs] or [""] * len(values)
@@ -257,7 +257,7 @@ class AgentClient:
             WireTensor(name, datatype_of(str(v.dtype).removeprefix("torch.")), tuple(v.shape), self._codec.spec, self._codec.encode(v))
             for name, v in zip(names, values)
         ]
-        return InferCall(_request_id("client"), d.fingerprint, 0, tensors, plan=plan)
+        return InferCall(request_id or _request_id("client"), d.fingerprint, 0, tensors, plan=plan)
 
     @staticmethod
     def _result(reply: Any, latency_s: float) -> Result:
@@ -266,12 +266,13 @@ class AgentClient:
                       reply.predicted_latency_s or None)  # fmt: skip
 
     def infer(self, x: torch.Tensor | tuple[torch.Tensor, ...], *, timeout_s: float = 30.0,
-              plan: Plan | str | None = None) -> Result:  # fmt: skip
+              plan: Plan | str | None = None, request_id: str | None = None) -> Result:  # fmt: skip
         """Run one input batch; raises TransportError subclasses on failure.
 
         ``plan``: the plan the request goes by (default: the agent's; a device agent that plans live chooses it).
+        ``request_id``: the id it travels under (default: a fresh one); a repeated id is answered once.
         """
-        call = self._call(x, str(plan) if plan is not None else "")
+        call = self._call(x, str(plan) if plan is not None else "", request_id)
         t0 = time.monotonic()
         reply = self.peer.infer(call, timeout_s=timeout_s)
         return self._result(reply, time.monotonic() - t0)

@@ -180,7 +180,7 @@ class LivePlanner:
             base.plan, base.predicted_latency_s = str(rp.current), self._predicted_s or 0.0
             base.links, base.compute_factor = links, dict(rp.tracker.correction.factors)
             base.down, base.switches = sorted(self._down), switches
-            base.requests, base.last_reason = self.requests, self.last_reason
+            base.requests, base.last_reason, base.uptime_s = self.requests, self.last_reason, now - self.started_s
         return base
 
     def _mark_down(self, fell_back: str, why: str, sent_s: float, now: float) -> None:

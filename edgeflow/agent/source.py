@@ -8,8 +8,9 @@ like the in-process one:
 1. :meth:`Source.ticket` stamps the request with its plan: the live planner's current plan, or a plan the caller
    forced (the planner then predicts it but does not re-plan on its reply), or, while the live planner is still
    measuring the chain or when there is none, the *safe plan* (the node file's plan, else device-only). With the
-   plan come its predicted latency, the latency target (``fallback.slo_ms``, else ``planner.slo_ms``) and the
-   stall budget (``fallback.stall_factor`` x the prediction) the upstream call is given up at.
+   plan come its predicted latency, the latency target (``fallback.slo_ms``, else the planner's SLO; a forced plan
+   only gets an explicit ``fallback.slo_ms``: the caller chose it, and the planner's SLO is the planner's) and the
+   stall budget (``fallback.stall_factor`` x the prediction, live plans only) the upstream call is given up at.
 2. :meth:`Source.learn` hands the reply's breakdown to the live planner on a learner thread, in arrival order:
    the caller has its answer before the planner searches (a search costs milliseconds), and a burst of replies
    never blocks requests. The queue is bounded; a reply that finds it full is not learned from (counted). A reply
@@ -85,7 +86,6 @@ class Source:
         self.error = ""  # why the live planner did not start
         self.first_plan_s = 0.0  # seconds from start_live to the first live plan
         self.dropped = 0  # replies not learned from (the learner's queue was full)
-        self._target_s = latency_target_s(config.fallback, config.planner.slo_ms)
         self._queue: queue.Queue[tuple[Ticket, Breakdown] | None] = queue.Queue(_LEARN_QUEUE)
         self._learner: threading.Thread | None = None
         self._builder: threading.Thread | None = None
@@ -100,18 +100,19 @@ class Source:
     def ticket(self, forced: Plan | None = None, t0: float | None = None) -> Ticket:
         """The plan, prediction, target and stall budget of a request starting at ``t0`` (default: now)."""
         t0 = self.clock() if t0 is None else t0
-        target = t0 + self._target_s if self._target_s is not None else None
         if self._urgent:
             with self._learned:
                 self._learned.wait_for(lambda: not self._urgent, timeout=_URGENT_WAIT_S)
-        planner = self.planner
+        planner, fallback = self.planner, self.config.fallback
         if forced is not None:
             predicted = planner.predict_s(forced) if planner is not None else None
-            return Ticket(forced, predicted, target, None, forced=True, live=planner is not None)
+            return Ticket(forced, predicted, _at(t0, latency_target_s(fallback, None)), None, forced=True,
+                          live=planner is not None)  # fmt: skip
         if planner is None:
-            return Ticket(self.safe_plan, None, target)
+            return Ticket(self.safe_plan, None, _at(t0, latency_target_s(fallback, self.config.planner.slo_ms)))
         plan, predicted = planner.current()
-        return Ticket(plan, predicted, target, stall_after_s(self.config.fallback, predicted), live=True)
+        target = _at(t0, latency_target_s(fallback, planner.settings.slo_ms))
+        return Ticket(plan, predicted, target, stall_after_s(fallback, predicted), live=True)
 
     def learn(self, ticket: Ticket, breakdown: Breakdown) -> None:
         """Queue a reply for the live planner (no-op without one)."""
@@ -232,3 +233,7 @@ class Source:
         # a builder still measuring is not waited for: it ends once the agent closes its upstream under it
         if self.planner is not None:
             self.planner.close()
+
+
+def _at(t0: float, after_s: float | None) -> float | None:
+    return t0 + after_s if after_s is not None else None

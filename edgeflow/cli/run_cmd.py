@@ -3,6 +3,7 @@
     edgeflow run                                   # scenarios/quickstart.yaml
     edgeflow run commute-3g                        # a shipped scenario by name
     edgeflow run scenarios/lte-drive.yaml --out reports/lte --requests 50 --baselines cloud-only,best-fixed
+    edgeflow run chaos-kill-edge --device-process  # the device as its own agent process, sent inputs over gRPC
 
 A progress bar while it runs, a summary table at the end, and a report folder (default
 ``reports/<scenario>-<timestamp>``): ``summary.json``, ``requests.jsonl``, ``report.md``, PNG plots, plus the
@@ -192,6 +193,8 @@ def run(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show the progress bar"),
     json_out: bool = typer.Option(False, "--json", help="print summary.json instead of the table"),
     check: bool = typer.Option(False, "--check", help="only validate the scenario and its node files"),
+    device_process: bool = typer.Option(False, "--device-process", help="run each device as its own agent process "
+                                        "(edgeflow agent) and send it the inputs over gRPC, as deployed"),
 ) -> None:
     """Run a scenario: agents as processes, emulated links, edgeflow and baselines on the same trace."""
     try:
@@ -228,7 +231,8 @@ def run(
 
     try:
         with display.bar:
-            result = run_scenario(sc, nodes, scenario_dir=path.resolve().parent, out_dir=out_dir, events=display.events())
+            result = run_scenario(sc, nodes, scenario_dir=path.resolve().parent, out_dir=out_dir, events=display.events(),
+                                  device_process=device_process)  # fmt: skip
         summary = write_report(result, out_dir, plots=plots)
     except KeyboardInterrupt:
         _err.print("[yellow]interrupted[/]: agents and links stopped", highlight=False)

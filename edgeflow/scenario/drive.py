@@ -5,6 +5,8 @@ How a device sends a request:
 - :class:`LocalSender`: the device agent in this process (the same :class:`~edgeflow.agent.Agent` that
   ``edgeflow infer --node`` runs), every request stamped with one fixed plan, or with its live planner's. Several
   devices share the loaded model but each has its own agent, compute unit (its own emulated hardware) and link.
+- :class:`RemoteSender`: a device agent *process* (``edgeflow run --device-process``), sent each input over gRPC;
+  the device stamps the plan (a fixed one the request names, or its live planner's) exactly as in process.
 
 :func:`drive` sends the requests: open loop at the scheduled offsets (latency counts from the scheduled send
 time, so waiting behind earlier requests on the device counts), or closed loop with a fixed number
@@ -16,7 +18,7 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Protocol, Sequence
 
 import torch
@@ -26,7 +28,7 @@ from edgeflow.core.plan import ExitPoint, Plan
 from edgeflow.errors import EdgeflowError
 from edgeflow.transport import Breakdown
 
-__all__ = ["Answer", "Outcome", "Sender", "LocalSender", "drive"]
+__all__ = ["Answer", "Outcome", "Sender", "LocalSender", "RemoteSender", "drive"]
 
 _MAX_WORKERS = 32  # requests outstanding at once per run (open loop); beyond, they wait in the pool's queue
 
@@ -120,6 +122,54 @@ class LocalSender:
 
     def close(self) -> None:
         self.agent.close()
+
+
+class RemoteSender:
+    """A device agent process (``edgeflow agent --node device.yaml``, the deployment path) that this process sends
+    inputs to over gRPC, as any client of a deployed device would (:class:`~edgeflow.agent.AgentClient`). With a
+    fixed ``plan`` each request names it; without, the device's live planner chooses.
+
+    Args:
+        address: the device agent's ``host:port``.
+        plan: the plan every request goes by; None: the device's live plan.
+    """
+
+    def __init__(self, address: str, plan: Plan | None = None):
+        from edgeflow.agent.client import AgentClient
+
+        self.address, self.plan = address, plan
+        self.client = AgentClient(address)
+
+    def plan_text(self) -> str:
+        if self.plan is not None:
+            return str(self.plan)
+        d = self.client.peer.describe(timeout_s=10.0)
+        return d.live.plan if d.live is not None and d.live.plan else d.plan
+
+    def send(self, request_id: str, x: torch.Tensor, deadline: float) -> Answer:
+        r = self.client.infer(x, timeout_s=max(1e-3, deadline - time.monotonic()), plan=self.plan, request_id=request_id)
+        logits = r.output if isinstance(r.output, torch.Tensor) else r.output[0]
+        position = r.exit_position if r.exit_position >= 0 else -1
+        return Answer(logits, position, r.breakdown, r.plan, r.predicted_latency_s)
+
+    def warm_up(self, request_id: str, x: torch.Tensor, deadline: float) -> None:
+        """One request through every tier and range of the plan, not measured."""
+        plan = self.plan if self.plan is not None else Plan.parse(self.plan_text())
+        self.client.infer(x, timeout_s=max(1e-3, deadline - time.monotonic()), plan=_never_exits(plan),
+                          request_id=request_id)  # fmt: skip
+
+    def switches(self) -> list[Any]:
+        """The device's live-plan switches (the latest Describe reports), ``t_s`` in this process's monotonic clock."""
+        if self.plan is not None:
+            return []
+        d = self.client.peer.describe(timeout_s=10.0)
+        if d.live is None:
+            return []
+        started = time.monotonic() - d.live.uptime_s  # the planner's start, on this clock (to a round trip)
+        return [replace(sw, t_s=started + sw.t_s) for sw in d.live.switches]
+
+    def close(self) -> None:
+        self.client.close()  # the device process lives on: the runner stops it with the other agents
 
 
 def drive(

@@ -47,9 +47,9 @@ from edgeflow.agent.runtime import ModelRuntime
 from edgeflow.agent.wiring import build_agent, start_live_planning
 from edgeflow.config import AUTO_PLAN, NodeConfig
 from edgeflow.core.plan import Plan
-from edgeflow.errors import ConfigError, EdgeflowError, PlanError
+from edgeflow.errors import ConfigError, EdgeflowError, PlanError, ScenarioError
 from edgeflow.scenario import baselines as bl
-from edgeflow.scenario.drive import LocalSender, Outcome, Sender, drive
+from edgeflow.scenario.drive import LocalSender, Outcome, RemoteSender, Sender, drive
 from edgeflow.scenario.links import LinkPlan, RunLink, link_plan, swap_all
 from edgeflow.scenario.planning import PlanningModel, build_planning_model, link_conditions
 from edgeflow.scenario.faults import FaultInjector, link_outage_records
@@ -118,8 +118,10 @@ class ScenarioRunner:
     """
 
     def __init__(self, scenario: Scenario, nodes: Mapping[str, NodeConfig], *, scenario_dir: Path, out_dir: Path,
-                 events: RunnerEvents | None = None):
+                 events: RunnerEvents | None = None, device_process: bool = False):
         self.scenario = scenario
+        self.device_process = device_process
+        self._devices: list[str] = []  # device agent processes' addresses (device_process)
         self.nodes = dict(nodes)
         self.scenario_dir = scenario_dir
         self.out_dir = out_dir
@@ -239,6 +241,10 @@ class ScenarioRunner:
         for link in device_links:
             self._links.append(link)
             link.start()
+        if self.device_process:
+            self.events.on_phase("starting the device agent processes; each plans live over links at the mean rates")
+            warm = [(link, links["device_edge"]) for link in device_links] + [(edge_cloud, links["edge_cloud"])]
+            self._devices = self._start_devices(device_links, warm)
         self.timings["agents_start_s"] = time.monotonic() - t
 
         runs: dict[str, RunResult] = {}
@@ -274,6 +280,7 @@ class ScenarioRunner:
             "mean_link_mbit": {n: link.bandwidth_bps / 1e6 for n, link in zip(LINK_NAMES, cond.links)},
             "rtt_ms": {n: link.rtt_s * 1e3 for n, link in zip(LINK_NAMES, cond.links)},
             "objective": sc.objective,
+            "device": "agent process (--device-process), inputs sent over gRPC" if self.device_process else "in process",
         }
         static = None
         if sc.plan not in (AUTO_PLAN, "static"):
@@ -344,8 +351,8 @@ class ScenarioRunner:
             data["upstream"] = {**data.get("upstream", {}), "address": upstream}
         return NodeConfig.from_mapping(data, source=f"nodes.{tier} (scenario {self.scenario.name})")
 
-    def _start_agent(self, tier: str, upstream: str | None) -> AgentProcess:
-        cfg = self._node(tier, upstream)
+    def _start_agent(self, tier: str, upstream: str | None, *, cfg: NodeConfig | None = None) -> AgentProcess:
+        cfg = cfg if cfg is not None else self._node(tier, upstream)
         folder = self.out_dir / "nodes"
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{tier}.yaml"
@@ -381,7 +388,23 @@ class ScenarioRunner:
             "max_accuracy_drop_pts": sc.accuracy_floor_pts, "privacy": sc.privacy, "input_codecs": _INPUT_CODECS,
         })  # fmt: skip
 
-    def _sender(self, spec: bl.RunSpec, runtime: ModelRuntime, link: RunLink, example: torch.Tensor) -> Sender:
+    def _start_devices(self, device_links: list[RunLink], warm: list[tuple[RunLink, LinkPlan]]) -> list[str]:
+        """``--device-process``: one device agent process per device behind its link, with the scenario's planner
+        settings; returns their addresses once each has chosen its first live plan over links at the mean rates."""
+        swap_all(warm, live=False, mean=True)
+        procs = []
+        for d, link in enumerate(device_links):
+            cfg = self._node("device", link.address).model_copy(update={"planner": self._planner_settings()})
+            procs.append(self._start_agent(f"device{d}", None, cfg=cfg))
+        wait_all(procs, AGENT_START_TIMEOUT_S)
+        for proc in procs:
+            assert proc.address is not None
+            _wait_live(proc, AGENT_START_TIMEOUT_S)
+        return [str(p.address) for p in procs]
+
+    def _sender(self, spec: bl.RunSpec, runtime: ModelRuntime, device: int, link: RunLink, example: torch.Tensor) -> Sender:
+        if self.device_process:
+            return RemoteSender(self._devices[device], None if spec.adaptive else spec.plan)
         agent = self._device_agent(runtime, link.address)
         if not spec.adaptive:
             return LocalSender(agent, spec.plan)
@@ -402,8 +425,8 @@ class ScenarioRunner:
         senders: list[Sender] = []
         notes: list[str] = []
         try:
-            for link in device_links:
-                senders.append(self._sender(spec, runtime, link, workload.inputs[:1].contiguous()))
+            for d, link in enumerate(device_links):
+                senders.append(self._sender(spec, runtime, d, link, workload.inputs[:1].contiguous()))
                 self._senders.append(senders[-1])
             for s in senders:  # warm-up: handshakes, first runs of ranges; not measured
                 for i in range(min(_WARMUP_REQUESTS, len(workload))):
@@ -447,6 +470,28 @@ class ScenarioRunner:
         return result
 
 
+def _wait_live(proc: AgentProcess, timeout_s: float) -> None:
+    """Wait until a device agent process has its first live plan (its Describe says so); each poll is one Describe.
+
+    Raises:
+        ScenarioError: it reports that its live planner did not start, or it does not get ready within ``timeout_s``.
+    """
+    from edgeflow.transport import PeerClient
+
+    assert proc.address is not None
+    end = time.monotonic() + timeout_s
+    with PeerClient(proc.address) as peer:
+        while True:
+            d = peer.describe(timeout_s=10.0)
+            if d.live is not None and d.live.error:
+                raise ScenarioError(f"{proc.name} agent: live planner did not start: {d.live.error}\n{proc.log}")
+            if d.live is not None and d.live.ready:
+                return
+            if time.monotonic() > end:
+                raise ScenarioError(f"{proc.name} agent: no live plan within {timeout_s:g} s\n{proc.log}")
+            time.sleep(0.05)
+
+
 def _switch_json(sw: Any, t0: float) -> dict[str, Any]:
     return {"t_s": round(sw.t_s - t0, 4), "request_index": sw.request_index, "old": sw.old, "new": sw.new,
             "reason": sw.reason}  # fmt: skip
@@ -474,8 +519,9 @@ def _reused(spec: bl.RunSpec, measured: RunResult) -> RunResult:
 
 
 def run_scenario(scenario: Scenario, nodes: Mapping[str, NodeConfig], *, scenario_dir: Path, out_dir: Path,
-                 events: RunnerEvents | None = None) -> ScenarioResult:
+                 events: RunnerEvents | None = None, device_process: bool = False) -> ScenarioResult:
     """Run ``scenario`` (see :class:`ScenarioRunner`)."""
     if set(nodes) != {"device", "edge", "cloud"}:
         raise ConfigError(f"nodes: need device, edge and cloud node configs, got {sorted(nodes)}")
-    return ScenarioRunner(scenario, nodes, scenario_dir=scenario_dir, out_dir=out_dir, events=events).run()
+    return ScenarioRunner(scenario, nodes, scenario_dir=scenario_dir, out_dir=out_dir, events=events,
+                          device_process=device_process).run()  # fmt: skip

@@ -290,6 +290,7 @@ class LiveState:
     switches: list[PlanSwitch] = field(default_factory=list)
     requests: int = 0
     last_reason: str = ""
+    uptime_s: float = 0.0  # seconds since the planner started, when this was answered
 
     def to_json(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -525,7 +526,8 @@ def _description_msg(d: Description) -> Any:
 
 
 def _live_msg(state: LiveState, into: Any) -> None:
-    for f in ("ready", "safe_plan", "first_plan_s", "error", "plan", "predicted_latency_s", "requests", "last_reason"):
+    for f in ("ready", "safe_plan", "first_plan_s", "error", "plan", "predicted_latency_s", "requests", "last_reason",
+              "uptime_s"):
         setattr(into, f, getattr(state, f))
     into.links.extend(pb.LinkReading(name=k.name, bandwidth_bps=k.bandwidth_bps, rtt_s=k.rtt_s) for k in state.links)
     into.compute_factor.update(state.compute_factor)
@@ -540,7 +542,7 @@ def _live_of(msg: Any) -> LiveState:
         links=[LinkReading(k.name, k.bandwidth_bps, k.rtt_s) for k in msg.links],
         compute_factor=dict(msg.compute_factor), down=list(msg.down),
         switches=[PlanSwitch(sw.t_s, sw.request_index, sw.old, sw.new, sw.reason) for sw in msg.switches],
-        requests=msg.requests, last_reason=msg.last_reason,
+        requests=msg.requests, last_reason=msg.last_reason, uptime_s=msg.uptime_s,
     )  # fmt: skip
 
 

@@ -212,7 +212,7 @@ class DescribeResponse(_message.Message):
     def __init__(self, role: _Optional[str] = ..., model_fingerprint: _Optional[str] = ..., num_positions: _Optional[int] = ..., cuts: _Optional[_Iterable[int]] = ..., codecs: _Optional[_Iterable[str]] = ..., plan: _Optional[str] = ..., profile: _Optional[_Iterable[_Union[RangeProfile, _Mapping]]] = ..., slowdown_factor: _Optional[float] = ..., power: _Optional[_Union[Power, _Mapping]] = ..., torch_device: _Optional[str] = ..., threads: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_batch: _Optional[int] = ..., upstream: _Optional[str] = ..., version: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., counters: _Optional[_Union[Counters, _Mapping]] = ..., upstream_description: _Optional[_Union[DescribeResponse, _Mapping]] = ..., upstream_error: _Optional[str] = ..., live: _Optional[_Union[LiveState, _Mapping]] = ...) -> None: ...
 
 class LiveState(_message.Message):
-    __slots__ = ("ready", "safe_plan", "first_plan_s", "error", "plan", "predicted_latency_s", "links", "compute_factor", "down", "switches", "requests", "last_reason")
+    __slots__ = ("ready", "safe_plan", "first_plan_s", "error", "plan", "predicted_latency_s", "links", "compute_factor", "down", "switches", "requests", "last_reason", "uptime_s")
     class ComputeFactorEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -232,6 +232,7 @@ class LiveState(_message.Message):
     SWITCHES_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_FIELD_NUMBER: _ClassVar[int]
     LAST_REASON_FIELD_NUMBER: _ClassVar[int]
+    UPTIME_S_FIELD_NUMBER: _ClassVar[int]
     ready: bool
     safe_plan: str
     first_plan_s: float
@@ -244,7 +245,8 @@ class LiveState(_message.Message):
     switches: _containers.RepeatedCompositeFieldContainer[PlanSwitch]
     requests: int
     last_reason: str
-    def __init__(self, ready: _Optional[bool] = ..., safe_plan: _Optional[str] = ..., first_plan_s: _Optional[float] = ..., error: _Optional[str] = ..., plan: _Optional[str] = ..., predicted_latency_s: _Optional[float] = ..., links: _Optional[_Iterable[_Union[LinkReading, _Mapping]]] = ..., compute_factor: _Optional[_Mapping[str, float]] = ..., down: _Optional[_Iterable[str]] = ..., switches: _Optional[_Iterable[_Union[PlanSwitch, _Mapping]]] = ..., requests: _Optional[int] = ..., last_reason: _Optional[str] = ...) -> None: ...
+    uptime_s: float
+    def __init__(self, ready: _Optional[bool] = ..., safe_plan: _Optional[str] = ..., first_plan_s: _Optional[float] = ..., error: _Optional[str] = ..., plan: _Optional[str] = ..., predicted_latency_s: _Optional[float] = ..., links: _Optional[_Iterable[_Union[LinkReading, _Mapping]]] = ..., compute_factor: _Optional[_Mapping[str, float]] = ..., down: _Optional[_Iterable[str]] = ..., switches: _Optional[_Iterable[_Union[PlanSwitch, _Mapping]]] = ..., requests: _Optional[int] = ..., last_reason: _Optional[str] = ..., uptime_s: _Optional[float] = ...) -> None: ...
 
 class LinkReading(_message.Message):
     __slots__ = ("name", "bandwidth_bps", "rtt_s")
