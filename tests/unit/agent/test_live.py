@@ -90,6 +90,7 @@ class _Flipper:
         self._lock = threading.Lock()
         self.observed: list[str] = []
         self.switches: list[object] = []
+        self.settings = PlannerConfig()
 
     def current(self) -> tuple[Plan, None]:
         with self._lock:
