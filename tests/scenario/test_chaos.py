@@ -26,11 +26,13 @@ CASES = {
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list(CASES))
-def test_chaos_scenario_recovers(tmp_path: Path, name: str) -> None:
+@pytest.mark.parametrize("name, extra", [*((n, ()) for n in CASES), ("chaos-kill-edge", ("--device-process",))],
+                         ids=[*CASES, "chaos-kill-edge-device-process"])
+def test_chaos_scenario_recovers(tmp_path: Path, name: str, extra: tuple[str, ...]) -> None:
+    """In process, and (the edge kill) with the device as its own agent process sent the inputs over gRPC."""
     expect_fallbacks, kinds = CASES[name]
     out = tmp_path / name
-    proc = run_cli(name, "--out", str(out), "--baselines", "none", "--no-progress", timeout_s=240)
+    proc = run_cli(name, "--out", str(out), "--baselines", "none", "--no-progress", *extra, timeout_s=240)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     summary, records = load_report(out)
     n = summary["requests"]

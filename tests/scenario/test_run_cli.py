@@ -17,12 +17,17 @@ ALL = ["device-only", "edge-only", "cloud-only", "neurosurgeon", "best-fixed"]
 PLOTS = {"latency_over_time.png", "latency_cdf.png", "bytes_per_request.png"}
 
 
-def test_quickstart_end_to_end(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["in-process", "device-process"])
+def test_quickstart_end_to_end(tmp_path: Path, mode: str) -> None:
+    """The device in the runner's process, or as its own agent process sent the inputs over gRPC (the deployment
+    path): the same report, the same invariants."""
     out = tmp_path / "quick"
     t0 = time.monotonic()
-    proc = run_cli("quickstart", "--out", str(out), "--requests", "12", "--no-progress")
+    extra = ["--device-process"] if mode == "device-process" else []
+    proc = run_cli("quickstart", "--out", str(out), "--requests", "12", "--no-progress", *extra)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary, records = load_report(out)
+    assert summary["planner"]["device"].startswith("agent process" if extra else "in process")
     check_invariants(summary, records, 12, ALL)
     assert summary["lost"] == 0
     assert PLOTS <= {p.name for p in out.glob("*.png")} and set(summary["plots"]) == PLOTS
@@ -47,7 +52,9 @@ def test_quickstart_end_to_end(tmp_path: Path) -> None:
     assert "edgeflow vs baselines" in proc.stdout
     assert list((out / "nodes").rglob("*.yaml")) and list((out / "logs").glob("*.log"))
     assert not processes_mentioning(str(out)), "agent processes left behind"
-    print(f"quickstart (12 requests per run) took {time.monotonic() - t0:.1f} s")
+    if extra:  # the device process was started for the run, logged, and stopped with the other agents
+        assert (out / "logs" / "device0.log").read_text().count("live planner ready after") == 1
+    print(f"quickstart ({mode}, 12 requests per run) took {time.monotonic() - t0:.1f} s")
 
 
 def test_trace_scenario_end_to_end(tmp_path: Path) -> None:
