@@ -323,9 +323,9 @@ def default_example(agent: Agent) -> torch.Tensor | tuple[torch.Tensor, ...]:
     runtime's example, compresses to almost nothing and would make every hop look free), else a seeded random
     one of the runtime example's shape (compresses worse than real data: the safe side)."""
     if agent.config.model.artifact == "builtin:demo":
-        from edgeflow.core.data import load_demo_dataset
+        from edgeflow.core.data import demo_example
 
-        return load_demo_dataset("calibration")[0][:1].contiguous()
+        return demo_example(0)
     ex = agent.runtime.example_input
     g = torch.Generator().manual_seed(0)
     out = tuple(torch.rand(e.shape, generator=g).to(e) if e.is_floating_point() else e for e in ex)

@@ -28,6 +28,7 @@ __all__ = [
     "DEMO_IMAGE_SIZE",
     "DEMO_WEIGHTS",
     "load_demo_dataset",
+    "demo_example",
     "load_digit_split",
     "render_digits",
     "augment_digits",
@@ -45,6 +46,7 @@ DEMO_IMAGE_SIZE = 64
 DEMO_ARCH = "resnet18"
 DEMO_CONFIG: dict[str, Any] = {"num_classes": 10, "width": 8, "image_size": DEMO_IMAGE_SIZE}
 DEMO_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "demo.safetensors"
+DEMO_EXAMPLE = DEMO_WEIGHTS.with_name("demo_example.png")  # calibration image 0, see demo_example()
 
 
 @functools.lru_cache(maxsize=1)
@@ -159,6 +161,26 @@ def load_demo_dataset(split: str, size: int = DEMO_IMAGE_SIZE) -> tuple[torch.Te
     rngs = [np.random.default_rng([_RENDER_SEED, int(i)]) for i in idx]
     images = render_digits(digits, size, rngs)
     return images.float() / 255.0, torch.from_numpy(labels)
+
+
+def demo_example(index: int = 0, size: int = DEMO_IMAGE_SIZE) -> torch.Tensor:
+    """Image ``index`` of the calibration split, rendered alone: ``load_demo_dataset("calibration")[0][index:index
+    + 1]`` without rendering the other 358 (a profiler needs one real image, fast). Image 0 at the demo's size is
+    read from its shipped copy (``weights/demo_example.png``; a test checks it is this rendering): importing
+    scikit-learn alone takes 0.6-1.6 s, most of a live device's start-up budget.
+
+    Returns:
+        float32 (1, 3, size, size) = uint8 / 255
+    """
+    if index == 0 and size == DEMO_IMAGE_SIZE and DEMO_EXAMPLE.is_file():
+        from PIL import Image
+
+        with Image.open(DEMO_EXAMPLE) as im:
+            arr = np.asarray(im.convert("RGB"), dtype=np.uint8)  # (H, W, 3)
+        return torch.from_numpy(arr.copy()).permute(2, 0, 1).unsqueeze(0).float() / 255.0
+    digits, _, idx = load_digit_split("calibration")
+    rngs = [np.random.default_rng([_RENDER_SEED, int(idx[index])])]
+    return render_digits(digits[index : index + 1], size, rngs).float() / 255.0
 
 
 def augment_digits(

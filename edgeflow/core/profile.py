@@ -127,6 +127,7 @@ def profile_compute(
     *,
     repeats: int = 10,
     warmup: int = 2,
+    count_flops: bool = True,
     clock: Clock = time.perf_counter,
 ) -> tuple[list[float], list[int], float]:
     """Median seconds and FLOPs of every compute node, and the whole model's median seconds.
@@ -136,6 +137,7 @@ def profile_compute(
         inputs: model inputs (a tuple).
         repeats: timed runs; the median per node is kept.
         warmup: untimed runs first (allocator and kernel caches).
+        count_flops: count each node's FLOPs (one more run; its first use in a process costs ~1 s); False: zeros.
         clock: seconds clock.
 
     Returns:
@@ -146,7 +148,8 @@ def profile_compute(
     full: list[float] = []
     with torch.no_grad():
         flop_run = _NodeTimer(p.gm, clock, count_flops=True)
-        flop_run.run(*inputs)
+        if count_flops:
+            flop_run.run(*inputs)
         for i in range(warmup + repeats):
             timer = _NodeTimer(p.gm, clock, count_flops=False)
             timer.run(*inputs)
@@ -260,6 +263,7 @@ def profile_model(
     codec_repeats: int = 3,
     codecs_as_served: bool = True,
     codec_fit_points: int | None = None,
+    count_flops: bool = True,
     clock: Clock = time.perf_counter,
 ) -> ModelProfile:
     """Profile every position of ``p``: compute, FLOPs, bytes, and per-codec bytes/encode/decode times.
@@ -281,9 +285,10 @@ def profile_model(
             measured everywhere; see ``_fitted_codec_costs``), with a cache flush instead of a forward pass before
             each call: seconds instead of tens on a large model (the live planner's start-up, which corrects
             codec times online afterwards). None: time every cut after a forward pass.
+        count_flops: FLOPs per position (``cum_flops``); False leaves them 0 (see :func:`profile_compute`).
         clock: seconds clock.
     """
-    node_s, node_flops, full_s = profile_compute(p, inputs, repeats=repeats, clock=clock)
+    node_s, node_flops, full_s = profile_compute(p, inputs, repeats=repeats, count_flops=count_flops, clock=clock)
     values = p.activations(*inputs)
 
     def forward() -> None:

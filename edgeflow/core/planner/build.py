@@ -61,13 +61,14 @@ def planning_inputs(
     behaviour from ``calibration`` (a ``CalibrationTable``: exact joint statistics when it keeps per-sample data).
 
     Args:
-        codec_fit_points: see :func:`edgeflow.core.profile.profile_model` (fast: the live planner's start-up).
+        codec_fit_points: see :func:`edgeflow.core.profile.profile_model` (fast: the live planner's start-up, which
+            then skips counting FLOPs: the cost model reads seconds, not FLOPs).
         exit_grid: thresholds the exit model offers (default: ``DEFAULT_EXIT_GRID``).
     """
     prof = profile_model(
         p, inputs, name=name, activation_codecs=[get_codec(c) for c in activation_codecs],
         input_codecs=[get_codec(c) for c in input_codecs], repeats=repeats, codec_repeats=1,
-        codec_fit_points=codec_fit_points, clock=clock,
+        codec_fit_points=codec_fit_points, count_flops=codec_fit_points is None, clock=clock,
     )  # fmt: skip
     ordered = [heads[k] for k in sorted(heads)]
     head_s = exit_head_seconds(p, ordered, inputs[0], repeats=head_repeats, clock=clock) if ordered else {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import torch
 
@@ -81,3 +82,37 @@ def test_codecs_are_timed_as_served_right_after_the_model_ran():
 
     _codec_costs([x], [get_codec("int8")], 3, clock, disturb=lambda: events.append("F"))
     assert "".join(events) == "FccFcc" * 3  # the disturbance, then the timed call: never timed itself
+
+
+def test_the_shipped_demo_example_is_the_rendered_calibration_image() -> None:
+    from edgeflow.core import data
+
+    assert data.DEMO_EXAMPLE.is_file()
+    rendered = data.load_demo_dataset("calibration")[0][:1]
+    assert torch.equal(data.demo_example(0), rendered)  # the shipped copy, byte for byte
+    assert torch.equal(data.demo_example(3), data.load_demo_dataset("calibration")[0][3:4])  # rendered alone
+
+
+def test_fitted_codec_times_measure_bytes_everywhere_and_time_a_few_cuts():
+    torch.manual_seed(0)
+    model = build_model("resnet18", width=8, image_size=32).eval()
+    x = torch.rand(1, 3, 32, 32)
+    p = partition(model, x)
+    codecs = [get_codec("int8"), get_codec("lossless")]
+    each = profile_model(p, (x,), activation_codecs=codecs, repeats=1, codec_repeats=1)
+    timed: list[int] = []
+    events: list[str] = []
+    p.model.register_forward_hook(lambda *_: events.append("F"))
+    fit = profile_model(p, (x,), activation_codecs=codecs, repeats=1, codec_repeats=1, codec_fit_points=3,
+                        count_flops=False, clock=lambda: (timed.append(1), float(len(timed)) * 1e-3)[1])  # fmt: skip
+    assert fit.positions[-1].cum_flops == 0 < each.positions[-1].cum_flops
+    for a, b in zip(each.positions, fit.positions):
+        assert {k: c.nbytes for k, c in a.codecs.items()} == {k: c.nbytes for k, c in b.codecs.items()}
+    # times: 3 cuts timed per codec (with a cache flush before each call, not a forward pass), fitted elsewhere
+    assert events.count("F") < 10 and all(c.encode_s > 0 and c.decode_s > 0 for pp in fit.positions for c in pp.codecs.values())
+    sizes = {pp.position: sum(math.prod(t["shape"]) for t in pp.tensors) for pp in fit.positions if pp.is_cut}
+    by_size: dict[int, set[float]] = {}
+    for pp in fit.positions:
+        if pp.is_cut:
+            by_size.setdefault(sizes[pp.position], set()).add(round(pp.codecs["int8"].encode_s, 12))
+    assert all(len(v) == 1 for v in by_size.values())  # a function of the size: the same size, the same time
