@@ -239,6 +239,11 @@ class PlannerConfig(_Section):
     fallback_bandwidth_mbit: float = Field(100.0, gt=0)  # a link's bandwidth until it is measured
     fallback_rtt_ms: float = Field(2.0, ge=0)  # and its round trip
     down_probe_s: float = Field(0.25, gt=0)  # a tier found down (a reply fell back) is probed this often until back
+    # a call upstream out longer than suspect_factor x its request's prediction (at least suspect_min_ms) makes its
+    # tier suspect: later requests are planned without it until that call ends (0: off; see agent/source.py)
+    suspect_factor: float = Field(2.0, ge=0, le=1000)
+    suspect_min_ms: float = Field(100.0, gt=0, le=600_000)
+    idle_probe_s: float = Field(0.5, gt=0, le=3600)  # a link the current plan does not use is probed this often
 
 
 class NodeConfig(_Section):

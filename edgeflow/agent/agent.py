@@ -89,6 +89,7 @@ class LocalAnswer:
     breakdown: Breakdown
     plan: str = ""
     predicted_s: float | None = None
+    predicted_outcome_s: float | None = None  # the prediction for the path it took (its exit, or the output)
 
 
 @dataclass
@@ -145,7 +146,9 @@ class Agent:
         self._fallback_lock = threading.Lock()  # _reserve_profile
         self._reserve_profile: list[RangeProfile] | None = None  # without a handshake profile: measured when needed
         # the device is where requests enter the chain (see the module doc)
-        self.source: Source | None = Source(config, config.parsed_plan) if self.role == TIERS[0] else None
+        self.source: Source | None = None
+        if self.role == TIERS[0]:
+            self.source = Source(config, config.parsed_plan, idle=lambda: self.compute.idle)
 
     # ------------------------------------------------------------------------------------ handshake
     def describe(self, caller_fingerprint: str = "", caller_role: str = "") -> Description:
@@ -273,9 +276,9 @@ class Agent:
                                   bytes_in=call.wire_nbytes)  # fmt: skip
             answer = _Answer(ans.position, ans.breakdown, values=ans.values)
             timing = ans.breakdown.tiers[0]
-            said = (ans.plan, ans.predicted_s or 0.0)
+            said = (ans.plan, ans.predicted_s or 0.0, ans.predicted_outcome_s or 0.0)
         else:
-            said = ("", 0.0)
+            said = ("", 0.0, 0.0)
             start, stop, forward = self._local_range(call.start, call.stop, plan)
             timing = TierTiming(self.role, start, stop, bytes_in=call.wire_nbytes)
             if forward and start == stop:  # not our range: relay the payloads untouched
@@ -293,7 +296,7 @@ class Agent:
             timing.encode_s += time.monotonic() - t
         self._finish(timing, t0)
         return InferReply(call.request_id, self.fingerprint, answer.position, tensors, answer.breakdown, plan=said[0],
-                          predicted_latency_s=said[1])  # fmt: skip
+                          predicted_latency_s=said[1], predicted_outcome_s=said[2])  # fmt: skip
 
     def submit_local(
         self,
@@ -337,6 +340,29 @@ class Agent:
         t0 = time.monotonic()
         source = self.source
         ticket = source.ticket(forced, t0) if source is not None else Ticket(forced or self.plan, forced=forced is not None)
+        try:
+            answer, timing = self._enter_as(request_id, values, deadline, ticket, block=block, decode_s=decode_s,
+                                            bytes_in=bytes_in)  # fmt: skip
+        except BaseException:
+            if source is not None:
+                source.release(ticket)
+            raise
+        out = answer.values
+        if out is None:
+            t = time.monotonic()
+            out = [decode(w.payload, DecodeLimits()) for w in answer.wire or []]
+            timing.decode_s += time.monotonic() - t
+        self._finish(timing, t0)
+        if source is not None:
+            if learn:
+                source.learn(ticket, answer.breakdown)
+            else:
+                source.release(ticket)
+        return LocalAnswer(request_id, out, answer.position, answer.breakdown, str(ticket.plan), ticket.predicted_s,
+                           ticket.predicted_outcome_s(answer.breakdown.exit_position))  # fmt: skip
+
+    def _enter_as(self, request_id: str, values: list[torch.Tensor], deadline: float, ticket: Ticket, *, block: bool,
+                  decode_s: float, bytes_in: int) -> tuple[_Answer, TierTiming]:  # fmt: skip
         plan = self.plan_of(str(ticket.plan))
         start, stop, forward = self._local_range(0, 0, plan)
         timing = TierTiming(self.role, start, stop, decode_s=decode_s, bytes_in=bytes_in)
@@ -350,15 +376,7 @@ class Agent:
         else:
             answer = self._run(request_id, start, stop, forward, values, timing, deadline, plan, str(ticket.plan),
                                block=block, ticket=ticket)  # fmt: skip
-        out = answer.values
-        if out is None:
-            t = time.monotonic()
-            out = [decode(w.payload, DecodeLimits()) for w in answer.wire or []]
-            timing.decode_s += time.monotonic() - t
-        self._finish(timing, t0)
-        if learn and source is not None:
-            source.learn(ticket, answer.breakdown)
-        return LocalAnswer(request_id, out, answer.position, answer.breakdown, str(ticket.plan), ticket.predicted_s)
+        return answer, timing
 
     # ------------------------------------------------------------------------------------ plans
     def plan_of(self, text: str) -> Plan:
@@ -470,7 +488,11 @@ class Agent:
             if ticket is not None and ticket.stall_s is not None and now + ticket.stall_s < up_deadline:
                 up_deadline, why = now + ticket.stall_s, f" (stalled: past {f.stall_factor:g}x the predicted latency)"
         t = time.monotonic()
+        nxt = plan.upstream_of(self.role) if plan.stage(self.role) is not None else plan.stages[0]
         try:
+            if self.source is not None and nxt is not None:
+                with self.source.upstream_call(ticket, nxt.tier):
+                    return self.call_upstream(request_id, position, wire, timing, up_deadline, plan_text)
             return self.call_upstream(request_id, position, wire, timing, up_deadline, plan_text)
         except TransportError as e:
             kind = failure_kind(e)
@@ -518,6 +540,8 @@ class Agent:
         refusing: this request was accepted already). Relayed payloads are admitted now, like any inbound tensors."""
         n = self.runtime.num_positions
         exits = plan.exits_in(position, n)
+        if self.source is not None:
+            self.source.local_work(position, n)  # requests behind this one wait for it
         if values is None:
             with self.admission.admit(position, wire) as got:
                 timing.decode_s += got.decode_s

@@ -61,6 +61,7 @@ class Result:
         latency_s: wall time seen by the caller.
         plan: the plan it went by, text form ("" when unknown, e.g. through :class:`AgentClient`).
         predicted_latency_s: the live planner's prediction for it when it was sent (None without one).
+        predicted_path_s: its prediction for the path the request took (its exit, or the model output).
     """
 
     request_id: str
@@ -69,6 +70,7 @@ class Result:
     latency_s: float
     plan: str = ""
     predicted_latency_s: float | None = None
+    predicted_path_s: float | None = None
 
     @property
     def answered_by(self) -> str:
@@ -182,7 +184,8 @@ class DeviceClient:
         t0 = time.monotonic()
         ans = self.agent.submit_local(values, request_id=_request_id(self.agent.role), deadline=t0 + timeout, plan=plan)
         latency = time.monotonic() - t0
-        return Result(ans.request_id, _as_output(ans.values), ans.breakdown, latency, ans.plan, ans.predicted_s)
+        return Result(ans.request_id, _as_output(ans.values), ans.breakdown, latency, ans.plan, ans.predicted_s,
+                      ans.predicted_outcome_s)  # fmt: skip
 
     def infer_many(self, inputs: Iterable[torch.Tensor], *, timeout_s: float | None = None) -> Iterator[Result]:
         """Pipeline ``inputs`` through the chain; yields results in input order.
@@ -263,7 +266,7 @@ class AgentClient:
     def _result(reply: Any, latency_s: float) -> Result:
         values = [decode(t.payload, DecodeLimits()) for t in reply.tensors]
         return Result(reply.request_id, _as_output(values), reply.breakdown, latency_s, reply.plan,
-                      reply.predicted_latency_s or None)  # fmt: skip
+                      reply.predicted_latency_s or None, reply.predicted_outcome_s or None)  # fmt: skip
 
     def infer(self, x: torch.Tensor | tuple[torch.Tensor, ...], *, timeout_s: float = 30.0,
               plan: Plan | str | None = None, request_id: str | None = None) -> Result:  # fmt: skip

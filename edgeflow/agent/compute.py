@@ -89,6 +89,11 @@ class ComputeUnit:
         self._stopping = False
         self._stopped = threading.Event()  # cuts an emulated slowdown short on stop
 
+    @property
+    def idle(self) -> bool:
+        """Nothing runs or waits now."""
+        return not self._busy and not self._waiting
+
     def run(self, fn: Callable[[], _T], deadline: float, *, block: bool = False) -> tuple[_T, JobTiming]:
         """Wait for the compute unit (in arrival order), run ``fn`` on this thread, give the unit back.
 
@@ -221,6 +226,11 @@ class BatchingComputeUnit:
         self._busy = False
         self._stopping = False
         self._stopped = threading.Event()  # cuts an emulated slowdown short on stop
+
+    @property
+    def idle(self) -> bool:
+        """Nothing runs or waits now."""
+        return not self._busy and not self._queue
 
     def run(self, fn: Callable[[], _T], deadline: float, *, block: bool = False) -> tuple[_T, JobTiming]:
         """Run ``fn`` alone (never batched), in its turn; the contract of :meth:`ComputeUnit.run`."""

@@ -33,6 +33,7 @@ from edgeflow.agent.measure import ChainMeasurement, measure_chain
 from edgeflow.agent.probes import PROBE_TIMEOUT_S, RTT_PROBES, RelayedPeer, probe_link
 from edgeflow.config import PlannerConfig
 from edgeflow.core.plan import Plan
+from edgeflow.core.planner import Breakdown as CostBreakdown
 from edgeflow.core.planner import Planner, Replanner
 from edgeflow.errors import EdgeflowError
 from edgeflow.transport import Breakdown, Description, LinkReading, LiveState, PlanSwitch
@@ -45,6 +46,7 @@ _DOWN_RETRY_S = 5.0  # a down tier without a client to probe it with is tried ag
 _RELAY_RECONNECT_S = 1.0  # 2x the channels' reconnect backoff cap (transport/options.py: 0.5 s)
 _SWITCHES_KEPT = 4096  # switch history kept in memory (a long-running device switches a few times a minute)
 _SWITCHES_DESCRIBED = 64  # the latest switches Describe reports
+_BOUND_FOLLOW_UPS = 3  # probes right after one that only bounded a link's rate from below
 
 
 class LivePlanner:
@@ -84,8 +86,10 @@ class LivePlanner:
         self._lock = threading.Lock()
         self._probe: threading.Thread | None = None
         self._closed = False
-        self._predicted_s: float | None = first.breakdown.latency_s
+        self._predicted: CostBreakdown | None = first.breakdown  # the current plan's, under the latest conditions
         self._down: dict[str, tuple[float, str]] = {}  # tier -> (since, why)
+        self._suspect: dict[str, tuple[float, str]] = {}  # tier -> (since, why): a call to it is overdue
+        self._probed_at: dict[int, float] = {}  # link -> when its last background probe started
         self._back_at: dict[str, float] = {}  # tier -> when it was last found back
         self._watch: threading.Thread | None = None
         self._wake = threading.Event()  # cuts the watcher's wait short on close
@@ -120,7 +124,13 @@ class LivePlanner:
     def current(self) -> tuple[Plan, float | None]:
         """``(plan, predicted latency s)`` for the next request."""
         with self._lock:
-            return self.replanner.current, self._predicted_s
+            return self.replanner.current, self._predicted.latency_s if self._predicted is not None else None
+
+    def current_breakdown(self) -> tuple[Plan, CostBreakdown | None]:
+        """``(plan, its predicted cost breakdown)`` for the next request (see :class:`~edgeflow.agent.source.Source`,
+        which adds the wait for the device's own compute unit)."""
+        with self._lock:
+            return self.replanner.current, self._predicted
 
     @property
     def plan(self) -> Plan:
@@ -149,10 +159,12 @@ class LivePlanner:
                 if t.stop > t.start and t.compute_s > 0:
                     heads = tuple(e.position for e in plan.exits if t.start < e.position <= t.stop)
                     try:
-                        rp.observe_stage(t.tier, t.compute_s, t.start, t.stop, heads)
+                        rp.observe_stage(t.tier, t.compute_s, t.start, t.stop, heads, now)
                     except EdgeflowError:
                         pass  # a range the cost model cannot price (not at its cuts): no correction from it
                 rp.observe_queue(t.tier, t.queue_s)
+            if not breakdown.fallback:
+                self._observe_codecs(breakdown, plan)
             if breakdown.fallback:
                 sent_s = now - (breakdown.tiers[0].total_s if breakdown.tiers else 0.0)
                 self._mark_down(breakdown.fallback_tier, breakdown.fallback, sent_s, now)
@@ -160,6 +172,23 @@ class LivePlanner:
                 self._decide(now)
         if self.settings.probe:
             self._probe_stale(now)
+
+    def _observe_codecs(self, breakdown: Breakdown, plan: Plan) -> None:
+        """Each hop's measured encode (at its sender) and decode (at its receiver) against the profile (lock held)."""
+        timings = {t.tier: t for t in breakdown.tiers}
+        resolved = plan.resolved(self.model.num_positions)
+        hops = [(st.tier, nxt.tier, st.stop or 0, st.codec or "lossless") for st, nxt in zip(resolved.stages, resolved.stages[1:])]
+        if resolved.sends_input:
+            hops.insert(0, (self.model.names[0], resolved.stages[0].tier, 0, resolved.input_codec or "lossless"))
+        codecs = self.replanner.tracker.codecs
+        for sender, receiver, position, codec in hops:
+            predicted = self.model.hop_codec_s(sender, receiver, position, codec) if receiver in self.model.names else None
+            out, into = timings.get(sender), timings.get(receiver)
+            if predicted is None or out is None or out.bytes_out <= 0:
+                continue  # not sent (an exit answered first)
+            codecs.observe(sender, encode=(out.encode_s, predicted[0]))
+            if into is not None and into.start == position:
+                codecs.observe(receiver, decode=(into.decode_s, predicted[1]))
 
     def down_tiers(self) -> frozenset[str]:
         """The tiers found down (a reply fell back at the tier before) and not answering probes since."""
@@ -177,9 +206,10 @@ class LivePlanner:
                 links.append(LinkReading(f"{names[i]}>{names[i + 1]}", bw or 0.0, (rtt or 0.0) + est.overhead_s))
             switches = [PlanSwitch(sw.t_s - self.started_s, sw.request_index, sw.old, sw.new, sw.reason)
                         for sw in list(self._switches)[-_SWITCHES_DESCRIBED:]]  # fmt: skip
-            base.plan, base.predicted_latency_s = str(rp.current), self._predicted_s or 0.0
-            base.links, base.compute_factor = links, dict(rp.tracker.correction.factors)
-            base.down, base.switches = sorted(self._down), switches
+            base.plan = str(rp.current)
+            base.predicted_latency_s = self._predicted.latency_s if self._predicted is not None else 0.0
+            base.links, base.compute_factor = links, rp.tracker.correction.factors(now)
+            base.down, base.switches = sorted({*self._down, *self._suspect}), switches
             base.requests, base.last_reason, base.uptime_s = self.requests, self.last_reason, now - self.started_s
         return base
 
@@ -195,8 +225,9 @@ class LivePlanner:
         if tier in self._down or sent_s < self._back_at.get(tier, -1.0) + grace:
             return  # known, or a request sent before the tier came back (or while the relay reconnects)
         self._down[tier] = (now, why)
+        self._suspect.pop(tier, None)
         _log.warning("live planner: %s down (%s); planning without it", tier, why)
-        self.replanner.set_unavailable(self._down)
+        self._set_unavailable()
         self._decide(now, why=f"{tier} down: {why}")
         if not self._closed and (self._watch is None or not self._watch.is_alive()):
             self._watch = threading.Thread(target=self._watch_down, daemon=True, name="edgeflow-down-probe")
@@ -232,9 +263,35 @@ class LivePlanner:
                     self._down.pop(tier, None)
                     self._back_at[tier] = now
                     _log.info("live planner: %s back after %.2f s", tier, now - since)
-                    self.replanner.set_unavailable(self._down)
+                    self._set_unavailable()
                     self._decide(now, why=f"{tier} back")
             self._wake.wait(self.settings.down_probe_s)
+
+    def suspect(self, tier: str, why: str) -> None:
+        """A call to ``tier`` is overdue (see :class:`~edgeflow.agent.source.Source`): plan without it from now on,
+        before that call stalls out, until :meth:`clear_suspect` (its reply was learned from, whatever it said)."""
+        with self._lock:
+            names = self.model.names
+            if tier not in names[1:] or tier in self._down or tier in self._suspect:
+                return
+            now = self.clock()
+            self._suspect[tier] = (now, why)
+            _log.warning("live planner: %s suspect (%s); planning without it", tier, why)
+            self._set_unavailable()
+            self._decide(now, why=f"{tier} suspect: {why}")
+
+    def clear_suspect(self, tier: str) -> None:
+        """The overdue call to ``tier`` has ended: plan with it again (on what its reply taught the estimates)."""
+        with self._lock:
+            if self._suspect.pop(tier, None) is None:
+                return
+            self._set_unavailable()
+            if tier not in self._down:
+                self._decide(self.clock(), why=f"{tier} answered")
+
+    def _set_unavailable(self) -> None:
+        """The replanner plans without the tiers down and the tiers suspect (lock held)."""
+        self.replanner.set_unavailable({*self._down, *self._suspect})
 
     def _decide(self, now: float, why: str | None = None) -> None:
         rp = self.replanner
@@ -253,18 +310,30 @@ class LivePlanner:
         self.last_reason = d.reason
         cond = rp.tracker.conditions(now)
         if cond is not None:
-            self._predicted_s = self.model.evaluate(rp.current, cond).latency_s
+            self._predicted = self.model.evaluate(rp.current, cond)
 
-    def predict_s(self, plan: Plan) -> float | None:
-        """Predicted expected latency of ``plan`` under the conditions estimated now (None if it does not fit)."""
+    def predict(self, plan: Plan) -> CostBreakdown | None:
+        """Predicted cost breakdown of ``plan`` under the conditions estimated now (None if it does not fit)."""
         with self._lock:
             cond = self.replanner.tracker.conditions(self.clock())
             if cond is None:
                 return None
             try:
-                return self.model.evaluate(plan, cond).latency_s
+                return self.model.evaluate(plan, cond)
             except EdgeflowError:
                 return None
+
+    def compute_s(self, start: int, stop: int) -> float:
+        """Predicted compute of ``[start:stop]`` on the device, with its online correction (no exit heads)."""
+        with self._lock:
+            source = self.model.names[0]
+            fixed, factor = self.replanner.tracker.correction.params(source, self.clock())
+            return max(0.0, fixed + factor * self.model.stage_compute_s(source, start, stop))
+
+    def predict_s(self, plan: Plan) -> float | None:
+        """Predicted expected latency of ``plan`` under the conditions estimated now (None if it does not fit)."""
+        b = self.predict(plan)
+        return b.latency_s if b is not None else None
 
     def estimate_bps(self, link: int = 0) -> float | None:
         """The bandwidth estimate of ``link`` (0: device to the next tier)."""
@@ -273,22 +342,38 @@ class LivePlanner:
 
     # ------------------------------------------------------------------------------------ probes
     def _probe_stale(self, now: float) -> None:
+        """Probe, in the background, the links with no usable sample for a while (``stale_after_s``) and the links
+        the current plan does not use every ``planner.idle_probe_s``: nothing else tells the planner such a link
+        came back (a device-only plan sends nothing), and probing it delays no request."""
         with self._lock:
-            down = {self.model.names.index(t) - 1 for t in self._down}  # the watcher probes those
-            stale = [i for i in self.replanner.stale_links(now) if i < len(self.peers) and i not in down]
+            names = self.model.names
+            down = {names.index(t) - 1 for t in self._down}  # the watcher probes those
+            used = max(names.index(t) for t in self.replanner.current.tiers)  # links 0..used-1 carry requests
+            idle = [i for i in range(used, len(self.peers)) if now - self._probed_at.get(i, -1e9) >= self.settings.idle_probe_s]
+            stale = sorted({*self.replanner.stale_links(now), *idle} - down)
+            stale = [i for i in stale if i < len(self.peers)]
             if not stale or self._closed or (self._probe is not None and self._probe.is_alive()):
                 return
+            for i in stale:
+                self._probed_at[i] = now
             self._probe = threading.Thread(target=self._run_probes, args=(stale,), daemon=True,
                                            name="edgeflow-probe")  # fmt: skip
             self._probe.start()
 
     def _run_probes(self, links: list[int]) -> None:
+        """One probe per link; a probe that only bounded the rate from below (too quick to time: a link back from
+        near zero, see ``LinkEstimator``) is followed at once by one sized for that bound, a few times at most: each
+        raises the bound ~10x until a probe is timeable, so a link back at 30 Mbit/s is measured in ~3 probes."""
         for link in links:
-            if self._closed:
-                return
-            with self._lock:
-                nbytes = self.replanner.tracker.links[link].probe_nbytes(self.clock())
-            probe_link(self.replanner.tracker, link, self.peers[link], nbytes, self.clock, self._lock)
+            est = self.replanner.tracker.links[link]
+            for _ in range(_BOUND_FOLLOW_UPS + 1):
+                if self._closed:
+                    return
+                with self._lock:
+                    nbytes, bounded = est.probe_nbytes(self.clock()), est.bounded_s
+                probe_link(self.replanner.tracker, link, self.peers[link], nbytes, self.clock, self._lock)
+                if est.bounded_s == bounded:
+                    break
 
     def close(self) -> None:
         self._closed = True

@@ -17,6 +17,15 @@ like the in-process one:
    that fell back (a tier down or stalled) is urgent: the next ticket waits until it has been learned from, so the
    next request is planned around the failed tier instead of waiting on it too.
 
+Adapt before the deadline: each ticket's prediction adds the wait for the device's own compute unit (the virtual
+work of the inputs ahead of it, each at its plan's predicted device compute: a Lindley recursion, reset whenever
+the unit is idle), and the Source keeps the upstream calls in flight. When a new request finds one overdue (out
+longer than ``planner.suspect_factor`` x its prediction, at least ``planner.suspect_min_ms``), the tier it went to
+is *suspect*: the planner plans without it at once, so requests stop queueing behind a link that has just died
+instead of each waiting for the stall rule; a call given up (stalled, or for the latency target) or failed makes
+its tier suspect at once, before its fallback has computed. The suspicion ends when that call's reply has been
+learned from (its slow transfer teaches the link's new rate; a fallback marks the tier down).
+
 Serve while planning: :meth:`Source.start_live` measures the chain and picks the first plan in the background
 (:meth:`LivePlanner.start`); requests go by the safe plan until :attr:`Source.ready` is set. Bad requests never
 reach a ticket (they fail admission first), so they change neither the plan nor the estimates.
@@ -29,7 +38,9 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+import itertools
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from edgeflow.agent.failover import latency_target_s, stall_after_s
 from edgeflow.config import NodeConfig
@@ -39,6 +50,7 @@ from edgeflow.transport import Breakdown, LiveState
 
 if TYPE_CHECKING:
     from edgeflow.agent.live import LivePlanner
+    from edgeflow.core.planner import Breakdown as CostBreakdown
 
 __all__ = ["Ticket", "Source"]
 
@@ -58,6 +70,10 @@ class Ticket:
         stall_s: seconds after which its upstream call counts as stalled, or None.
         forced: the caller chose the plan (the planner learns from the reply but does not re-plan on it).
         live: the live planner issued it (its reply is learned from).
+        id: the Source's number for it (0: not from a Source).
+        t0: ``time.monotonic()`` value it started at.
+        cost: its plan's predicted cost breakdown (None without a prediction).
+        wait_s: its predicted wait for the device's compute unit (in ``predicted_s``).
     """
 
     plan: Plan
@@ -66,6 +82,19 @@ class Ticket:
     stall_s: float | None = None
     forced: bool = False
     live: bool = False
+    id: int = 0
+    t0: float = 0.0
+    cost: CostBreakdown | None = None
+    wait_s: float = 0.0
+
+    def predicted_outcome_s(self, exit_position: int) -> float | None:
+        """The prediction for the path the request took: answered by the exit at ``exit_position`` (-1: the model
+        output). The expectation (``predicted_s``) cannot know which requests exit; this isolates the cost model."""
+        if self.cost is None or not self.cost.outcome_latency_s:
+            return None
+        paths = self.cost.outcome_latency_s
+        path = paths.get(exit_position) if exit_position >= 0 else paths[max(paths)]
+        return None if path is None else path - self.cost.source_queue_s + self.wait_s
 
 
 class Source:
@@ -77,8 +106,10 @@ class Source:
         clock: monotonic seconds.
     """
 
-    def __init__(self, config: NodeConfig, safe_plan: Plan, *, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, config: NodeConfig, safe_plan: Plan, *, clock: Callable[[], float] = time.monotonic,
+                 idle: Callable[[], bool] = lambda: False):  # fmt: skip
         self.config = config
+        self.idle = idle  # whether the device's compute unit has nothing running or waiting
         self.safe_plan = safe_plan
         self.clock = clock
         self.planner: LivePlanner | None = None
@@ -92,6 +123,10 @@ class Source:
         self._lock = threading.Lock()
         self._urgent = 0  # fallbacks queued and not yet learned from
         self._learned = threading.Condition(self._lock)
+        self._ids = itertools.count(1)
+        self._calls: dict[int, tuple[Ticket, str, float]] = {}  # upstream calls out: id -> (ticket, tier, since)
+        self._suspected: dict[int, str] = {}  # ticket id -> the tier its overdue call made suspect
+        self._busy_until = 0.0  # when the device's compute unit finishes the work ahead (predicted)
         self._closed = False
         if not config.auto:
             self.ready.set()
@@ -103,20 +138,96 @@ class Source:
         if self._urgent:
             with self._learned:
                 self._learned.wait_for(lambda: not self._urgent, timeout=_URGENT_WAIT_S)
-        planner, fallback = self.planner, self.config.fallback
+        planner, fallback, n = self.planner, self.config.fallback, next(self._ids)
+        if planner is not None:
+            self._find_overdue(planner, t0)
         if forced is not None:
-            predicted = planner.predict_s(forced) if planner is not None else None
+            cost = planner.predict(forced) if planner is not None else None
+            predicted, wait = self._predict(cost, t0)
             return Ticket(forced, predicted, _at(t0, latency_target_s(fallback, None)), None, forced=True,
-                          live=planner is not None)  # fmt: skip
+                          live=planner is not None, id=n, t0=t0, cost=cost, wait_s=wait)  # fmt: skip
         if planner is None:
-            return Ticket(self.safe_plan, None, _at(t0, latency_target_s(fallback, self.config.planner.slo_ms)))
-        plan, predicted = planner.current()
+            return Ticket(self.safe_plan, None, _at(t0, latency_target_s(fallback, self.config.planner.slo_ms)),
+                          id=n, t0=t0)  # fmt: skip
+        plan, cost = planner.current_breakdown()
+        predicted, wait = self._predict(cost, t0)
         target = _at(t0, latency_target_s(fallback, planner.settings.slo_ms))
-        return Ticket(plan, predicted, target, stall_after_s(fallback, predicted), live=True)
+        stall = stall_after_s(fallback, predicted - wait if predicted is not None else None)
+        return Ticket(plan, predicted, target, stall, live=True, id=n, t0=t0, cost=cost, wait_s=wait)
+
+    def _predict(self, cost: CostBreakdown | None, t0: float) -> tuple[float | None, float]:
+        """``(predicted latency, its wait for the device's compute unit)`` of a request starting at ``t0`` whose
+        plan costs ``cost``; its device compute joins the work ahead of later requests."""
+        if cost is None:
+            return None, 0.0
+        base = cost.latency_s - cost.source_queue_s  # the planner's average queue, replaced by this request's own
+        service = cost.compute_s.get(self.config.role, 0.0)
+        with self._lock:
+            if self.idle():
+                self._busy_until = t0
+            wait = max(0.0, self._busy_until - t0) if service > 0 else 0.0
+            if service > 0:
+                self._busy_until = t0 + wait + service
+        return base + wait, wait
+
+    def local_work(self, start: int, stop: int) -> None:
+        """The device's compute unit takes on ``[start:stop]`` now (a fallback): later requests wait for it too."""
+        planner = self.planner
+        if planner is None:
+            return
+        service = planner.compute_s(start, stop)
+        now = self.clock()
+        with self._lock:
+            self._busy_until = max(self._busy_until, now) + service
+
+    def _find_overdue(self, planner: LivePlanner, now: float) -> None:
+        """Make suspect the tier of any upstream call out longer than its budget (see the module doc)."""
+        s = planner.settings
+        with self._lock:
+            calls = list(self._calls.items())
+        for n, (ticket, tier, since) in calls:
+            predicted = ticket.predicted_s
+            if predicted is None or n in self._suspected:
+                continue
+            budget = max(s.suspect_factor * predicted, s.suspect_min_ms / 1e3)
+            if now - ticket.t0 > budget:
+                with self._lock:
+                    self._suspected[n] = tier
+                planner.suspect(tier, f"a call to it has been out {now - since:.2f} s, predicted {predicted:.3f} s "
+                                      f"for the whole request")  # fmt: skip
+
+    @contextmanager
+    def upstream_call(self, ticket: Ticket | None, tier: str) -> Iterator[None]:
+        """Bracket a request's call to the next tier (``tier``), so a later ticket can find it overdue."""
+        if ticket is None or not ticket.id or self.planner is None or self.planner.settings.suspect_factor <= 0:
+            yield
+            return
+        with self._lock:
+            self._calls[ticket.id] = (ticket, tier, self.clock())
+        try:
+            yield
+        except EdgeflowError as e:  # given up (stalled, target) or failed: plan around it now, not after the fallback
+            with self._lock:
+                first = ticket.id not in self._suspected
+                self._suspected.setdefault(ticket.id, tier)
+            if first:
+                self.planner.suspect(tier, f"a call to it failed: {type(e).__name__}")
+            raise
+        finally:
+            with self._lock:
+                self._calls.pop(ticket.id, None)
+
+    def release(self, ticket: Ticket) -> None:
+        """The request will not be learned from (a warm-up, or it failed): end any suspicion its call raised."""
+        with self._lock:
+            tier = self._suspected.pop(ticket.id, None)
+        if tier is not None and self.planner is not None:
+            self.planner.clear_suspect(tier)
 
     def learn(self, ticket: Ticket, breakdown: Breakdown) -> None:
         """Queue a reply for the live planner (no-op without one)."""
         if not ticket.live or self.planner is None or self._closed:
+            self.release(ticket)
             return
         if self._learner is None:
             self._start_learner()
@@ -128,6 +239,7 @@ class Source:
         except queue.Full:
             self.dropped += 1
             self._learned_one(urgent)
+            self.release(ticket)
 
     def settle(self, timeout_s: float = 10.0) -> bool:
         """Wait until every reply queued so far has been learned from (tests, benchmarks); False on timeout."""
@@ -152,6 +264,7 @@ class Source:
                 planner = self.planner
                 if planner is not None:
                     planner.observe(breakdown, ticket.plan, decide=not ticket.forced)
+                self.release(ticket)  # its overdue call, if it was one, taught what it could
             except Exception:  # noqa: BLE001 - a planner bug must not stop learning from the next reply
                 _log.exception("live planner: learning from a reply failed")
             finally:

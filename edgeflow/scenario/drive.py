@@ -43,6 +43,7 @@ class Answer:
     breakdown: Breakdown
     plan: str = ""
     predicted_s: float | None = None
+    predicted_path_s: float | None = None  # the prediction for the path it took (its exit, or the output)
 
 
 @dataclass
@@ -107,7 +108,7 @@ class LocalSender:
 
     def send(self, request_id: str, x: torch.Tensor, deadline: float) -> Answer:
         ans = self.agent.submit_local([x], request_id=request_id, deadline=deadline, block=True, plan=self.plan)
-        return Answer(ans.values[0], ans.position, ans.breakdown, ans.plan, ans.predicted_s)
+        return Answer(ans.values[0], ans.position, ans.breakdown, ans.plan, ans.predicted_s, ans.predicted_outcome_s)
 
     def warm_up(self, request_id: str, x: torch.Tensor, deadline: float) -> None:
         """One request through every tier and range of the plan (handshakes, first runs), not measured or learned."""
@@ -150,7 +151,7 @@ class RemoteSender:
         r = self.client.infer(x, timeout_s=max(1e-3, deadline - time.monotonic()), plan=self.plan, request_id=request_id)
         logits = r.output if isinstance(r.output, torch.Tensor) else r.output[0]
         position = r.exit_position if r.exit_position >= 0 else -1
-        return Answer(logits, position, r.breakdown, r.plan, r.predicted_latency_s)
+        return Answer(logits, position, r.breakdown, r.plan, r.predicted_latency_s, r.predicted_path_s)
 
     def warm_up(self, request_id: str, x: torch.Tensor, deadline: float) -> None:
         """One request through every tier and range of the plan, not measured."""

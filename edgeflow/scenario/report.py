@@ -79,6 +79,7 @@ def request_records(result: ScenarioResult, run: RunResult) -> list[dict[str, An
                 correct=None if label is None else pred == label,
                 agree=pred == int(result.reference[o.index]),
                 predicted_ms=None if o.answer.predicted_s is None else _ms(o.answer.predicted_s),
+                predicted_path_ms=None if o.answer.predicted_path_s is None else _ms(o.answer.predicted_path_s),
                 bytes={h: _hop_bytes(tiers.get(_TIER_OF_HOP[h])) for h in _HOPS},
                 stages=[_stage(t) for t in b.tiers],
             )
@@ -137,7 +138,24 @@ def run_metrics(records: list[dict[str, Any]], slo_ms: float | None) -> dict[str
         "early_exit_rate": len(exits) / len(ok) if ok else 0.0,
         "answered_by": {t: sum(1 for r in ok if r["answered_by"] == t) for t in ("device", "edge", "cloud")},
         "plans": dict(sorted(plans.items(), key=lambda kv: -kv[1])),
+        "prediction": _prediction_error(ok),
     }
+
+
+def _prediction_error(ok: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Mean absolute percentage error of the live planner's per-request predictions (None without any): against
+    the expectation it planned with (``mape_expected``: which requests exit cannot be known when they are sent, so
+    with exits this mixes the cost model's error with the spread of exit outcomes), and against its prediction for
+    the path each request took (``mape_path``: its exit, or the output; the cost model's own error)."""
+    def mape(key: str) -> tuple[float | None, int]:
+        pairs = [(r["latency_ms"], r[key]) for r in ok if r.get(key) and r["latency_ms"] > 0]
+        return (float(np.mean([abs(m - p) / m for m, p in pairs])) if pairs else None), len(pairs)
+
+    expected, n = mape("predicted_ms")
+    if not n:
+        return None
+    path, n_path = mape("predicted_path_ms")
+    return {"requests": n, "mape_expected": expected, "mape_path": path, "requests_path": n_path}
 
 
 def recovery_metrics(records: list[dict[str, Any]], faults: Sequence[dict[str, Any]], *, slo_ms: float | None,

@@ -217,6 +217,7 @@ class InferReply:
     wire_nbytes: int = 0
     plan: str = ""
     predicted_latency_s: float = 0.0
+    predicted_outcome_s: float = 0.0  # the prediction for the path it took (its exit, or the output); 0: none
 
 
 @dataclass(frozen=True)
@@ -284,6 +285,7 @@ class LiveState:
     error: str = ""
     plan: str = ""
     predicted_latency_s: float = 0.0
+    predicted_outcome_s: float = 0.0  # the prediction for the path it took (its exit, or the output); 0: none
     links: list[LinkReading] = field(default_factory=list)
     compute_factor: dict[str, float] = field(default_factory=dict)
     down: list[str] = field(default_factory=list)
@@ -385,6 +387,8 @@ def encode_reply(reply: InferReply) -> bytes:
         msg.parameters["plan"].string_param = reply.plan
     if reply.predicted_latency_s:
         msg.parameters["predicted_latency_s"].double_param = reply.predicted_latency_s
+    if reply.predicted_outcome_s:
+        msg.parameters["predicted_outcome_s"].double_param = reply.predicted_outcome_s
     return frame(msg.SerializeToString(), _RAW_FIELD, [t.payload for t in reply.tensors])
 
 
@@ -469,7 +473,8 @@ def decode_reply(data: bytes | memoryview, limits: WireLimits) -> InferReply:
     plan = msg.parameters["plan"].string_param if "plan" in msg.parameters else ""
     if len(plan) > 4 * limits.max_name_chars:
         raise InvalidRequest(f"reply plan is {len(plan)} characters, limit {4 * limits.max_name_chars}")
-    predicted = msg.parameters["predicted_latency_s"].double_param if "predicted_latency_s" in msg.parameters else 0.0
+    predicted, outcome = (msg.parameters[k].double_param if k in msg.parameters else 0.0
+                          for k in ("predicted_latency_s", "predicted_outcome_s"))  # fmt: skip
     b = msg.breakdown
     breakdown = Breakdown(
         tiers=[TierTiming(*[getattr(t, name) for name in _TIMING_FIELDS]) for t in b.tiers],
@@ -489,6 +494,7 @@ def decode_reply(data: bytes | memoryview, limits: WireLimits) -> InferReply:
         wire_nbytes=memoryview(data).nbytes,
         plan=plan,
         predicted_latency_s=predicted if math.isfinite(predicted) and predicted > 0 else 0.0,
+        predicted_outcome_s=outcome if math.isfinite(outcome) and outcome > 0 else 0.0,
     )
 
 

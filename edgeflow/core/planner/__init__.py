@@ -7,7 +7,7 @@ Pure (numpy, no clocks, no I/O), in the order data flows:
     costmodel.py   TierSpec, LinkState, Conditions -> CostModel.evaluate(plan) -> Breakdown
     search.py      Planner(model).search(conditions, objective) -> SearchResult (exact, vectorised)
     oracle.py      brute_force(...): every plan, one by one (the reference in tests)
-    estimator.py   LinkEstimator, ComputeCorrection, QueueTracker -> ConditionsTracker.conditions(now_s)
+    estimator.py   LinkEstimator, ComputeCorrection, CodecCorrection, QueueTracker -> ConditionsTracker.conditions(now_s)
     replan.py      Replanner.observe_*(...) / decide(now_s) -> Decision (hysteresis)
     build.py       planner inputs measured from a model (exit samples, head seconds)
     synthetic.py   seeded random cost models for tests and benchmarks
@@ -31,7 +31,7 @@ from .costmodel import (
     codec_drops_from_cuts,
     node_param_nbytes,
 )
-from .estimator import ComputeCorrection, ConditionsTracker, LinkEstimator, QueueTracker
+from .estimator import CodecCorrection, ComputeCorrection, ConditionsTracker, LinkEstimator, QueueTracker
 from .exitmodel import DEFAULT_EXIT_GRID, ExitModel
 from .oracle import all_choices, brute_force
 from .replan import Decision, Replanner
@@ -45,6 +45,7 @@ __all__ = [
     "Breakdown",
     "Candidate",
     "Choice",
+    "CodecCorrection",
     "ComputeCorrection",
     "Conditions",
     "ConditionsTracker",

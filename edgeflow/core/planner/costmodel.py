@@ -134,12 +134,20 @@ class Conditions:
     Attributes:
         links: ``links[i]`` joins tier ``i`` and tier ``i + 1`` of the cost model's chain.
         queue_s: queueing delay each tier reports (by tier name); missing: 0.
-        compute_factor: online correction per tier (measured / predicted compute); missing: 1.
+        compute_factor: online correction per tier, the proportional part (measured / predicted compute);
+            missing: 1.
+        compute_fixed_s: online correction per tier, the fixed part: seconds a tier's stage costs beyond
+            ``compute_factor`` x its profile, once per stage it runs (a range call's own cost, which the per-node
+            profile misses or overstates); missing: 0. See ``ComputeCorrection`` in ``estimator.py``.
+        codec_factor: online correction per tier of its codec times, ``(encode, decode)`` x the profiled ones;
+            missing: ``(1, 1)``.
     """
 
     links: tuple[LinkState, ...]
     queue_s: Mapping[str, float] = field(default_factory=dict)
     compute_factor: Mapping[str, float] = field(default_factory=dict)
+    compute_fixed_s: Mapping[str, float] = field(default_factory=dict)
+    codec_factor: Mapping[str, tuple[float, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -163,6 +171,9 @@ class Breakdown:
     uplink_nbytes: float
     # latency of each exit outcome: answering position (N: the model output) -> seconds; filled by evaluate()
     outcome_latency_s: Mapping[int, float] = field(default_factory=dict)
+    # expected busy seconds of each tier per request (compute, heads, its encodes and decodes)
+    busy_s: Mapping[str, float] = field(default_factory=dict)
+    source_queue_s: float = 0.0  # the part of queue_s the source waits for its own compute unit
 
     @property
     def throughput_rps(self) -> float:
@@ -302,6 +313,15 @@ class CostModel:
         head = sum(self.head_s[t, self.exit_positions.index(e)] for e in exits)
         return float(self.cum_compute[t, stop] - self.cum_compute[t, start] + head)
 
+    def hop_codec_s(self, sender: str, receiver: str, position: int, codec: str) -> tuple[float, float] | None:
+        """Predicted ``(encode, decode)`` seconds of a hop at ``position`` with ``codec``, *without* the online
+        correction (the denominators ``CodecCorrection`` tracks); None where the profile has no such hop."""
+        if position not in self.hop_pos or codec.split(":")[0] not in self.codecs:
+            return None
+        i, k = int(np.searchsorted(self.hop_pos, position)), self.codecs.index(codec.split(":")[0])
+        e, d = self.encode_s[self._tier_index(sender), i, k], self.decode_s[self._tier_index(receiver), i, k]
+        return (float(e), float(d)) if np.isfinite(e) and np.isfinite(d) else None
+
     def _tier_index(self, name: str) -> int:
         if name not in self.names:
             raise PlanError(f"tier {name!r} is not in this chain ({' > '.join(self.names)})")
@@ -317,6 +337,12 @@ class CostModel:
         for name, f in cond.compute_factor.items():
             if not (f > 0 and math.isfinite(f)):
                 raise PlanError(f"compute_factor[{name!r}] must be a positive number, got {f!r}")
+        for name, x in cond.compute_fixed_s.items():
+            if not math.isfinite(x):
+                raise PlanError(f"compute_fixed_s[{name!r}] must be a finite number, got {x!r}")
+        for name, (fe, fd) in cond.codec_factor.items():
+            if not (fe > 0 and fd > 0 and math.isfinite(fe) and math.isfinite(fd)):
+                raise PlanError(f"codec_factor[{name!r}] must be two positive numbers, got {(fe, fd)!r}")
 
     # ------------------------------------------------------------------------------------ plans
     def to_plan(self, ch: Choice) -> Plan:
@@ -385,6 +411,9 @@ class CostModel:
         answer, head, acc = self.exit_model.stats(ch.exits)
         n, m = self.num_positions, len(self.tiers)
         factor = [cond.compute_factor.get(name, 1.0) for name in self.names]
+        fixed = [cond.compute_fixed_s.get(name, 0.0) for name in self.names]
+        fe = [cond.codec_factor.get(name, (1.0, 1.0))[0] for name in self.names]
+        fd = [cond.codec_factor.get(name, (1.0, 1.0))[1] for name in self.names]
         queue = [cond.queue_s.get(name, 0.0) for name in self.names]
         bounds = (0, *ch.cuts, n)
         incoming: list[tuple[int, str, int, int] | None] = [None] * len(ch.tiers)
@@ -412,7 +441,7 @@ class CostModel:
                     pos, codec, s, r = incoming[seg]
                     i, k = int(np.searchsorted(self.hop_pos, pos)), self.codecs.index(codec)
                     nb = self.nbytes[s, i, k]
-                    e_s, d_s = self.encode_s[s, i, k], self.decode_s[r, i, k]
+                    e_s, d_s = fe[s] * self.encode_s[s, i, k], fd[r] * self.decode_s[r, i, k]
                     enc += w * e_s
                     dec += w * d_s
                     busy[s] += w * e_s
@@ -427,7 +456,7 @@ class CostModel:
                         path += tx + cond.links[link].rtt_s
                     wait += w * queue[r]
                 stop = min(x, b)
-                c = factor[t] * (self.cum_compute[t, stop] - self.cum_compute[t, a])
+                c = factor[t] * (self.cum_compute[t, stop] - self.cum_compute[t, a]) + fixed[t]
                 for j, e in enumerate(self.exit_positions):
                     if e in enabled and a < e <= stop:
                         c += factor[t] * self.head_s[t, j]
@@ -459,6 +488,8 @@ class CostModel:
             bottleneck_s=max([*busy, *link_busy]),
             uplink_nbytes=up_bytes,
             outcome_latency_s=path_s,
+            busy_s={self.names[t]: busy[t] for t in range(m) if busy[t] > 0 or t in ch.tiers},
+            source_queue_s=queue[0] if ch.tiers[0] == 0 else 0.0,
         )
 
 

@@ -32,7 +32,8 @@ every passive sample (``message=True``) before its rate is read, and the cost mo
 link's round trip (:meth:`ConditionsTracker.conditions`). Probes pay no such cost (``message=False``).
 
 Samples whose transfer part is small next to the round trip (``seconds - rtt < min_transfer_fraction *
-seconds``) carry no rate information and are rejected; when no sample has been accepted for ``stale_after_s``
+seconds``) carry no rate information and are rejected, except a probe's as a lower bound on the rate: one far
+above the estimate restarts it at that bound (a link back from near zero); when no sample has been accepted for ``stale_after_s``
 the link :meth:`LinkEstimator.needs_probe` and :meth:`LinkEstimator.probe_nbytes` says how big a probe makes a
 usable sample.
 
@@ -49,13 +50,15 @@ import math
 import statistics
 from collections import deque
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Sequence
 
 from edgeflow.errors import PlanError
 
 from .costmodel import Conditions, LinkState
 
-__all__ = ["LinkEstimator", "ComputeCorrection", "QueueTracker", "ConditionsTracker"]
+__all__ = ["LinkEstimator", "ComputeCorrection", "CodecCorrection", "QueueTracker", "ConditionsTracker"]
+
+_FRESH_RTTS = 3  # round trips kept when a link's level restarts from a lower bound (one probe's worth)
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,7 @@ class LinkEstimator:
         self._samples: deque[_Sample] = deque(maxlen=window)
         self._rtts: deque[tuple[float, float]] = deque(maxlen=rtt_window)
         self._last_accept_s: float | None = None
+        self.bounded_s: float | None = None  # when the estimate last restarted from a lower bound
 
     # ------------------------------------------------------------------------------------ samples
     def observe_rtt(self, rtt_s: float, now_s: float) -> None:
@@ -135,7 +139,7 @@ class LinkEstimator:
         rtt = (self.rtt_s(now_s) or 0.0) if includes_rtt else 0.0
         transfer = seconds - rtt - (self.overhead_s if message else 0.0)
         if transfer < self.min_transfer_fraction * seconds:
-            return False
+            return not message and self._faster_than_known(nbytes, seconds, now_s)
         rate = 8.0 * nbytes / transfer
         if restart:
             self._forget()
@@ -156,11 +160,36 @@ class LinkEstimator:
         self._last_accept_s = now_s
         return True
 
-    def _forget(self) -> None:
-        """Drop the rate samples and filter state (not the RTTs)."""
+    def _faster_than_known(self, nbytes: float, seconds: float, now_s: float) -> bool:
+        """A probe too quick to time still bounds the rate from below: it moved ``nbytes`` in less than
+        ``min_transfer_fraction`` of ``seconds``. When that bound is ``shift_ratio`` times the estimate (or the last
+        one, expired), the estimate is stale (a link back from near zero, probed with a probe sized for near zero,
+        which the link then carries in no time): it restarts from the bound, the safe side. Without this, a link
+        estimated at 0.05 Mbit/s was probed with 2 KB every 2 s after it came back at 30 Mbit/s, every probe was
+        'mostly round trip' and rejected, and the planner kept the device-only plan for 20 s. Probes only: a
+        message's time has the per-message overhead taken off, and an overhead estimate a little high would make
+        a quick message read as an impossibly fast link."""
+        last = self._last_accept_s
+        known = self.bandwidth_bps(now_s) or (self.bandwidth_bps(last) if last is not None else None)
+        bound = 8.0 * nbytes / (self.min_transfer_fraction * seconds)
+        if known is None or self.shift_ratio is None or bound <= known * self.shift_ratio:
+            return False
+        self._forget(rtts=True)
+        self._raw.append(bound)
+        self._samples.append(_Sample(now_s, float(nbytes), bound))
+        self._last_accept_s = self.bounded_s = now_s
+        return True
+
+    def _forget(self, *, rtts: bool = False) -> None:
+        """Drop the rate samples and filter state; ``rtts``: also the round trips but the last few (a link back
+        from near zero: the round trips probed while it was down were its queue, not its propagation)."""
         self._samples.clear()
         self._raw.clear()
         self._timed.clear()
+        if rtts:
+            recent = list(self._rtts)[-_FRESH_RTTS:]
+            self._rtts.clear()
+            self._rtts.extend(recent)
 
     # ------------------------------------------------------------------------------------ estimates
     def bandwidth_bps(self, now_s: float) -> float | None:
@@ -193,52 +222,144 @@ class LinkEstimator:
 
 
 class ComputeCorrection:
-    """Per-tier multiplicative correction of predicted compute: EWMA of clipped, median-filtered
-    measured/predicted ratios.
+    """Per-tier affine correction of predicted compute: ``measured = fixed + factor x predicted``, per stage.
 
-    Each tier's ratios first pass a causal median-of-3 filter seeded with the profile's own ratio, 1: a single
-    outlier (a cold first run that takes 5x, a GC pause) never moves the factor; two agreeing ratios do. Without
-    it, a first request that ran cold set the factor to 5x, the planner left that tier's plans, and with no more
-    samples from it the factor never came back.
+    A tier's per-node profile misses what a range costs as the agent runs it: a fixed cost per stage (the compute
+    unit's hand-off, the range call) and a proportional error (the profile times each node through an interpreter,
+    which overstates small late layers: on the demo the profile put ``[20:70]`` at 3.6 ms and ``[0:20]`` at 1.8 ms,
+    the agent ran them in 1.7 and 1.0). One multiplicative factor cannot serve both a short stage and a long one,
+    so each tier's stages are fitted as ``y = a + b u`` (``u``, ``y``: predicted and measured seconds over the
+    tier's whole-model prediction, ``scale_s``) by weighted least squares over its last ``window`` stages, recent
+    ones weighing more (``decay`` per stage), with a prior ``a = 0, b = 1`` (``prior_fixed``, ``prior_factor``: its
+    standard deviations, against ``noise``, a measurement's: the fixed part is held near 0 unless stages of
+    different lengths show it, the factor is vague): a tier that only ever runs one range moves ``b``, like a
+    single factor. Each ratio measured/predicted
+    is clipped to ``clip`` and passes a causal median-of-3 filter seeded with the profile's own ratio, 1, before it
+    becomes a sample: a single outlier (a cold first run that took 5x, a GC pause) never moves the fit, two agreeing
+    ratios do. Samples whose residual is over 3 median absolute deviations are then dropped and the fit redone.
 
-    Feed it ``predicted_s`` from :meth:`CostModel.stage_compute_s` (the uncorrected prediction), so the factor
-    converges to measured/predicted instead of feeding back on itself. A ``weight`` below 1 scales a sample's
-    EWMA weight: the replanner weighs each stage by its share of the tier's whole-model compute, because one factor
-    per tier scales every range and a tiny stage's ratio is mostly fixed per-stage overhead (a device running only
-    ``[0:1]`` must not teach the planner that running everything there costs 3x the profile).
+    A tier that runs nothing for a while learns nothing from requests; after ``idle_s`` its samples fade (time
+    constant ``fade_s``) and its correction returns to the prior, the profile its handshake reported, instead of
+    keeping, frozen, a correction learned under other conditions.
 
-    Args:
-        alpha: EWMA weight of a new ratio.
-        clip: each ratio is clipped to this range first, so one outlier moves the factor by a bounded amount.
+    Feed it ``predicted_s`` from :meth:`CostModel.stage_compute_s` (uncorrected), so the fit does not feed back on
+    itself.
     """
+
+    def __init__(self, *, window: int = 24, decay: float = 0.85, prior_fixed: float = 0.05, prior_factor: float = 100.0,
+                 noise: float = 0.01, clip: tuple[float, float] = (0.2, 5.0), idle_s: float = 10.0,
+                 fade_s: float = 30.0):  # fmt: skip
+        if window < 1 or not 0 < decay <= 1 or not prior_fixed > 0 or not prior_factor > 0 or not 0 < clip[0] <= 1 <= clip[1]:
+            raise PlanError("compute correction: window >= 1, decay in (0, 1], positive priors and clip around 1 required")
+        self.window, self.decay, self.clip = window, decay, clip
+        self.prior_fixed, self.prior_factor, self.noise = prior_fixed, prior_factor, noise
+        self.idle_s, self.fade_s = idle_s, fade_s
+        self._samples: dict[str, deque[tuple[float, float]]] = {}  # tier -> (u, y)
+        self._raw: dict[str, deque[float]] = {}  # tier -> the last raw ratios, for the median filter
+        self._scale: dict[str, float] = {}
+        self._last: dict[str, float] = {}  # tier -> when it last reported a stage
+        self._fit: dict[str, tuple[float, float, float]] = {}  # tier -> (a, b, unused) fitted to the samples as they are
+
+    def observe(self, tier: str, measured_s: float, predicted_s: float, scale_s: float, now_s: float) -> None:
+        """One stage of ``tier``: it measured ``measured_s`` where the profile predicted ``predicted_s``; ``scale_s``
+        is the tier's whole-model prediction (the unit of the fit)."""
+        if not (predicted_s > 1e-9 and scale_s > 1e-9 and measured_s >= 0 and math.isfinite(measured_s)):
+            return
+        raw = self._raw.setdefault(tier, deque([1.0, 1.0], maxlen=3))
+        first = len(self._samples.get(tier, ())) == 0 and list(raw) == [1.0, 1.0]
+        raw.append(min(self.clip[1], max(self.clip[0], measured_s / predicted_s)))
+        if first:  # the filter still holds only the prior: this ratio waits for a second one to agree
+            self._last[tier] = now_s
+            return
+        ratio = statistics.median(raw)
+        self._scale[tier] = scale_s
+        self._samples.setdefault(tier, deque(maxlen=self.window)).append((predicted_s / scale_s, ratio * predicted_s / scale_s))
+        self._last[tier] = now_s
+        self._fit.pop(tier, None)
+
+    def params(self, tier: str, now_s: float) -> tuple[float, float]:
+        """``(fixed seconds per stage, factor)`` for ``tier`` now; ``(0, 1)`` before any sample."""
+        samples = self._samples.get(tier)
+        if not samples:
+            return 0.0, 1.0
+        fade = 1.0
+        idle = now_s - self._last[tier] - self.idle_s
+        if idle > 0:
+            fade = math.exp(-idle / self.fade_s)
+        cached = self._fit.get(tier)
+        if cached is None:
+            a, b = self._solve(list(samples))
+            self._fit[tier] = cached = (a, b, 0.0)
+        a, b = fade * cached[0], 1.0 + fade * (cached[1] - 1.0)  # an idle tier's correction fades to its prior
+        return a * self._scale[tier], b
+
+    def factor(self, tier: str, now_s: float = 0.0) -> float:
+        return self.params(tier, now_s)[1]
+
+    def factors(self, now_s: float) -> dict[str, float]:
+        return {t: self.params(t, now_s)[1] for t in self._samples}
+
+    def fixed_s(self, now_s: float) -> dict[str, float]:
+        return {t: self.params(t, now_s)[0] for t in self._samples}
+
+    def _solve(self, samples: list[tuple[float, float]]) -> tuple[float, float]:
+        n = len(samples)
+        weights = [self.decay ** (n - 1 - i) for i in range(n)]
+        a, b = self._least_squares(samples, weights)
+        residuals = [abs(y - a - b * u) for u, y in samples]
+        mad = statistics.median(residuals)
+        if n >= 4 and mad > 0:
+            keep = [w if r <= 3.0 * 1.4826 * mad else 0.0 for w, r in zip(weights, residuals)]
+            if sum(1 for w in keep if w > 0) >= 2:
+                a, b = self._least_squares(samples, keep)
+        b = min(self.clip[1], max(self.clip[0], b))
+        return max(a, -self.prior_fixed), b
+
+    def _least_squares(self, samples: list[tuple[float, float]], weights: list[float]) -> tuple[float, float]:
+        """Minimise sum w (y - a - b u)^2 / noise^2 + (a / sa)^2 + ((b - 1) / sb)^2: a 2x2 solve."""
+        ia, ib = 1.0 / self.prior_fixed**2, 1.0 / self.prior_factor**2
+        s00, s01, s11, r0, r1 = ia, 0.0, ib, 0.0, ib * 1.0
+        for (u, y), w in zip(samples, weights):
+            w /= self.noise**2
+            s00 += w
+            s01 += w * u
+            s11 += w * u * u
+            r0 += w * y
+            r1 += w * u * y
+        det = s00 * s11 - s01 * s01
+        return (r0 * s11 - r1 * s01) / det, (s00 * r1 - s01 * r0) / det
+
+
+class CodecCorrection:
+    """Per-tier multiplicative correction of codec times, one for encoding and one for decoding: EWMA of clipped,
+    median-of-3 filtered measured/predicted ratios (a profile times codecs after a cache flush, once; served, they
+    run after a forward pass or a network wait, with the caches of other requests' work)."""
 
     def __init__(self, alpha: float = 0.2, clip: tuple[float, float] = (0.2, 5.0)):
         if not 0 < alpha <= 1 or not 0 < clip[0] <= 1 <= clip[1]:
-            raise PlanError(f"compute correction: alpha in (0, 1] and clip around 1 required, got {alpha}, {clip}")
+            raise PlanError(f"codec correction: alpha in (0, 1] and clip around 1 required, got {alpha}, {clip}")
         self.alpha, self.clip = alpha, clip
-        self._factor: dict[str, float] = {}
-        self._raw: dict[str, deque[float]] = {}  # per tier: the last raw ratios, for the median filter
-        self._seen: dict[str, int] = {}  # per tier: samples observed
+        self._factor: dict[tuple[str, int], float] = {}
+        self._raw: dict[tuple[str, int], deque[float]] = {}
 
-    def observe(self, tier: str, measured_s: float, predicted_s: float, weight: float = 1.0) -> None:
-        if not (predicted_s > 1e-9 and measured_s >= 0 and math.isfinite(measured_s) and weight > 0):
-            return
-        raw = self._raw.setdefault(tier, deque([1.0, 1.0], maxlen=3))
-        raw.append(min(self.clip[1], max(self.clip[0], measured_s / predicted_s)))
-        self._seen[tier] = seen = self._seen.get(tier, 0) + 1
-        ratio = statistics.median(raw)
-        old = self._factor.get(tier, 1.0)
-        w = min(1.0, weight)
-        # while the prior is still in the filter (2 samples), the filtered ratio sets the factor (in proportion to
-        # the weight): two agreeing samples are believed at once; later ones move the EWMA
-        self._factor[tier] = 1.0 + w * (ratio - 1.0) if seen <= 2 else old + self.alpha * w * (ratio - old)
-
-    def factor(self, tier: str) -> float:
-        return self._factor.get(tier, 1.0)
+    def observe(self, tier: str, *, encode: tuple[float, float] | None = None, decode: tuple[float, float] | None = None) -> None:
+        """``(measured, predicted)`` seconds of a hop's encoding at ``tier`` and/or of a hop's decoding there."""
+        for side, pair in ((0, encode), (1, decode)):
+            if pair is None:
+                continue
+            measured, predicted = pair
+            if not (predicted > 1e-9 and measured >= 0 and math.isfinite(measured)):
+                continue
+            key = (tier, side)
+            raw = self._raw.setdefault(key, deque([1.0, 1.0], maxlen=3))
+            raw.append(min(self.clip[1], max(self.clip[0], measured / predicted)))
+            old = self._factor.get(key, 1.0)
+            self._factor[key] = old + self.alpha * (statistics.median(raw) - old)
 
     @property
-    def factors(self) -> dict[str, float]:
-        return dict(self._factor)
+    def factors(self) -> dict[str, tuple[float, float]]:
+        tiers = {t for t, _ in self._factor}
+        return {t: (self._factor.get((t, 0), 1.0), self._factor.get((t, 1), 1.0)) for t in tiers}
 
 
 class QueueTracker:
@@ -275,6 +396,7 @@ class ConditionsTracker:
         fallback: Sequence[LinkState] | None = None,
         correction: ComputeCorrection | None = None,
         queues: QueueTracker | None = None,
+        codecs: CodecCorrection | None = None,
     ):
         self.tiers = tuple(tiers)
         n = len(self.tiers) - 1
@@ -283,6 +405,7 @@ class ConditionsTracker:
             raise PlanError(f"{len(self.tiers)} tiers need {n} link estimators and fallbacks")
         self.fallback = tuple(fallback) if fallback is not None else None
         self.correction = correction or ComputeCorrection()
+        self.codecs = codecs or CodecCorrection()
         self.queues = queues or QueueTracker()
 
     def observe_transfer(self, link: int, nbytes: float, seconds: float, now_s: float, *, includes_rtt: bool = True,
@@ -293,8 +416,8 @@ class ConditionsTracker:
     def observe_rtt(self, link: int, rtt_s: float, now_s: float) -> None:
         self.links[link].observe_rtt(rtt_s, now_s)
 
-    def observe_stage(self, tier: str, measured_s: float, predicted_s: float, weight: float = 1.0) -> None:
-        self.correction.observe(tier, measured_s, predicted_s, weight)
+    def observe_stage(self, tier: str, measured_s: float, predicted_s: float, scale_s: float, now_s: float) -> None:
+        self.correction.observe(tier, measured_s, predicted_s, scale_s, now_s)
 
     def observe_queue(self, tier: str, queue_s: float) -> None:
         self.queues.observe(tier, queue_s)
@@ -315,5 +438,5 @@ class ConditionsTracker:
                 bw = bw if bw is not None else fb.bandwidth_bps
                 rtt = rtt if rtt is not None else fb.rtt_s
             states.append(LinkState(bw, rtt + est.overhead_s))  # what a message pays: see the module doc
-        factors: Mapping[str, float] = self.correction.factors
-        return Conditions(tuple(states), queue_s=self.queues.queues, compute_factor=factors)
+        return Conditions(tuple(states), queue_s=self.queues.queues, compute_factor=self.correction.factors(now_s),
+                          compute_fixed_s=self.correction.fixed_s(now_s), codec_factor=self.codecs.factors)  # fmt: skip

@@ -34,7 +34,6 @@ from .search import Planner, SearchResult
 
 __all__ = ["Decision", "Replanner"]
 
-_FULL_WEIGHT_SHARE = 0.25  # a stage with this share of the tier's whole-model compute teaches the correction fully
 
 
 @dataclass(frozen=True)
@@ -131,13 +130,13 @@ class Replanner:
     def observe_rtt(self, link: int, rtt_s: float, now_s: float) -> None:
         self.tracker.observe_rtt(link, rtt_s, now_s)
 
-    def observe_stage(self, tier: str, measured_s: float, start: int, stop: int, exits: tuple[int, ...] = ()) -> None:
-        """A tier's measured compute for ``[start:stop]`` (and the heads at ``exits`` it evaluated), weighed by
-        its share of the whole model's compute on that tier (see :class:`ComputeCorrection`)."""
+    def observe_stage(self, tier: str, measured_s: float, start: int, stop: int, exits: tuple[int, ...] = (),
+                      now_s: float = 0.0) -> None:  # fmt: skip
+        """A tier's measured compute for ``[start:stop]`` (and the heads at ``exits`` it evaluated): a sample of its
+        affine correction, in units of its whole-model prediction (see :class:`ComputeCorrection`)."""
         predicted = self.model.stage_compute_s(tier, start, stop, exits)
         whole = self.model.stage_compute_s(tier, 0, self.model.num_positions)
-        weight = predicted / (_FULL_WEIGHT_SHARE * whole) if whole > 0 else 1.0
-        self.tracker.observe_stage(tier, measured_s, predicted, weight)
+        self.tracker.observe_stage(tier, measured_s, predicted, whole, now_s)
 
     def observe_queue(self, tier: str, queue_s: float) -> None:
         self.tracker.observe_queue(tier, queue_s)

@@ -211,8 +211,8 @@ class Planner:
         m = len(md.tiers)
         # the source alone
         ok = self.inf_tail[0][0]
-        lat = dyn.phi_n[0] + dyn.queue[0] + ok  # (Q,)
-        busy = dyn.f[0] * self.phic_n[0]
+        lat = dyn.phi_n[0] + dyn.queue[0] + dyn.fixed[0] + ok  # (Q,)
+        busy = dyn.f[0] * self.phic_n[0] + dyn.fixed[0]
         if objective == "latency":
             val = lat
         elif objective == "energy":
@@ -233,7 +233,8 @@ class Planner:
             elif objective == "energy":
                 val = dyn.energy(lat)
             else:
-                recv = self.reach3 * dyn.decode(j) + (dyn.f[j] * (self.phic_n[j][:, None] - self.phic[j]))[:, :, None]
+                recv = (self.reach3 * (dyn.decode(j) + dyn.fixed[j])
+                        + (dyn.f[j] * (self.phic_n[j][:, None] - self.phic[j]))[:, :, None])  # fmt: skip
                 link = self.reach3 * dyn.nbytes8(0) / dyn.bw[:j].min()
                 val = _finite_or_inf(lat, np.maximum(np.maximum(dyn.busy0(), link), recv))
             if slo is not None:
@@ -276,14 +277,15 @@ class Planner:
         """Three tiers, bottleneck objective. Arrays in (position, codec, combo) layout; the second hop's codecs
         sorted by drop at each position (``lv_order``), so level minima are cumulative minima over codecs."""
         t = self._tput_tables()
-        f, r = dyn.f, t["reach"]  # r: (P, 1, Q)
+        f, r, fe, fd, x = dyn.f, t["reach"], dyn.fe, dyn.fd, dyn.fixed  # r: (P, 1, Q)
         src = (f[0] * (self.phic[0] - self.phic[0][:, :1])).T[:, None, :]  # (P, 1, Q)
-        a = np.maximum(src + r * t["enc0"], r * t["nb0"] / dyn.bw[0]) + t["mask3"]  # the source and its link
+        src = src + np.where(np.arange(len(src))[:, None, None] > 0, x[0], 0.0)  # the source's stage, if it computes
+        a = np.maximum(src + r * fe[0] * t["enc0"], r * t["nb0"] / dyn.bw[0]) + t["mask3"]  # the source and its link
         edge = (f[1] * self.phic[1]).T[:, None, :]  # (P, 1, Q)
-        u = r * t["dec1"] - edge  # the edge's load that depends on the first hop...
-        v = edge + r * t["enc1"] + t["mask2"]  # ... and on the second (sorted codecs)
+        u = r * (fd[1] * t["dec1"] + x[1]) - edge  # the edge's load that depends on the first hop...
+        v = edge + r * fe[1] * t["enc1"] + t["mask2"]  # ... and on the second (sorted codecs)
         cloud = (f[2] * (self.phic_n[2][None, :] - self.phic[2].T))[:, None, :]
-        w = np.maximum(r * t["nb1"] / dyn.bw[1], r * t["dec2"] + cloud) + t["mask2"]  # the last link and tier
+        w = np.maximum(r * t["nb1"] / dyn.bw[1], r * (fd[2] * t["dec2"] + x[2]) + cloud) + t["mask2"]  # the last link and tier
         res = self._bottleneck_at_input(a[0], u[0], v, w)
         if res is not None:
             yield res
@@ -446,6 +448,9 @@ class _Dynamic:
         md = pl.model
         self.pl = pl
         self.f = np.array([cond.compute_factor.get(nm, 1.0) for nm in md.names])
+        self.fixed = np.array([cond.compute_fixed_s.get(nm, 0.0) for nm in md.names])
+        self.fe = np.array([cond.codec_factor.get(nm, (1.0, 1.0))[0] for nm in md.names])
+        self.fd = np.array([cond.codec_factor.get(nm, (1.0, 1.0))[1] for nm in md.names])
         self.queue = np.array([cond.queue_s.get(nm, 0.0) for nm in md.names])
         self.bw = np.array([lk.bandwidth_bps for lk in cond.links])
         self.inv = np.concatenate([[0.0], np.cumsum(1.0 / self.bw)])  # inv[t]: sum of 1/bw over links 0..t-1
@@ -459,27 +464,28 @@ class _Dynamic:
     def hop(self, s: int, r: int) -> np.ndarray:
         """(P, K) seconds of a hop from tier s to tier r (relayed through those between); inf where unusable."""
         md = self.pl.model
-        return (md.encode_s[s] + md.decode_s[r] + 8.0 * md.nbytes[s] * (self.inv[r] - self.inv[s])
-                + (self.rtt_cum[r] - self.rtt_cum[s]) + self.queue[r])  # fmt: skip
+        return (self.fe[s] * md.encode_s[s] + self.fd[r] * md.decode_s[r] + self.fixed[r]
+                + 8.0 * md.nbytes[s] * (self.inv[r] - self.inv[s]) + (self.rtt_cum[r] - self.rtt_cum[s]) + self.queue[r])  # fmt: skip
 
     def first(self, r: int, mask: np.ndarray) -> np.ndarray:
         """(Q, P, K): the source's part and the first hop (to tier r), plus ``mask`` (its constraints)."""
         src = self.phi[0] - self.phi[0][:, :1]  # (Q, P)
-        src[:, 1:] += self.queue[0]  # the source queues when it computes
+        src[:, 1:] += self.queue[0] + self.fixed[0]  # the source queues, and its stage costs, when it computes
         return src[:, :, None] + self.pl.reach3 * _zero_inf(self.hop(0, r))[None] + mask
 
     def nbytes8(self, s: int) -> np.ndarray:
         return np.where(self.pl.valid, 8.0 * self.pl.model.nbytes[s], 0.0)[None]
 
     def decode(self, r: int) -> np.ndarray:
-        return np.where(self.pl.valid, self.pl.model.decode_s[r], 0.0)[None]
+        return np.where(self.pl.valid, self.fd[r] * self.pl.model.decode_s[r], 0.0)[None]
 
     def busy0(self) -> np.ndarray:
         """(Q, P, K): the source's busy seconds (compute, heads, encoding the first hop)."""
         if self._busy0 is None:
             pl = self.pl
             comp = self.f[0] * (pl.phic[0] - pl.phic[0][:, :1])
-            self._busy0 = comp[:, :, None] + pl.reach3 * np.where(pl.valid, pl.model.encode_s[0], 0.0)[None]
+            comp[:, 1:] += self.fixed[0]
+            self._busy0 = comp[:, :, None] + pl.reach3 * np.where(pl.valid, self.fe[0] * pl.model.encode_s[0], 0.0)[None]
         return self._busy0
 
     def energy(self, lat: np.ndarray) -> np.ndarray:

@@ -147,4 +147,6 @@ def synthetic_conditions(rng: np.random.Generator, num_links: int, names: Sequen
         links,
         queue_s={nm: float(rng.uniform(0.0, 5e-3)) for nm in names},
         compute_factor={nm: float(rng.uniform(0.5, 2.0)) for nm in names},
+        compute_fixed_s={nm: float(rng.uniform(-5e-4, 3e-3)) for nm in names},
+        codec_factor={nm: (float(rng.uniform(0.5, 3.0)), float(rng.uniform(0.5, 3.0))) for nm in names},
     )

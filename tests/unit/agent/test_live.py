@@ -92,11 +92,11 @@ class _Flipper:
         self.switches: list[object] = []
         self.settings = PlannerConfig()
 
-    def current(self) -> tuple[Plan, None]:
+    def current_breakdown(self) -> tuple[Plan, None]:
         with self._lock:
             return next(self._plans), None
 
-    def predict_s(self, plan: Plan) -> None:
+    def predict(self, plan: Plan) -> None:
         return None
 
     def observe(self, breakdown: Breakdown, plan: str, *, decide: bool = True) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgeflow.core.planner import ComputeCorrection, ConditionsTracker, LinkEstimator, LinkState
+from edgeflow.core.planner import CodecCorrection, ComputeCorrection, ConditionsTracker, LinkEstimator, LinkState
 from edgeflow.errors import PlanError
 
 
@@ -78,20 +78,35 @@ def test_small_transfers_carry_no_rate_and_staleness_asks_for_a_probe():
 
 
 def test_compute_correction_converges_and_bounds_outliers():
-    c = ComputeCorrection(alpha=0.2)
-    assert c.factor("edge") == 1.0
-    for _ in range(40):
-        c.observe("edge", 0.02, 0.01)
-    assert c.factor("edge") == pytest.approx(2.0, rel=1e-3)
-    c.observe("edge", 100.0, 0.01)  # one outlier: removed by the median filter
-    assert c.factor("edge") == pytest.approx(2.0, rel=1e-3)
-    c.observe("edge", 100.0, 0.01)  # two in a row: clipped to 5, one EWMA step
-    assert c.factor("edge") == pytest.approx(2.0 + 0.2 * 3.0, rel=1e-3)
-    cold = ComputeCorrection(alpha=0.2)
-    cold.observe("device", 0.105, 0.020)  # a cold first run, 5x its profile
-    assert cold.factor("device") == 1.0
+    c = ComputeCorrection()
+    assert c.params("edge", 0.0) == (0.0, 1.0)
+    for i in range(40):
+        c.observe("edge", 0.02, 0.01, 0.1, float(i))
+    fixed, factor = c.params("edge", 40.0)
+    assert fixed + factor * 0.01 == pytest.approx(0.02, rel=0.02)  # one range: what it runs is predicted right
+    c.observe("edge", 100.0, 0.01, 0.1, 41.0)  # one outlier: removed by the median filter
+    assert c.params("edge", 41.0) == pytest.approx((fixed, factor), rel=1e-6)
+    cold = ComputeCorrection()
+    cold.observe("device", 0.105, 0.020, 0.1, 0.0)  # a cold first run, 5x its profile
+    assert cold.params("device", 0.0) == pytest.approx((0.0, 1.0), abs=1e-9)
+    cold.observe("device", 0.105, 0.020, 0.1, 0.1)  # twice: believed
+    assert cold.params("device", 0.1)[1] > 3.0
     with pytest.raises(PlanError):
-        ComputeCorrection(alpha=0.0)
+        ComputeCorrection(decay=0.0)
+
+
+def test_compute_correction_fits_a_fixed_cost_per_stage_and_a_proportional_part():
+    # the agent runs a stage in 2 ms + 0.5 x its profile: short stages cost relatively more than long ones
+    c = ComputeCorrection()
+    for i in range(30):
+        predicted = (0.02, 0.08)[i % 2]
+        c.observe("device", 0.002 + 0.5 * predicted, predicted, 0.1, i * 0.1)
+    fixed, factor = c.params("device", 3.0)
+    assert fixed == pytest.approx(0.002, abs=3e-4) and factor == pytest.approx(0.5, rel=0.05)
+    assert fixed + factor * 0.05 == pytest.approx(0.027, rel=0.03)  # a range it never ran
+    # an idle tier fades back to its profile: no correction learned under other conditions is kept frozen
+    later = c.params("device", 3.0 + 10.0 + 90.0)
+    assert abs(later[1] - 1.0) < 0.1 and abs(later[0]) < 0.001
 
 
 def test_conditions_need_estimates_or_a_fallback():
@@ -101,12 +116,13 @@ def test_conditions_need_estimates_or_a_fallback():
     assert tr.conditions(0.0).links == (LinkState(1e6, 0.05),)
     tr.observe_rtt(0, 0.02, 0.0)
     tr.observe_transfer(0, 1_000_000, 0.02 + 0.4, 0.0)
-    tr.observe_stage("device", 0.03, 0.01)
-    tr.observe_stage("device", 0.03, 0.01)
+    tr.observe_stage("device", 0.03, 0.01, 0.01, 0.0)
+    tr.observe_stage("device", 0.03, 0.01, 0.01, 0.0)
     tr.observe_queue("cloud", 0.004)
     cond = tr.conditions(0.1)
     assert cond.links[0].bandwidth_bps == pytest.approx(2e7) and cond.links[0].rtt_s == pytest.approx(0.02)
-    assert cond.compute_factor == {"device": pytest.approx(3.0)} and cond.queue_s == {"cloud": 0.004}
+    predicted = cond.compute_fixed_s["device"] + cond.compute_factor["device"] * 0.01
+    assert predicted == pytest.approx(0.03, rel=0.02) and cond.queue_s == {"cloud": 0.004}
     with pytest.raises(PlanError, match="link estimators"):
         ConditionsTracker(["device", "cloud"], fallback=[])
 
@@ -148,16 +164,27 @@ def test_short_transfers_are_no_evidence_of_a_shift():
     assert est.bandwidth_bps(t) > 20e6  # pulled down by the harmonic mean, not restarted at 2.7 Mbit/s
 
 
-def test_small_stages_teach_the_compute_correction_little():
-    c = ComputeCorrection(alpha=0.5)
-    c.observe("device", 0.9, 1.0)  # the whole model: measured 0.9x the profile
-    c.observe("device", 0.9, 1.0)
-    for _ in range(20):
-        c.observe("device", 0.003, 0.001, weight=0.02)  # a 1 ms stage, 3 ms with its fixed overhead
-    assert c.factor("device") < 1.3  # not the 3x of the tiny stage: the whole model is still near its profile
-    c.observe("edge", 0.003, 0.001, weight=0.02)
-    c.observe("edge", 0.003, 0.001, weight=0.02)  # (two: the median filter ignores one)
-    assert 1.0 < c.factor("edge") < 1.1
+def test_small_stages_teach_the_fixed_part_not_the_factor():
+    c = ComputeCorrection()
+    c.observe("device", 0.9, 1.0, 1.0, 0.0)  # the whole model: measured 0.9x the profile
+    c.observe("device", 0.9, 1.0, 1.0, 0.1)
+    for i in range(20):
+        c.observe("device", 0.003, 0.001, 1.0, 0.2 + 0.01 * i)  # a 1 ms stage, 3 ms with its fixed overhead
+    fixed, factor = c.params("device", 0.5)
+    assert factor < 1.3  # not the 3x of the tiny stage: the whole model is still near its profile
+    assert fixed + factor * 0.001 == pytest.approx(0.003, rel=0.1)  # and the tiny stage is priced right
+
+
+def test_codec_correction_learns_each_tiers_encode_and_decode():
+    c = CodecCorrection()
+    assert c.factors == {}
+    c.observe("device", encode=(0.004, 0.001))  # one reading: the median filter waits for a second
+    assert c.factors["device"] == (1.0, 1.0)
+    for _ in range(30):
+        c.observe("device", encode=(0.004, 0.001))
+        c.observe("edge", decode=(0.0005, 0.001))
+    assert c.factors["device"][0] == pytest.approx(4.0, rel=0.01) and c.factors["device"][1] == 1.0
+    assert c.factors["edge"] == (1.0, pytest.approx(0.5, rel=0.01))
 
 
 def test_message_overhead_is_taken_off_passive_samples_and_priced_into_the_round_trip():
@@ -186,3 +213,22 @@ def test_a_restart_forgets_the_old_level_only_for_a_usable_sample():
     assert est.bandwidth_bps(t) == pytest.approx(2e6, rel=0.01)
     assert est.observe_transfer(16_384, 0.01 + 8 * 16_384 / 2e5, t, restart=True)  # one probe at a 10x lower rate
     assert est.bandwidth_bps(t) == pytest.approx(2e5, rel=0.01)  # one sample would not pass the median filter otherwise
+
+
+def test_a_probe_too_quick_to_time_restarts_a_stale_slow_estimate() -> None:
+    est = LinkEstimator()
+    est.observe_rtt(0.02, 0.0)
+    for i in range(4):  # a nearly dead link: 2 KB probes take 0.35 s
+        assert est.observe_transfer(2048, 0.02 + 8 * 2048 / 50e3, 1.0 + i, message=False)
+    assert est.bandwidth_bps(4.0) == pytest.approx(50e3, rel=0.05)
+    # the link is back at 30 Mbit/s: the same 2 KB probe is all round trip, too quick to time a rate from ...
+    t = 6.0
+    assert est.observe_transfer(2048, 0.02 + 8 * 2048 / 30e6, t, message=False)  # ... but it bounds it from below
+    bound = est.bandwidth_bps(t)
+    assert bound is not None and 2e6 < bound < 30e6  # far above 50 kbit/s, never above the true rate
+    assert est.probe_nbytes(t) > 4 * 2048  # the next probe is sized for the new level
+    # a message that quick is not evidence (its time has the per-message overhead taken off)
+    slow = LinkEstimator()
+    slow.observe_rtt(0.02, 0.0)
+    slow.observe_transfer(2048, 0.02 + 8 * 2048 / 50e3, 1.0, message=False)
+    assert not slow.observe_transfer(2048, 0.02 + 8 * 2048 / 30e6, 2.0)
