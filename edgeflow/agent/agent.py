@@ -477,8 +477,8 @@ class Agent:
         f = self.config.fallback
         up_deadline, why = deadline, ""
         if f.enabled:
+            profile = self._local_profile()  # (measured on first use: its time must not eat the call's budget)
             now = time.monotonic()
-            profile = self._local_profile()
             reserve = reserve_s(profile, position, safety_factor=f.safety_factor, margin_s=f.local_margin_s)
             up_deadline = upstream_deadline(deadline, reserve, now)
             if ticket is not None and ticket.target is not None:
@@ -565,6 +565,15 @@ class Agent:
                   deadline: float) -> tuple[RunOutcome, JobTiming]:  # fmt: skip
         n = self.runtime.num_positions
         return self.compute.run(lambda: self.runtime.run(position, n, values, exits), deadline, block=True)
+
+    def warm_up(self) -> None:
+        """Run the whole model once along every exit, and measure the fallback reserve profile, before any request:
+        a first run is cold (graph code, kernels, allocations), and an emulated slowdown multiplies it (x64: a
+        150 ms cold run held a board-class device's first request for 9 s)."""
+        rt = self.runtime
+        self._local_profile()
+        everywhere = [ExitPoint(p, 1.0) for p in sorted(rt.exits)]  # never confident enough: every segment runs
+        rt.run(0, rt.num_positions, list(rt.example_input), everywhere)
 
     def _local_profile(self) -> list[RangeProfile]:
         """This tier's compute profile for fallback reserves: the handshake's, else measured once, cheaply (tens

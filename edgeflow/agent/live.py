@@ -253,11 +253,9 @@ class LivePlanner:
                         peer.probe(timeout_s=_DOWN_PROBE_TIMEOUT_S)  # a restarted peer's first calls are slow
                     except EdgeflowError:
                         continue
-                    with self._lock:
-                        nbytes = self.replanner.tracker.links[link].probe_nbytes(self.clock())
                     # the old rate is stale by now (a stall, which leaves no sample, may have been a slower
                     # link): the estimate restarts from this probe, not from before the tier went down
-                    probe_link(self.replanner.tracker, link, peer, nbytes, self.clock, self._lock, restart=True)
+                    self._measure(link, peer, restart=True)
                 with self._lock:
                     now = self.clock()
                     self._down.pop(tier, None)
@@ -365,15 +363,22 @@ class LivePlanner:
         near zero, see ``LinkEstimator``) is followed at once by one sized for that bound, a few times at most: each
         raises the bound ~10x until a probe is timeable, so a link back at 30 Mbit/s is measured in ~3 probes."""
         for link in links:
-            est = self.replanner.tracker.links[link]
-            for _ in range(_BOUND_FOLLOW_UPS + 1):
-                if self._closed:
-                    return
-                with self._lock:
-                    nbytes, bounded = est.probe_nbytes(self.clock()), est.bounded_s
-                probe_link(self.replanner.tracker, link, self.peers[link], nbytes, self.clock, self._lock)
-                if est.bounded_s == bounded:
-                    break
+            if self._closed:
+                return
+            self._measure(link, self.peers[link])
+
+    def _measure(self, link: int, peer: Any, *, restart: bool = False) -> None:
+        """Probe ``link`` (see ``_run_probes``); ``restart``: its estimate restarts from the first probe."""
+        est = self.replanner.tracker.links[link]
+        for i in range(_BOUND_FOLLOW_UPS + 1):
+            if self._closed:
+                return
+            with self._lock:
+                nbytes, bounded = est.probe_nbytes(self.clock()), est.bounded_s
+            probe_link(self.replanner.tracker, link, peer, nbytes, self.clock, self._lock, rtt=i == 0,
+                       restart=restart and i == 0)  # fmt: skip
+            if est.bounded_s == bounded:
+                break
 
     def close(self) -> None:
         self._closed = True

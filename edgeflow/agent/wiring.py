@@ -133,6 +133,7 @@ def start_live_planning(agent: Agent, *, wait: bool, example: Any = None, settin
         stage = plan.stage(agent.role)
         first = [(0, stage.stop)] if stage is not None and stage.stop else []
         build_source_ranges(agent.runtime, first)
+        agent.warm_up()
         freeze_startup_objects(collect=wait)  # serving already: no full collection now
 
     source.start_live(build, wait=wait, after=after)

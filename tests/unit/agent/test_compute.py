@@ -125,3 +125,16 @@ def test_memory_budget() -> None:
     b.release(60)
     b.acquire(100)
     MemoryBudget(None).acquire(10**12)
+
+
+def test_garbage_collections_are_not_multiplied_by_the_emulated_slowdown():
+    import gc
+
+    from edgeflow.agent.compute import thread_cpu_s
+
+    junk = [[object() for _ in range(50)] for _ in range(4000)]  # something for a full collection to walk
+    cpu, before = time.thread_time(), thread_cpu_s()
+    gc.collect()
+    spent = time.thread_time() - cpu
+    assert spent > 0 and thread_cpu_s() - before < 0.2 * spent  # the collection's CPU time is not the job's
+    del junk
