@@ -128,8 +128,8 @@ class LinkEstimator:
                          message: bool = True, restart: bool = False) -> bool:  # fmt: skip
         """A transfer of ``nbytes`` that took ``seconds`` (send start to reply, when ``includes_rtt``); a
         ``message`` (not a probe) also pays ``overhead_s``. ``restart``: if the sample is usable, the estimate
-        starts again from it alone (the level is unknown again, e.g. after an outage or a stall, where the
-        requests given up left no sample of the rate that stalled them).
+        starts again from it alone, and the round trips from the last few (the level is unknown again, e.g. after
+        an outage or a stall, where the requests given up left no sample of the rate that stalled them).
 
         Returns:
             Whether it was used as a rate sample.
@@ -142,7 +142,7 @@ class LinkEstimator:
             return not message and self._faster_than_known(nbytes, seconds, now_s)
         rate = 8.0 * nbytes / transfer
         if restart:
-            self._forget()
+            self._forget(rtts=True)  # the round trips probed while it was down (or stalled) were its queue
         before = self.bandwidth_bps(now_s)
         self._raw.append(rate)
         self._timed.append((rate, transfer))
