@@ -4,6 +4,7 @@
     python benchmarks/bench_scenarios.py                    # longer windows, more traces and rates
     python benchmarks/bench_scenarios.py --only sweep --rates 0.1,1,10
     python benchmarks/bench_scenarios.py --quick --only traces --device-slowdown 64 --out benchmarks/results/scenarios_board64.json
+    python benchmarks/bench_scenarios.py --only regime --out benchmarks/results/regime_switch.json   # both device modes
 
 Everything goes through ``edgeflow.scenario`` exactly as ``edgeflow run`` does: real agent processes, userspace
 link emulators, the same request schedule for every run of a scenario, baselines run one after another.
@@ -19,7 +20,15 @@ while the link is up, and the planner must leave it when the link fails.
 - **Traces** from ``../shared/traces`` (read from there, never copied into the product): the device-edge link
   replays a window of each trace (Poisson arrivals); edge-cloud is a fixed 100 Mbit/s, 10 ms. Per trace: p95
   vs the best fixed split (issue target: >= 30 % lower) and vs cloud-only (target: >= 2x lower), and accuracy
-  vs the unsplit model (target: within 1 point).
+  vs the unsplit model (target: within 1 point); and p95 vs the *a-priori* static plans a user would pick from
+  the trace's mean bandwidth: the ``a-priori`` baseline (edgeflow's planner once, at the mean rates) and
+  ``neurosurgeon`` (one device/cloud cut at the mean rates); goal >= 30 % lower.
+- **Regime switch** (``scenarios/regime-switch.yaml``: a link flipping between tens of Mbit/s and < 0.1 Mbit/s
+  every 3-6 s, a board-class 64x device, 160 requests at 4/s), in both device modes (in process, and the device
+  as its own agent process sent its inputs over gRPC): edgeflow's *mean* latency against the hindsight-best fixed
+  plan (the lowest mean among the fixed runs that answered everything; goal >= 25 % lower) and against cloud-only
+  (goal >= 2x lower), fallbacks (goal <= 5 % of requests), per-request MAPE (goal <= 15 %, against the prediction
+  for the path each request took; against the expectation too), accuracy against the floor, requests lost.
 
 Results go to ``benchmarks/results/scenarios.json``, ratios measured within one run of this script. edgeflow's
 run uses the device's live planner (``plan: auto``); each row says how many plan switches it made.
@@ -69,11 +78,11 @@ def _nodes(device_slowdown: float | None = None) -> dict[str, Any]:
     return nodes
 
 
-def _run(data: dict[str, Any], nodes: dict[str, Any], work: Path) -> dict[str, Any]:
+def _run(data: dict[str, Any], nodes: dict[str, Any], work: Path, device_process: bool = False) -> dict[str, Any]:
     sc = Scenario.from_mapping(data, source=data["name"])
-    out = work / sc.name
+    out = work / (sc.name + ("-process" if device_process else ""))
     t0 = time.monotonic()
-    result = run_scenario(sc, nodes, scenario_dir=REPO / "scenarios", out_dir=out)
+    result = run_scenario(sc, nodes, scenario_dir=REPO / "scenarios", out_dir=out, device_process=device_process)
     summary = write_report(result, out, plots=False)
     summary["bench_wall_s"] = time.monotonic() - t0
     return summary
@@ -88,7 +97,8 @@ def _p(m: dict[str, Any], q: str) -> float | None:
     return m["latency_ms"][q]
 
 
-def sweep(rates: list[float], requests: int, nodes: dict[str, Any], work: Path) -> list[dict[str, Any]]:
+def sweep(rates: list[float], requests: int, nodes: dict[str, Any], work: Path,
+          device_process: bool = False) -> list[dict[str, Any]]:
     rows = []
     for rate in rates:
         data = {
@@ -98,7 +108,7 @@ def sweep(rates: list[float], requests: int, nodes: dict[str, Any], work: Path) 
                          "timeout_s": 20},
             "baselines": BASELINES,
         }  # fmt: skip
-        s = _run(data, nodes, work)
+        s = _run(data, nodes, work, device_process)
         base = {n: _p(m, "p50") for n, m in s["baselines"].items() if m["answered"] == m["requests"]}
         best = min(base, key=lambda n: base[n]) if base else None
         own = _p(s, "p50")
@@ -116,8 +126,17 @@ def sweep(rates: list[float], requests: int, nodes: dict[str, Any], work: Path) 
     return rows
 
 
+def _vs(name: str, m: dict[str, Any], own95: float | None) -> dict[str, Any]:
+    """Fields comparing edgeflow's p95 with baseline ``name``."""
+    key = name.replace("-", "_")
+    p95 = _p(m, "p95")
+    return {f"{key}_plan": m["plan"], f"{key}_p95_ms": p95, f"{key}_lost": m["lost"],
+            f"p95_reduction_vs_{key}": round(1 - own95 / p95, 4) if own95 and p95 else None}
+
+
 def traces(cases: list[tuple[str, str, str, str | None, float]], window_s: float, rate_hz: float,
-           nodes: dict[str, Any], work: Path, root: Path, slo_ms: float | None = None) -> list[dict[str, Any]]:
+           nodes: dict[str, Any], work: Path, root: Path, slo_ms: float | None = None,
+           device_process: bool = False) -> list[dict[str, Any]]:
     rows = []
     for name, up, fmt, down, offset in cases:
         link: dict[str, Any] = {"trace": {"file": str(root / up), "format": fmt, "offset_s": offset}, "delay_ms": 20}
@@ -128,11 +147,11 @@ def traces(cases: list[tuple[str, str, str, str | None, float]], window_s: float
             "links": {"device_edge": link, "edge_cloud": {"rate_mbit": 100, "delay_ms": 10}},
             "workload": {"source": "demo-test", "arrival": "poisson", "rate_hz": rate_hz,
                          "requests": max(10, int(window_s * rate_hz)), "seed": 0, "timeout_s": 10},
-            "baselines": BASELINES,
+            "baselines": [*BASELINES, "a-priori"],
         }  # fmt: skip
         if slo_ms is not None:
             data["slo_ms"] = slo_ms
-        s = _run(data, nodes, work)
+        s = _run(data, nodes, work, device_process)
         bf, cloud = s["baselines"]["best-fixed"], s["baselines"]["cloud-only"]
         own95 = _p(s, "p95")
         acc_pts = None
@@ -146,6 +165,7 @@ def traces(cases: list[tuple[str, str, str, str | None, float]], window_s: float
             "p95_reduction_vs_best_fixed": round(1 - own95 / _p(bf, "p95"), 4) if own95 and _p(bf, "p95") else None,
             "cloud_only_p95_ms": _p(cloud, "p95"), "cloud_only_lost": cloud["lost"],
             "cloud_only_p95_over_edgeflow": round(_p(cloud, "p95") / own95, 4) if own95 and _p(cloud, "p95") else None,
+            **_vs("a-priori", s["baselines"]["a-priori"], own95), **_vs("neurosurgeon", s["baselines"]["neurosurgeon"], own95),
             "accuracy": s["accuracy"], "full_model_accuracy": s["full_model_accuracy"], "accuracy_delta_pts": acc_pts,
             "adaptation": s["adaptation"]["mode"], "plan_switches": s["plan_switches"], "edgeflow_plans": s["plans"],
             "requests": s["requests"], "wall_s": round(s["bench_wall_s"], 1),
@@ -157,10 +177,52 @@ def traces(cases: list[tuple[str, str, str, str | None, float]], window_s: float
     return rows
 
 
+def regime(requests: int | None, nodes_file: Path, work: Path, modes: list[str]) -> dict[str, Any]:
+    """``scenarios/regime-switch.yaml`` in each device mode (see the module doc)."""
+    sc, nodes = read_scenario(nodes_file)
+    out: dict[str, Any] = {"scenario": sc.name, "description": sc.description, "modes": {}}
+    for mode in modes:
+        data = sc.model_dump(mode="json", exclude_none=True)
+        if requests is not None:
+            data["workload"]["requests"] = requests
+        s = _run(data, nodes, work, device_process=mode == "device-process")
+        fixed = {n: m for n, m in s["runs"].items() if n != "edgeflow" and m["answered"] == m["requests"]}
+        best = min(fixed, key=lambda n: fixed[n]["latency_ms"]["mean"]) if fixed else None
+        own = s["latency_ms"]["mean"]
+        cloud = s["baselines"].get("cloud-only", {}).get("latency_ms", {}).get("mean")
+        pred = s.get("prediction") or {}
+        acc = None if s["accuracy"] is None else round((s["accuracy"] - s["full_model_accuracy"]) * 100, 2)
+        row = {
+            "mean_ms": own, "p50_ms": _p(s, "p50"), "p95_ms": _p(s, "p95"), "answered": s["answered"],
+            "requests": s["requests"], "lost": s["lost"], "duplicated": s["duplicated"],
+            "hindsight_best_fixed": best, "hindsight_best_fixed_plan": fixed[best]["plan"] if best else None,
+            "hindsight_best_fixed_mean_ms": fixed[best]["latency_ms"]["mean"] if best else None,
+            "mean_reduction_vs_best_fixed": round(1 - own / fixed[best]["latency_ms"]["mean"], 4) if best else None,
+            "cloud_only_mean_ms": cloud, "cloud_only_mean_over_edgeflow": round(cloud / own, 3) if cloud else None,
+            "fallbacks": s["fallbacks"], "fallback_rate": round(s["fallbacks"] / s["requests"], 4),
+            "mape_path": pred.get("mape_path"), "mape_expected": pred.get("mape_expected"),
+            "accuracy_delta_pts": acc, "accuracy_floor_pts": sc.accuracy_floor_pts,
+            "plan_switches": len(s["adaptation"]["switches"]), "plans": s["plans"],
+            "fixed_runs_mean_ms": {n: m["latency_ms"]["mean"] for n, m in s["runs"].items() if n != "edgeflow"},
+            "wall_s": round(s["bench_wall_s"], 1),
+        }  # fmt: skip
+        out["modes"][mode] = row
+        print(f"regime-switch ({mode}): mean {own} ms vs best fixed {row['hindsight_best_fixed']} "
+              f"{row['hindsight_best_fixed_mean_ms']} ms ({row['mean_reduction_vs_best_fixed']}), cloud-only x"
+              f"{row['cloud_only_mean_over_edgeflow']}, fallbacks {row['fallbacks']}, MAPE path {row['mape_path']}, "
+              f"lost {row['lost']}", flush=True)  # fmt: skip
+    out["targets"] = {"mean_reduction_vs_best_fixed": ">= 0.25", "cloud_only_mean_over_edgeflow": ">= 2",
+                      "fallback_rate": "<= 0.05", "mape_path": "<= 0.15", "accuracy_delta_pts": ">= -1", "lost": "0"}
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer rates and traces, shorter windows")
-    ap.add_argument("--only", choices=("sweep", "traces"), help="run one part")
+    ap.add_argument("--only", choices=("sweep", "traces", "regime"), help="run one part")
+    ap.add_argument("--device-process", action="store_true",
+                    help="sweep and traces with each device as its own agent process (the regime part runs both modes)")
+    ap.add_argument("--modes", default="in-process,device-process", help="device modes of the regime part")
     ap.add_argument("--rates", help="comma-separated Mbit/s for the sweep")
     ap.add_argument("--traces-dir", type=Path, default=TRACES, help="the shared traces folder")
     ap.add_argument("--out", type=Path, default=RESULTS)
@@ -188,7 +250,7 @@ def main() -> int:
         work = args.keep or Path(tmp)
         if args.only in (None, "sweep"):
             result["sweep"] = {"requests_per_run": 12 if quick else 30, "targets": {"ratio_edgeflow_to_best": "<= 1.05"}}
-            result["sweep"]["points"] = sweep(rates, result["sweep"]["requests_per_run"], nodes, work)
+            result["sweep"]["points"] = sweep(rates, result["sweep"]["requests_per_run"], nodes, work, args.device_process)
         if args.only in (None, "traces"):
             if not args.traces_dir.is_dir():
                 print(f"no traces at {args.traces_dir}; skipping the trace part", file=sys.stderr)
@@ -198,8 +260,12 @@ def main() -> int:
                     "targets": {"p95_reduction_vs_best_fixed": ">= 0.30", "cloud_only_p95_over_edgeflow": ">= 2",
                                 "accuracy_delta_pts": ">= -1"},
                     "slo_ms": args.slo_ms,
-                    "cases": traces(cases, window_s, rate_hz, nodes, work, args.traces_dir, args.slo_ms),
+                    "cases": traces(cases, window_s, rate_hz, nodes, work, args.traces_dir, args.slo_ms,
+                                    args.device_process),
                 }  # fmt: skip
+        if args.only in (None, "regime"):
+            result["regime"] = regime(80 if quick else None, REPO / "scenarios" / "regime-switch.yaml", work,
+                                      args.modes.split(","))
     result["adaptation"] = ("adaptive: edgeflow's run uses the device's live planner (plan: auto), started on links at the "
                             "mean rates; the best fixed split is chosen with hindsight among the baselines and the "
                             "planner's choices at scaled mean rates")

@@ -311,6 +311,8 @@ class ScenarioRunner:
                 specs.append(bl.fixed_baseline(name, codec.codec, planning, cond))
             elif name == "neurosurgeon":
                 specs.append(bl.neurosurgeon(planning, cond))
+            elif name == "a-priori" and static is not None:  # what a user picks once from the mean rates
+                specs.append(bl.RunSpec("a-priori", static.plan, static.how, static.predicted_latency_s))
         if "best-fixed" in sc.baselines:
             bf = sc.best_fixed
             conds = [(f, link_conditions(traces, delays, f, compute_factor=planning.compute_factor))

@@ -38,7 +38,7 @@ __all__ = [
     "Scenario",
 ]
 
-BASELINES = ("device-only", "edge-only", "cloud-only", "best-fixed", "neurosurgeon")
+BASELINES = ("device-only", "edge-only", "cloud-only", "best-fixed", "neurosurgeon", "a-priori")
 GENERATORS = ("constant", "steps", "markov-3g", "markov-lte")
 TRACE_FORMATS = ("auto", "cooked", "mahimahi", "norway_raw", "belgium_raw")  # edgeflow.core.traces.TRACE_FORMATS
 LINK_NAMES = ("device_edge", "edge_cloud")  # chain order: links[i] joins tier i and i + 1
@@ -236,7 +236,8 @@ class Scenario(_Strict):
     accuracy_floor_pts: float = Field(1.0, ge=0, le=100)
     privacy: bool = False
     plan: str = "auto"  # auto: the device's live planner; static: the planner's choice at the mean rates; or a plan
-    baselines: list[Literal["device-only", "edge-only", "cloud-only", "best-fixed", "neurosurgeon"]] = list(BASELINES)
+    baselines: list[Literal["device-only", "edge-only", "cloud-only", "best-fixed", "neurosurgeon", "a-priori"]] = [
+        "device-only", "edge-only", "cloud-only", "best-fixed", "neurosurgeon"]  # fmt: skip
     best_fixed: BestFixedSpec = BestFixedSpec()
     faults: list[FaultSpec] = []  # done to the agents in every run, at the same times after its start
 
