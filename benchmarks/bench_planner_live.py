@@ -20,11 +20,11 @@ one-way delay); between edge and cloud another at 100 Mbit/s, 2 ms.
   (``ratio_median`` is reported too). The lowest of ~25 noisy means is biased low (the winner's curse), so
   ``ratio_heldout`` also picks the best plan on the even rounds and times both it and the choice on the odd ones;
   ``ratio_ci90`` is a paired bootstrap interval of the ratio over rounds (how far noise alone moves it).
-- **prediction**: per measured request, |measured - predicted| / measured, predicted = the cost model's expected
-  latency for that plan under the conditions estimated when it was sent (MAPE; target <= 15%); also per plan
-  (mean measured vs mean predicted), and per request *given the exit it took* (the cost model's latency for that
-  exit outcome): the expected value cannot predict which requests exit, so the first number mixes the cost
-  model's error with the spread of exit outcomes, and the last isolates the cost model's.
+- **prediction**: per measured request, |measured - predicted| / measured (MAPE), with the device's own
+  prediction when it sent the request: per request *given the exit it took* (the cost model's latency for the path
+  the request took, with the wait for the device's compute unit; issue 13 target: <= 10%); per request against
+  the expected value the planner minimises (it cannot predict which requests exit, so with exits this mixes the
+  cost model's error with the spread of exit outcomes); and per plan (mean measured vs mean predicted).
 - **adaptation**: an in-process emulated link steps from ``--drop-from`` to a tenth of it; time and requests from
   the step until the plan switches (target <= 500 ms or 3 requests); switches in 5 s on a steady link (target <=
   1); estimate / shaped rate (target within 20%).
@@ -153,8 +153,9 @@ def _sweep_point(edge: str, rate_mbit: float, args: argparse.Namespace, images: 
                     lat[str(p)].append(out.latency_s)
                     preds[str(p)].append(out.predicted_latency_s if out.predicted_latency_s is not None else float("nan"))
                     took = out.exit_position if out.exit_position >= 0 else live.model.num_positions
-                    if took in outcomes:
-                        given.append(abs(out.latency_s - outcomes[took]) / out.latency_s)
+                    path = out.predicted_path_s if out.predicted_path_s is not None else outcomes.get(took)
+                    if path is not None:  # the device's own prediction for the path it took (its exit, or the output)
+                        given.append(abs(out.latency_s - path) / out.latency_s)
                 rounds += 1
             est_after = live.estimate_bps(0)
             end = live.replanner.planner.search(live.replanner.tracker.conditions(time.monotonic()), top_k=0).best
@@ -312,7 +313,8 @@ def main() -> None:
         for b in [float(x) for x in args.bandwidths.split(",")]:
             point = _sweep_point(edge.address, b, args, images)
             print(f"{b:g} Mbit/s: choice {point['choice']} mean {point['choice_mean_ms']:.1f} ms, best {point['best_mean_ms']:.1f} ms "
-                  f"(x{point['ratio']:.3f}; medians x{point['ratio_median']:.3f}), MAPE {point['mape_per_request']:.1%} / plan {point['mape_per_plan']:.1%}, "
+                  f"(x{point['ratio']:.3f}; medians x{point['ratio_median']:.3f}), MAPE given exit "
+                  f"{point['mape_per_request_given_exit']:.1%} / expected {point['mape_per_request']:.1%} / plan {point['mape_per_plan']:.1%}, "
                   f"{point['plans_measured']} plans", flush=True)  # fmt: skip
             sweep.append(point)
         adapt = _adaptation(edge.address, args, images)
@@ -343,7 +345,7 @@ def main() -> None:
             "requests_to_switch": adapt["requests_on_old_plan_after_drop"],
             "switches_per_5s_steady": adapt["switches_per_5s_steady"],
             "estimate_over_shaped_steady": adapt["estimate_over_shaped_steady"],
-            "targets": {"regret": 1.05, "mape": 0.15, "switch_ms": 500, "switch_requests": 3, "switches_per_5s": 1,
+            "targets": {"regret": 1.05, "mape_per_request_given_exit": 0.10, "switch_ms": 500, "switch_requests": 3, "switches_per_5s": 1,
                         "estimate": "0.8-1.2"},  # fmt: skip
         },
         "sweep": sweep,

@@ -13,7 +13,8 @@ like the in-process one:
    stall budget (``fallback.stall_factor`` x the prediction, live plans only) the upstream call is given up at.
 2. :meth:`Source.learn` hands the reply's breakdown to the live planner on a learner thread, in arrival order:
    the caller has its answer before the planner searches (a search costs milliseconds), and a burst of replies
-   never blocks requests. The queue is bounded; a reply that finds it full is not learned from (counted). A reply
+   never blocks requests; a new ticket waits at most 10 ms for replies still being learned from (in a closed loop,
+   the previous request's, whose switch the next request should see). The queue is bounded; a reply that finds it full is not learned from (counted). A reply
    that fell back (a tier down or stalled) is urgent: the next ticket waits until it has been learned from, so the
    next request is planned around the failed tier instead of waiting on it too.
 
@@ -57,6 +58,7 @@ __all__ = ["Ticket", "Source"]
 _log = logging.getLogger(__name__)
 _LEARN_QUEUE = 256  # replies waiting to be learned from; beyond, dropped (and counted)
 _URGENT_WAIT_S = 1.0  # the longest a ticket waits for a fallback to be learned from (a search takes milliseconds)
+_SETTLE_WAIT_S = 0.01  # ... and for the replies being learned from (a closed loop's previous one: its switch counts)
 
 
 @dataclass(frozen=True)
@@ -138,6 +140,8 @@ class Source:
         if self._urgent:
             with self._learned:
                 self._learned.wait_for(lambda: not self._urgent, timeout=_URGENT_WAIT_S)
+        elif self._queue.unfinished_tasks and self.planner is not None:
+            self.settle(_SETTLE_WAIT_S)  # a reply being learned from (a search takes milliseconds) may switch the plan
         planner, fallback, n = self.planner, self.config.fallback, next(self._ids)
         if planner is not None:
             self._find_overdue(planner, t0)
@@ -245,7 +249,7 @@ class Source:
         """Wait until every reply queued so far has been learned from (tests, benchmarks); False on timeout."""
         end = time.monotonic() + timeout_s
         while self._queue.unfinished_tasks and time.monotonic() < end:
-            time.sleep(0.002)
+            time.sleep(0.0005)
         return not self._queue.unfinished_tasks
 
     def _start_learner(self) -> None:
