@@ -357,6 +357,7 @@ class Agent:
             if learn:
                 source.learn(ticket, answer.breakdown)
             else:
+                source.answered(ticket, answer.breakdown)
                 source.release(ticket)
         return LocalAnswer(request_id, out, answer.position, answer.breakdown, str(ticket.plan), ticket.predicted_s,
                            ticket.predicted_outcome_s(answer.breakdown.exit_position))  # fmt: skip

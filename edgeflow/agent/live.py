@@ -47,6 +47,7 @@ _RELAY_RECONNECT_S = 1.0  # 2x the channels' reconnect backoff cap (transport/op
 _SWITCHES_KEPT = 4096  # switch history kept in memory (a long-running device switches a few times a minute)
 _SWITCHES_DESCRIBED = 64  # the latest switches Describe reports
 _BOUND_FOLLOW_UPS = 3  # probes right after one that only bounded a link's rate from below
+_STALLED = "did not answer in time"  # what a fallback's reason says of a peer that stalled (edgeflow.agent.failover)
 
 
 class LivePlanner:
@@ -258,10 +259,12 @@ class LivePlanner:
                     self._measure(link, peer, restart=True)
                 with self._lock:
                     now = self.clock()
-                    self._down.pop(tier, None)
+                    _, why = self._down.pop(tier, (since, ""))
                     self._back_at[tier] = now
                     _log.info("live planner: %s back after %.2f s", tier, now - since)
-                    self._set_unavailable()
+                    # a tier that stalled (not refused) answers probes on a link that may still be slow: plans with it
+                    # must win through the hysteresis again, on what the probe measured
+                    self._set_unavailable(back=_STALLED not in why)
                     self._decide(now, why=f"{tier} back")
             self._wake.wait(self.settings.down_probe_s)
 
@@ -287,9 +290,10 @@ class LivePlanner:
             if tier not in self._down:
                 self._decide(self.clock(), why=f"{tier} answered")
 
-    def _set_unavailable(self) -> None:
-        """The replanner plans without the tiers down and the tiers suspect (lock held)."""
-        self.replanner.set_unavailable({*self._down, *self._suspect})
+    def _set_unavailable(self, *, back: bool = False) -> None:
+        """The replanner plans without the tiers down and the tiers suspect (lock held); ``back``: the tiers no longer
+        among them came back from an outage (see ``Replanner.set_unavailable``)."""
+        self.replanner.set_unavailable({*self._down, *self._suspect}, back=back)
 
     def _decide(self, now: float, why: str | None = None) -> None:
         rp = self.replanner

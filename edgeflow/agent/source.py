@@ -59,6 +59,8 @@ _log = logging.getLogger(__name__)
 _LEARN_QUEUE = 256  # replies waiting to be learned from; beyond, dropped (and counted)
 _URGENT_WAIT_S = 1.0  # the longest a ticket waits for a fallback to be learned from (a search takes milliseconds)
 _SETTLE_WAIT_S = 0.01  # ... and for the replies being learned from (a closed loop's previous one: its switch counts)
+_COLD_STALL_S = 1.0  # the least stall budget of a plan's first request: its path is cold (first calls, range builds)
+_WARM_PLANS = 4096  # plans remembered as warm
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,7 @@ class Source:
         self._calls: dict[int, tuple[Ticket, str, float]] = {}  # upstream calls out: id -> (ticket, tier, since)
         self._suspected: dict[int, str] = {}  # ticket id -> the tier its overdue call made suspect
         self._busy_until = 0.0  # when the device's compute unit finishes the work ahead (predicted)
+        self._warm: set[str] = set()  # plans answered without a fallback at least once (their paths are warm)
         self._closed = False
         if not config.auto:
             self.ready.set()
@@ -157,6 +160,8 @@ class Source:
         predicted, wait = self._predict(cost, t0)
         target = _at(t0, latency_target_s(fallback, planner.settings.slo_ms))
         stall = stall_after_s(fallback, predicted - wait if predicted is not None else None)
+        if stall is not None and str(plan) not in self._warm:
+            stall = max(stall, _COLD_STALL_S)  # a plan's first request: its path is cold (channels, range builds)
         return Ticket(plan, predicted, target, stall, live=True, id=n, t0=t0, cost=cost, wait_s=wait)
 
     def _predict(self, cost: CostBreakdown | None, t0: float) -> tuple[float | None, float]:
@@ -221,6 +226,11 @@ class Source:
             with self._lock:
                 self._calls.pop(ticket.id, None)
 
+    def answered(self, ticket: Ticket, breakdown: Breakdown) -> None:
+        """A request went through by its plan (no fallback): that plan's path is warm."""
+        if not breakdown.fallback and len(self._warm) < _WARM_PLANS:
+            self._warm.add(str(ticket.plan))
+
     def release(self, ticket: Ticket) -> None:
         """The request will not be learned from (a warm-up, or it failed): end any suspicion its call raised."""
         with self._lock:
@@ -230,6 +240,7 @@ class Source:
 
     def learn(self, ticket: Ticket, breakdown: Breakdown) -> None:
         """Queue a reply for the live planner (no-op without one)."""
+        self.answered(ticket, breakdown)
         if not ticket.live or self.planner is None or self._closed:
             self.release(ticket)
             return

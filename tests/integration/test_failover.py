@@ -221,7 +221,11 @@ def test_live_planner_gives_a_stalled_edge_up_without_an_slo_and_returns_to_it(h
                 break
             device.infer(images[0])
             time.sleep(0.01)
-        assert live.plan.tiers != ("device",) and live.switches[-1].reason == "edge back", [s.reason for s in live.switches]
+        # a stalled (not refused) edge that answers probes again is planned with again through the hysteresis, on
+        # what the probe measured (not at once: a stall may have been a slow link, see Replanner.set_unavailable)
+        reasons = [s.reason for s in live.switches]
+        assert live.plan.tiers != ("device",) and live.switches[-1].new == str(live.plan), reasons
+        assert any(r.startswith("edge down") for r in reasons), reasons
 
 
 # ------------------------------------------------------------------------------------------- duplicates

@@ -111,15 +111,19 @@ class Replanner:
         self._back: frozenset[str] = frozenset()  # tiers back recently (see back_window_s) ...
         self._back_since: float | None = None  # ... since the first decision after their return
 
-    def set_unavailable(self, tiers: Collection[str]) -> None:
-        """The tiers that are down now (all others are up); the next decision plans around them.
+    def set_unavailable(self, tiers: Collection[str], *, back: bool = True) -> None:
+        """The tiers that are down now (all others are up); the next decision plans around them. ``back``: the
+        tiers no longer listed came back from an outage (their best plan is taken without hysteresis for
+        ``back_window_s``); False: they were only avoided (a stall, a suspicion), and plans with them again must win
+        through the hysteresis like any other.
 
         Raises:
             PlanError: a tier not in the chain, or the source.
         """
         new = frozenset(tiers)
         self.planner.reach_of(new)
-        self._back |= self.unavailable - new
+        if back:
+            self._back |= self.unavailable - new
         self.unavailable = new
 
     # ------------------------------------------------------------------------------------ observations
