@@ -16,7 +16,7 @@ class InferParameter(_message.Message):
     int64_param: int
     string_param: str
     double_param: float
-    def __init__(self, bool_param: _Optional[bool] = ..., int64_param: _Optional[int] = ..., string_param: _Optional[str] = ..., double_param: _Optional[float] = ...) -> None: ...
+    def __init__(self, bool_param: bool = ..., int64_param: _Optional[int] = ..., string_param: _Optional[str] = ..., double_param: _Optional[float] = ...) -> None: ...
 
 class Tensor(_message.Message):
     __slots__ = ("name", "datatype", "shape", "parameters")
@@ -145,7 +145,7 @@ class DescribeRequest(_message.Message):
     model_fingerprint: str
     caller_role: str
     with_upstream: bool
-    def __init__(self, model_fingerprint: _Optional[str] = ..., caller_role: _Optional[str] = ..., with_upstream: _Optional[bool] = ...) -> None: ...
+    def __init__(self, model_fingerprint: _Optional[str] = ..., caller_role: _Optional[str] = ..., with_upstream: bool = ...) -> None: ...
 
 class RangeProfile(_message.Message):
     __slots__ = ("start", "stop", "compute_s")
@@ -237,7 +237,7 @@ class ProbeRequest(_message.Message):
     forward: bool
     forward_send_nbytes: int
     payload: bytes
-    def __init__(self, id: _Optional[str] = ..., reply_nbytes: _Optional[int] = ..., echo: _Optional[bool] = ..., forward: _Optional[bool] = ..., forward_send_nbytes: _Optional[int] = ..., payload: _Optional[bytes] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., reply_nbytes: _Optional[int] = ..., echo: bool = ..., forward: bool = ..., forward_send_nbytes: _Optional[int] = ..., payload: _Optional[bytes] = ...) -> None: ...
 
 class ProbeResponse(_message.Message):
     __slots__ = ("id", "forward_s", "payload")
