@@ -117,6 +117,8 @@ def peer_client(config: NodeConfig) -> PeerClient:
         keepalive=Keepalive(config.keepalive.time_s, config.keepalive.timeout_s, config.keepalive.permit_without_calls),
         tls=TlsFiles(tls.cert, tls.key, tls.ca) if tls else None,
         token=load_token(auth.token_file, auth.token_env) if auth else None,
+        metadata=config.upstream.metadata,
+        endpoints=config.upstream.endpoints,
     )
 
 

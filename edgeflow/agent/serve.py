@@ -13,6 +13,7 @@ import time
 
 from edgeflow.agent.agent import Agent, wire_limits
 from edgeflow.agent.client import peer_client
+from edgeflow.agent.endpoints import agent_metrics, agent_tracer, kserve_model
 from edgeflow.agent.gcfreeze import freeze_startup_objects
 from edgeflow.agent.loader import load_runtime
 from edgeflow.agent.upstream import Upstream
@@ -28,11 +29,16 @@ _log = logging.getLogger(__name__)
 
 
 class ServedAgent:
-    """An agent behind a started server. Build with :func:`serve`."""
+    """An agent behind a started server. Build with :func:`serve`.
 
-    def __init__(self, agent: Agent, server: AgentServer):
+    Attributes:
+        metrics_address: where ``/metrics`` is served (``metrics.port``), None if it is not.
+    """
+
+    def __init__(self, agent: Agent, server: AgentServer, metrics_address: str | None = None):
         self.agent = agent
         self.server = server
+        self.metrics_address = metrics_address
 
     @property
     def address(self) -> str:
@@ -63,6 +69,10 @@ class ServedAgent:
             _log.warning("%d requests still in flight after %.1f s; cancelling them", self.agent.inflight, grace_s)
         self.server.stop(max(0.0, min(1.0, grace_s - (time.monotonic() - t0)))).wait(5.0)
         self.agent.close()
+        service = self.server.service
+        if service.metrics is not None:
+            service.metrics.close()
+        service.tracer.close()
         return finished
 
 
@@ -79,6 +89,7 @@ def serve(config: NodeConfig, *, profile_repeats: int = 3) -> ServedAgent:
     if config.upstream is not None:
         upstream = Upstream(peer_client(config), fingerprint=runtime.fingerprint, role=config.role, connect_s=config.deadlines.connect_s)
     agent = Agent(config, runtime, upstream=upstream, profile_repeats=profile_repeats)
+    metrics = agent_metrics(agent, config.role)
     tls, auth = config.tls, config.auth
     server = AgentServer(
         agent,
@@ -90,7 +101,19 @@ def serve(config: NodeConfig, *, profile_repeats: int = 3) -> ServedAgent:
         stream_inflight=config.queues.inflight,
         default_timeout_s=config.deadlines.request_s,
         auth_token=load_token(auth.token_file, auth.token_env) if auth else None,
+        kserve=kserve_model(config, runtime),
+        metrics=metrics,
+        tracer=agent_tracer(config),
+        version=_version(),
     )
     freeze_startup_objects()  # a full collection over torch and the model costs ~130 ms: not inside requests
     server.start()
-    return ServedAgent(agent, server)
+    m = config.metrics
+    metrics_address = metrics.serve_http(f"{m.host}:{m.port}") if m.port is not None else None
+    return ServedAgent(agent, server, metrics_address)
+
+
+def _version() -> str:
+    from edgeflow import __version__
+
+    return __version__
