@@ -114,8 +114,20 @@ class AgentService:
         if self.kserve is not None:
             from edgeflow.transport.kserve_pb import KSERVE_SERVICE
 
-            out[KSERVE_SERVICE] = self.kserve.methods()
+            methods = self.kserve.methods()
+            infer = methods["ModelInfer"]
+            methods["ModelInfer"] = lambda data, info: self._observed("ModelInfer", lambda: infer(data, info))
+            out[KSERVE_SERVICE] = methods
         return out
+
+    def _observed(self, rpc: str, fn: Callable[[], bytes]) -> bytes:
+        """``fn()``, counting a failure before the request reached :meth:`serve_call` (which counts its own)."""
+        try:
+            return fn()
+        except Exception as e:
+            if self.metrics is not None and not getattr(e, "_edgeflow_observed", False):
+                self.metrics.observe_error(rpc, e)
+            raise
 
     # ------------------------------------------------------------------------------------------ inference
     def serve_call(self, call: InferCall, info: CallInfo, rpc: str = "Infer") -> InferReply:
@@ -127,18 +139,21 @@ class AgentService:
             except Exception as e:
                 if self.metrics is not None:
                     self.metrics.observe_error(rpc, e)
+                    e._edgeflow_observed = True  # type: ignore[attr-defined]
                 raise
         if self.metrics is not None:
             self.metrics.observe_reply(rpc, reply)
         return reply
 
     def infer(self, data: bytes, info: CallInfo) -> bytes:
-        return encode_reply(self.serve_call(decode_request(data, self.limits), info))
+        return self._observed("Infer", lambda: encode_reply(self.serve_call(decode_request(data, self.limits), info)))
 
     def infer_item(self, data: bytes, info: CallInfo) -> bytes:
         """One InferStream item; a failure becomes an error item, so one bad item does not end the stream."""
         try:
-            return encode_reply(self.serve_call(decode_request(data, self.limits), info, "InferStream"))
+            return self._observed(
+                "InferStream", lambda: encode_reply(self.serve_call(decode_request(data, self.limits), info, "InferStream"))
+            )
         except Exception as e:
             code, message = status_for(e)
             if code.name == "INTERNAL":
