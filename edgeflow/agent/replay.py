@@ -29,11 +29,11 @@ def request_key(call: InferCall) -> Hashable | None:
     caller never gets a reply computed for other inputs (another client's, or its own earlier ones)."""
     if not call.request_id:
         return None
-    h = hashlib.blake2b(digest_size=16)  # ~0.8 GB/s: ~0.1 ms for a 100 KB hop
+    h = hashlib.sha256()  # SHA extensions: ~1.5 GB/s here, twice blake2b's (37 vs 70 us for a 55 KB hop payload)
     for t in call.tensors:
         h.update(repr((t.name, t.datatype, tuple(t.shape), t.codec, memoryview(t.payload).nbytes)).encode())
         h.update(t.payload)
-    return (call.request_id, call.fingerprint, call.start, call.stop, call.plan, call.output_codec, h.digest())
+    return (call.request_id, call.fingerprint, call.start, call.stop, call.plan, call.output_codec, h.digest()[:16])
 
 
 class _Entry:
