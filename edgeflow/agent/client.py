@@ -21,6 +21,7 @@ from typing import Any, Iterable, Iterator
 import torch
 
 from edgeflow.agent.agent import Agent, wire_limits
+from edgeflow.agent.endpoints import agent_metrics
 from edgeflow.agent.failover import latency_target_s, stall_after_s
 from edgeflow.agent.gcfreeze import freeze_startup_objects, thaw
 from edgeflow.agent.live import LivePlanner, PlanSwitch
@@ -33,6 +34,7 @@ from edgeflow.transport import (
     Breakdown,
     Description,
     InferCall,
+    InferReply,
     Keepalive,
     PeerClient,
     TlsFiles,
@@ -42,6 +44,7 @@ from edgeflow.transport import (
     raise_for_error,
 )
 from edgeflow.transport.auth import load_token
+from edgeflow.transport.metrics import Metrics
 
 __all__ = ["Result", "DeviceClient", "AgentClient", "peer_client"]
 
@@ -148,6 +151,7 @@ class DeviceClient:
         self._target_s = latency_target_s(agent.config.fallback, agent.config.planner.slo_ms)
         self._pool = ThreadPoolExecutor(max_workers=max_inflight, thread_name_prefix="edgeflow-device")
         self._frozen = False  # from_config froze the start-up objects (edgeflow.agent.gcfreeze); close thaws them
+        self.metrics: Metrics | None = None  # plan switches, fallbacks, every reply (from_config: with metrics.port)
 
     @property
     def plan(self) -> str:
@@ -190,6 +194,9 @@ class DeviceClient:
                 agent.close()
                 raise
         client = cls(agent, max_inflight=config.queues.inflight, live=live)
+        if config.metrics.port is not None:
+            client.metrics = agent_metrics(agent, config.role)
+            client.metrics.serve_http(f"{config.metrics.host}:{config.metrics.port}")
         freeze_startup_objects()
         client._frozen = True
         return client
@@ -230,7 +237,12 @@ class DeviceClient:
                                       stall_s=None if forced else stall_after_s(self.agent.config.fallback, predicted))  # fmt: skip
         latency = time.monotonic() - t0
         if self.live is not None:
+            switches = len(self.live.switches)
             self.live.observe(ans.breakdown, ans.plan, decide=not forced)
+            if self.metrics is not None and len(self.live.switches) > switches:
+                self.metrics.plan_switch()
+        if self.metrics is not None:
+            self.metrics.observe_reply("local", InferReply(ans.request_id, "", ans.position, [], ans.breakdown))
         return Result(ans.request_id, _as_output(ans.values), ans.breakdown, latency, ans.plan, input_codec, predicted)
 
     def infer_many(self, inputs: Iterable[torch.Tensor], *, timeout_s: float | None = None) -> Iterator[Result]:
@@ -256,6 +268,8 @@ class DeviceClient:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+        if self.metrics is not None:
+            self.metrics.close()
         if self.live is not None:
             self.live.close()
         self.agent.close()

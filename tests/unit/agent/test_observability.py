@@ -94,3 +94,19 @@ def test_an_untraced_middle_tier_passes_the_context_on(tmp_path: Path) -> None:
         cloud.shutdown(1.0)
     spans = [json.loads(line) for line in (tmp_path / "spans.jsonl").read_text().splitlines()]
     assert {s["service"] for s in spans if s["trace_id"] == trace_id} == {"test-device", "edgeflow-cloud"}
+
+
+def test_a_device_counts_its_replies_and_fallbacks() -> None:
+    from edgeflow.agent import DeviceClient
+
+    cfg = NodeConfig.from_mapping({
+        "role": "device", "plan": "device[0:20]|lossless > cloud[20:]", "model": {"artifact": TINY},
+        "upstream": {"address": "127.0.0.1:1"}, "deadlines": {"connect_s": 0.3}, "metrics": {"port": 0},
+    })  # fmt: skip
+    with DeviceClient.from_config(cfg) as device:
+        r = device.infer(torch.rand(1, 3, 16, 16), timeout_s=30)
+        assert r.breakdown.fallback.startswith("device:")  # nobody at the upstream: finished here
+        assert device.metrics is not None
+        text = device.metrics.text()
+    assert _value(text, "edgeflow_requests_total", role="device", rpc="local", code="OK") == 1
+    assert _value(text, "edgeflow_fallbacks_total", role="device") == 1
