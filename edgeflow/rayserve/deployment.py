@@ -94,6 +94,9 @@ class EdgeflowReplica:
         self.service = AgentService(self.agent, limits=wire_limits(config), kserve=kserve_model(config, runtime),
                                     metrics=agent_metrics(self.agent, config.role), tracer=agent_tracer(config),
                                     version=_version())  # fmt: skip
+        from edgeflow.transport.kserve_pb import KSERVE_SERVICE
+
+        self._kserve_methods = self.service.services()[KSERVE_SERVICE]
         self.timeout_s = config.deadlines.request_s
         self._pool = ThreadPoolExecutor(max(4, config.ray.max_ongoing_requests), thread_name_prefix="edgeflow-replica")
 
@@ -144,7 +147,7 @@ class EdgeflowReplica:
         return await self._kserve("ModelInfer", request, grpc_context)
 
     async def _kserve(self, name: str, request: bytes, grpc_context: Any) -> _Raw:
-        return await self._call(self.service.services()["inference.GRPCInferenceService"][name], request, grpc_context)
+        return await self._call(self._kserve_methods[name], request, grpc_context)
 
     def replica_stats(self) -> dict[str, Any]:
         """Counters of this replica (for tests and operators through a Serve handle)."""
