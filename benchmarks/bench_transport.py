@@ -8,7 +8,9 @@ processes on 127.0.0.1 (loopback), so client and server do not share a GIL. Each
 ``--repeats`` repeats; every loop is bounded.
 
 1. hop_overhead: an agent (child process) gets a ~100 KB fp32 activation (lossless codec) and runs the rest of
-   the model; overhead = client round trip - the agent's reported compute time. Target p50 <= 1 ms.
+   the model; overhead = client round trip - the agent's reported compute time. Target p50 <= 1 ms. Each request has
+   its own id (a repeated id is answered from the reply cache). ``transport_only``: the same message through
+   edgeflow's server and client with no agent behind it vs a bare grpcio handler.
 2. large_hop: a 10 MB activation sent through edgeflow's transport (our framing, AgentServer, PeerClient,
    zero-copy parse at the server) vs a bare grpcio raw-bytes server (identity serializers, same options),
    both answering a small message. Target >= 80 % of the bare throughput. Also reported, not targeted: the
@@ -225,6 +227,38 @@ def bench_hop_overhead(repeats: int, n: int, bare_addr: str) -> dict[str, Any]:
         cloud.stop()
 
 
+def bench_transport_only(repeats: int, n: int, bare_addr: str, sink_addr: str, nbytes: int) -> dict[str, Any]:
+    """The hop's message without an agent behind it: edgeflow's server and client (AgentServer parsing the request,
+    a small InferResponse back, PeerClient decoding it) vs a bare grpcio raw-bytes handler, same bytes, same options."""
+    payload = os.urandom(nbytes)
+    bare_ch = grpc.insecure_channel(bare_addr, options=channel_options(LIMITS, Keepalive()))
+    bare = bare_ch.unary_unary("/bench.Bare/Recv")
+    peer = PeerClient(sink_addr, limits=LIMITS)
+    call = InferCall("t", "fp", 3, [WireTensor("x", "FP32", (nbytes // 4,), "lossless", payload)])
+    requests = iter([encode_request(replace(call, request_id=f"t-{i}")) for i in range(20 + repeats * n)])
+    for _ in range(20):
+        bare(payload, timeout=30)
+        peer.infer_bytes(next(requests), timeout_s=30)
+    bare_p50, ours_p50 = [], []
+    for _ in range(repeats):
+        b, o = [], []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            bare(payload, timeout=30)
+            b.append(time.perf_counter() - t0)
+            data = next(requests)
+            t0 = time.perf_counter()
+            peer.infer_bytes(data, timeout_s=30)
+            o.append(time.perf_counter() - t0)
+        bare_p50.append(statistics.median(b))
+        ours_p50.append(statistics.median(o))
+    bare_ch.close()
+    peer.close()
+    bare_ms, ours_ms = 1e3 * statistics.median(bare_p50), 1e3 * statistics.median(ours_p50)
+    return {"message_nbytes": nbytes, "bare_grpc_p50_ms": bare_ms, "edgeflow_transport_p50_ms": ours_ms,
+            "added_p50_ms": ours_ms - bare_ms}  # fmt: skip
+
+
 # ------------------------------------------------------------------------------------------- 2. large hop
 def _throughput(fn: Callable[[], Any], nbytes: int, n: int) -> float:
     t0 = time.perf_counter()
@@ -385,8 +419,11 @@ def main(argv: list[str] | None = None) -> int:
         bare_addr, sink_addr = servers.address.split()[1], servers.address.split()[3]
         try:
             hop = bench_hop_overhead(repeats, 50 if ns.quick else 200, bare_addr)
+            hop["transport_only"] = bench_transport_only(repeats, 50 if ns.quick else 200, bare_addr, sink_addr,
+                                                         hop["message_nbytes"])  # fmt: skip
             print(f"hop overhead p50 {hop['overhead_p50_ms']:.3f} ms (bare gRPC floor {hop['bare_grpc_floor_p50_ms']:.3f} ms, "
-                  f"codec {hop['codec_p50_ms']:.3f} ms)", flush=True)
+                  f"codec {hop['codec_p50_ms']:.3f} ms; transport alone adds {hop['transport_only']['added_p50_ms']:.3f} ms "
+                  f"over bare grpcio)", flush=True)
             large = bench_large_hop(repeats, 5 if ns.quick else 10, bare_addr, sink_addr)
         finally:
             servers.stop()
