@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 from edgeflow.config import NodeConfig
 
-__all__ = ["EdgeflowReplica", "build_app", "grpc_options", "LEDGER_NAME", "LEDGER_NAMESPACE", "SERVICER_FUNCTIONS"]
+__all__ = ["EdgeflowReplica", "build_app", "deployment_options", "grpc_options", "LEDGER_NAME", "LEDGER_NAMESPACE", "SERVICER_FUNCTIONS"]
 
 LEDGER_NAME = "edgeflow-reply-ledger"
 LEDGER_NAMESPACE = "edgeflow"
@@ -161,14 +161,14 @@ def grpc_options(config: NodeConfig) -> Any:
     return gRPCOptions(port=config.ray.grpc_port, grpc_servicer_functions=list(SERVICER_FUNCTIONS))
 
 
-def build_app(config: NodeConfig, *, ledger_name: str = LEDGER_NAME) -> Any:
-    """The Serve application for ``config`` (role cloud): replicas or autoscaling, CPUs per replica, batching.
+def deployment_options(config: NodeConfig) -> dict[str, Any]:
+    """``serve.deployment`` options for the node's ``ray`` section: a fixed ``num_replicas``, else autoscaling
+    between ``min_replicas`` and ``max_replicas`` on ``target_ongoing_requests``; CPUs per replica; the shutdown
+    grace of ``deadlines``.
 
     Raises:
         ConfigError: the node is not a cloud node without an upstream.
     """
-    from ray import serve
-
     from edgeflow.errors import ConfigError
 
     if config.role != "cloud" or config.upstream is not None:
@@ -185,8 +185,20 @@ def build_app(config: NodeConfig, *, ledger_name: str = LEDGER_NAME) -> Any:
     else:
         options["autoscaling_config"] = {"min_replicas": r.min_replicas, "max_replicas": r.max_replicas,
                                          "target_ongoing_requests": r.target_ongoing_requests}  # fmt: skip
+    return options
+
+
+def build_app(config: NodeConfig, *, ledger_name: str = LEDGER_NAME) -> Any:
+    """The Serve application for ``config`` (role cloud): :func:`deployment_options`, bound to the node.
+
+    Raises:
+        ConfigError: the node is not a cloud node without an upstream.
+    """
+    from ray import serve
+
+    options = deployment_options(config)
     node = config.model_dump(mode="json", exclude_none=True)
-    return serve.deployment(EdgeflowReplica, **options).bind(node, ledger_name if r.exactly_once else "")
+    return serve.deployment(EdgeflowReplica, **options).bind(node, ledger_name if config.ray.exactly_once else "")
 
 
 def _version() -> str:
