@@ -226,7 +226,7 @@ def _outcome_predictions(live: Any, plan: Any) -> dict[int, float]:
 
 def _adaptation(edge: str, args: argparse.Namespace, images: list[torch.Tensor]) -> dict[str, Any]:
     high = args.drop_from * 1e6
-    steady_s, drop_at = 5.0, args.warmup_s + 5.0
+    drop_at = args.warmup_s + 5.0
     trace = steps([(drop_at, high), (600.0, high / 10)])
     spec = LinkSpec(rate=trace, delay_s=DELAY_S)
     with LinkEmulator(edge, uplink=spec, downlink=spec) as emu:

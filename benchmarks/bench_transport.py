@@ -8,7 +8,9 @@ processes on 127.0.0.1 (loopback), so client and server do not share a GIL. Each
 ``--repeats`` repeats; every loop is bounded.
 
 1. hop_overhead: an agent (child process) gets a ~100 KB fp32 activation (lossless codec) and runs the rest of
-   the model; overhead = client round trip - the agent's reported compute time. Target p50 <= 1 ms.
+   the model; overhead = client round trip - the agent's reported compute time. Target p50 <= 1 ms. Each request has
+   its own id (a repeated id is answered from the reply cache). ``transport_only``: the same message through
+   edgeflow's server and client with no agent behind it vs a bare grpcio handler.
 2. large_hop: a 10 MB activation sent through edgeflow's transport (our framing, AgentServer, PeerClient,
    zero-copy parse at the server) vs a bare grpcio raw-bytes server (identity serializers, same options),
    both answering a small message. Target >= 80 % of the bare throughput. Also reported, not targeted: the
@@ -29,6 +31,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -170,19 +173,22 @@ def bench_hop_overhead(repeats: int, n: int, bare_addr: str) -> dict[str, Any]:
         payload = get_codec("lossless").encode(act)
         call = InferCall("hop", rt.fingerprint, HOP_POSITION, [WireTensor(info.name, datatype_of(info.dtype), tuple(act.shape), "lossless", payload)])
         data = encode_request(call)
+        # a fresh id per request: agents answer a repeated id from their reply cache (docs/WIRE.md, Connections)
+        fresh = iter([encode_request(replace(call, request_id=f"hop-{i}")) for i in range(20 + repeats * n)])
         peer = PeerClient(cloud.address, limits=LIMITS)
         peer.describe(timeout_s=30)
         floor_ch = grpc.insecure_channel(bare_addr, options=channel_options(LIMITS, Keepalive()))
         floor = floor_ch.unary_unary("/bench.Floor/Compute")
         for _ in range(20):  # warm up channels, allocator, kernels
-            peer.infer_bytes(data, timeout_s=30)
+            peer.infer_bytes(next(fresh), timeout_s=30)
             floor(data, timeout=30)
         runs = []
         for _ in range(repeats):
             rows, floors = [], []
             for _ in range(n):
+                request = next(fresh)
                 t0 = time.perf_counter()
-                reply = peer.infer_bytes(data, timeout_s=30)
+                reply = peer.infer_bytes(request, timeout_s=30)
                 rtt = time.perf_counter() - t0
                 t = reply.breakdown.tiers[0]
                 rows.append((rtt, rtt - t.compute_s, rtt - t.compute_s - t.decode_s - t.encode_s, rtt - t.total_s, t.decode_s + t.encode_s))
@@ -219,6 +225,38 @@ def bench_hop_overhead(repeats: int, n: int, bare_addr: str) -> dict[str, Any]:
         }
     finally:
         cloud.stop()
+
+
+def bench_transport_only(repeats: int, n: int, bare_addr: str, sink_addr: str, nbytes: int) -> dict[str, Any]:
+    """The hop's message without an agent behind it: edgeflow's server and client (AgentServer parsing the request,
+    a small InferResponse back, PeerClient decoding it) vs a bare grpcio raw-bytes handler, same bytes, same options."""
+    payload = os.urandom(nbytes)
+    bare_ch = grpc.insecure_channel(bare_addr, options=channel_options(LIMITS, Keepalive()))
+    bare = bare_ch.unary_unary("/bench.Bare/Recv")
+    peer = PeerClient(sink_addr, limits=LIMITS)
+    call = InferCall("t", "fp", 3, [WireTensor("x", "FP32", (nbytes // 4,), "lossless", payload)])
+    requests = iter([encode_request(replace(call, request_id=f"t-{i}")) for i in range(20 + repeats * n)])
+    for _ in range(20):
+        bare(payload, timeout=30)
+        peer.infer_bytes(next(requests), timeout_s=30)
+    bare_p50, ours_p50 = [], []
+    for _ in range(repeats):
+        b, o = [], []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            bare(payload, timeout=30)
+            b.append(time.perf_counter() - t0)
+            data = next(requests)
+            t0 = time.perf_counter()
+            peer.infer_bytes(data, timeout_s=30)
+            o.append(time.perf_counter() - t0)
+        bare_p50.append(statistics.median(b))
+        ours_p50.append(statistics.median(o))
+    bare_ch.close()
+    peer.close()
+    bare_ms, ours_ms = 1e3 * statistics.median(bare_p50), 1e3 * statistics.median(ours_p50)
+    return {"message_nbytes": nbytes, "bare_grpc_p50_ms": bare_ms, "edgeflow_transport_p50_ms": ours_ms,
+            "added_p50_ms": ours_ms - bare_ms}  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------- 2. large hop
@@ -286,9 +324,9 @@ def _agent_large_hop(repeats: int, n: int) -> dict[str, Any]:
         out = []
         for _ in range(repeats):
             rtts, transport = [], []
-            for _ in range(n):
+            for i in range(n):
                 t0 = time.perf_counter()
-                reply = peer.infer_bytes(encode_request(call), timeout_s=120)
+                reply = peer.infer_bytes(encode_request(replace(call, request_id=f"agent-large-{len(out)}-{i}")), timeout_s=120)
                 rtt = time.perf_counter() - t0
                 t = reply.breakdown.tiers[0]
                 rtts.append(rtt)
@@ -328,7 +366,9 @@ def bench_pipeline(repeats: int, n: int, tmp: Path) -> dict[str, Any]:
                 results = list(device.infer_many(xs))
                 wall = time.perf_counter() - t0
                 tiers = ("device", "edge", "cloud")
-                mean = {t: statistics.mean(r.breakdown.tiers[i].compute_s for r in results) for i, t in enumerate(tiers)}
+                # a tier's busy time per request: its batch's compute shared by the batch's samples (edge and cloud batch)
+                mean = {t: statistics.mean(r.breakdown.tiers[i].compute_s / max(1, r.breakdown.tiers[i].batch_size)
+                                           for r in results) for i, t in enumerate(tiers)}  # fmt: skip
                 median = {t: statistics.median(r.breakdown.tiers[i].compute_s for r in results) for i, t in enumerate(tiers)}
                 slowest = max(mean.values())  # throughput is bounded by the mean service time of the bottleneck
                 throughput = len(xs) / wall
@@ -349,7 +389,7 @@ def bench_pipeline(repeats: int, n: int, tmp: Path) -> dict[str, Any]:
             "ratio": med_ratio,
             "target_ratio": 0.9,
             "meets_target": med_ratio >= 0.9,
-            "note": "stage time = mean compute time per tier (emulated slowdown included) over the same pipelined "
+            "note": "stage time = mean compute time per tier per sample (a batch's compute over its batch size; emulated slowdown included) over the same pipelined "
                     "requests; bound = 1 / the slowest stage's",
         }
     finally:
@@ -379,8 +419,11 @@ def main(argv: list[str] | None = None) -> int:
         bare_addr, sink_addr = servers.address.split()[1], servers.address.split()[3]
         try:
             hop = bench_hop_overhead(repeats, 50 if ns.quick else 200, bare_addr)
+            hop["transport_only"] = bench_transport_only(repeats, 50 if ns.quick else 200, bare_addr, sink_addr,
+                                                         hop["message_nbytes"])  # fmt: skip
             print(f"hop overhead p50 {hop['overhead_p50_ms']:.3f} ms (bare gRPC floor {hop['bare_grpc_floor_p50_ms']:.3f} ms, "
-                  f"codec {hop['codec_p50_ms']:.3f} ms)", flush=True)
+                  f"codec {hop['codec_p50_ms']:.3f} ms; transport alone adds {hop['transport_only']['added_p50_ms']:.3f} ms "
+                  f"over bare grpcio)", flush=True)
             large = bench_large_hop(repeats, 5 if ns.quick else 10, bare_addr, sink_addr)
         finally:
             servers.stop()

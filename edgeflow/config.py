@@ -37,6 +37,9 @@ __all__ = [
     "LimitsConfig",
     "KeepaliveConfig",
     "PlannerConfig",
+    "MetricsConfig",
+    "TracingConfig",
+    "RayConfig",
     "AUTO_PLAN",
     "NodeConfig",
 ]
@@ -104,6 +107,19 @@ class UpstreamConfig(_Section):
     address: Address
     tls: TlsConfig | None = None
     auth: AuthConfig | None = None  # the token to present upstream
+    # more endpoints of the same tier (plain multi-process cloud): calls are spread over address and these by gRPC's
+    # round_robin policy; IPv4 literals only
+    endpoints: list[Address] = []
+    # gRPC metadata sent on every call, e.g. {application: edgeflow} for a Ray Serve upstream (docs/RAY.md)
+    metadata: dict[str, str] = {}
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, v: dict[str, str]) -> dict[str, str]:
+        for key in v:
+            if not re.fullmatch(r"[a-z0-9_.\-]+", key) or key.endswith("-bin") or key == "authorization":
+                raise ValueError(f"{key!r} is not a metadata key (lowercase a-z 0-9 _ . -; not -bin, not authorization)")
+        return v
 
 
 class ModelConfig(_Section):
@@ -246,6 +262,54 @@ class PlannerConfig(_Section):
     idle_probe_s: float = Field(0.5, gt=0, le=3600)  # a link the current plan does not use is probed this often
 
 
+class MetricsConfig(_Section):
+    """Prometheus ``/metrics`` (``edgeflow.transport.metrics``): served on ``host:port`` when ``port`` is set
+    (``edgeflow agent --metrics-port N`` overrides it; 0 picks a free port, printed at start)."""
+
+    port: int | None = Field(None, ge=0, le=65535)
+    host: str = "127.0.0.1"
+
+
+class TracingConfig(_Section):
+    """OpenTelemetry spans per request (``edgeflow.transport.tracing``); off by default. Off, an agent still passes a
+    caller's trace context on upstream. ``exporter``: none (ids only), console, jsonl (``path``: one JSON line per
+    span), otlp (``endpoint``; needs opentelemetry-exporter-otlp)."""
+
+    enabled: bool = False
+    exporter: Literal["none", "console", "jsonl", "otlp"] = "none"
+    path: Path | None = None
+    endpoint: str | None = None
+    service_name: str | None = None  # default: edgeflow-<role>
+
+    @model_validator(mode="after")
+    def _path(self) -> "TracingConfig":
+        if self.enabled and self.exporter == "jsonl" and self.path is None:
+            raise ValueError("path: required by the jsonl exporter")
+        return self
+
+
+class RayConfig(_Section):
+    """The cloud tier as a Ray Serve deployment (``edgeflow serve-ray``, docs/RAY.md). Autoscaling between
+    ``min_replicas`` and ``max_replicas`` on ``target_ongoing_requests`` per replica; ``num_replicas`` fixes the
+    count instead. Batching follows the node's ``batching`` section through ``@serve.batch``."""
+
+    app_name: str = Field("edgeflow", pattern=r"^[A-Za-z0-9_\-]+$")
+    grpc_port: int = Field(9000, ge=0, le=65535)
+    num_replicas: int | None = Field(None, ge=1, le=256)
+    min_replicas: int = Field(1, ge=0, le=256)
+    max_replicas: int = Field(4, ge=1, le=256)
+    target_ongoing_requests: float = Field(2.0, gt=0)
+    max_ongoing_requests: int = Field(16, ge=1, le=4096)
+    num_cpus: float = Field(1.0, gt=0)  # per replica
+    exactly_once: bool = True  # a shared reply ledger across replicas (docs/RAY.md)
+
+    @model_validator(mode="after")
+    def _range(self) -> "RayConfig":
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas {self.min_replicas} > max_replicas {self.max_replicas}")
+        return self
+
+
 class NodeConfig(_Section):
     """One node file. Build with :meth:`from_mapping` to get field-path errors."""
 
@@ -265,6 +329,9 @@ class NodeConfig(_Section):
     fallback: FallbackConfig = FallbackConfig()
     limits: LimitsConfig = LimitsConfig()
     keepalive: KeepaliveConfig = KeepaliveConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    tracing: TracingConfig = TracingConfig()
+    ray: RayConfig = RayConfig()
 
     @field_validator("plan")
     @classmethod

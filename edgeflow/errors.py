@@ -12,6 +12,7 @@
     │   ├── RequestTooLarge      the caller's: over this agent's limits (RESOURCE_EXHAUSTED)
     │   ├── FingerprintMismatch  the deployment's: peers run different models (FAILED_PRECONDITION)
     │   ├── NoUpstream           the caller's: it asked for this agent's upstream, and there is none (FAILED_PRECONDITION)
+    │   ├── ModelNotFound        the caller's: a KServe request names another model or version (NOT_FOUND)
     │   ├── Overloaded           nobody's: the bounded queue is full, retry later (RESOURCE_EXHAUSTED)
     │   └── ShuttingDown         nobody's: the agent is draining after SIGTERM (UNAVAILABLE)
     └── TransportError     talking to a peer failed
@@ -40,6 +41,7 @@ __all__ = [
     "RequestTooLarge",
     "FingerprintMismatch",
     "NoUpstream",
+    "ModelNotFound",
     "Overloaded",
     "ShuttingDown",
     "RemoteError",
@@ -108,6 +110,10 @@ class NoUpstream(RequestRejected):
 
 class Overloaded(RequestRejected):
     """The agent's bounded queue is full; retry later. gRPC: RESOURCE_EXHAUSTED."""
+
+
+class ModelNotFound(RequestRejected):
+    """The request names a model (or version) this agent does not serve (KServe v2). gRPC: NOT_FOUND."""
 
 
 class ShuttingDown(RequestRejected):

@@ -66,6 +66,7 @@ from edgeflow.transport import (
     datatype_of,
 )
 from edgeflow.transport.messages import encode_request
+from edgeflow.transport.metrics import Metrics
 
 __all__ = ["Agent", "LocalAnswer", "wire_limits"]
 
@@ -147,6 +148,7 @@ class Agent:
         self._reserve_profile: list[RangeProfile] | None = None  # without a handshake profile: measured when needed
         # the device is where requests enter the chain (see the module doc)
         self.source: Source | None = None
+        self.metrics: Metrics | None = None  # set by wiring.build_agent; observes local inputs (submit_local)
         if self.role == TIERS[0]:
             self.source = Source(config, config.parsed_plan, idle=lambda: self.compute.idle)
 
@@ -332,7 +334,10 @@ class Agent:
             if plan is not None:
                 self.plan_of(str(plan))  # checked against the model and chain; stamped as the caller wrote it
                 forced = plan if isinstance(plan, Plan) else Plan.parse(plan)
-            return self._enter(request_id, values, deadline, forced, block=block, learn=learn)
+            ans = self._enter(request_id, values, deadline, forced, block=block, learn=learn)
+        if self.metrics is not None and learn:
+            self.metrics.observe_reply("local", InferReply(ans.request_id, "", ans.position, [], ans.breakdown))
+        return ans
 
     def _enter(self, request_id: str, values: list[torch.Tensor], deadline: float, forced: Plan | None, *,
                block: bool, learn: bool = True, decode_s: float = 0.0, bytes_in: int = 0) -> LocalAnswer:  # fmt: skip

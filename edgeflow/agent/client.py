@@ -40,6 +40,7 @@ from edgeflow.transport import (
     datatype_of,
     raise_for_error,
 )
+from edgeflow.transport.metrics import Metrics
 
 __all__ = ["Result", "DeviceClient", "AgentClient"]
 
@@ -125,11 +126,17 @@ class DeviceClient:
         self.max_inflight = max_inflight
         self._pool = ThreadPoolExecutor(max_workers=max_inflight, thread_name_prefix="edgeflow-device")
         self._frozen = False  # from_config froze the start-up objects (edgeflow.agent.gcfreeze); close thaws them
+        self.metrics_address: str | None = None  # where the agent's /metrics is served (from_config: metrics.port)
 
     @property
     def live(self) -> LivePlanner | None:
         """The live planner (None without ``plan: auto``, or while it is not ready)."""
         return self.agent.source.planner if self.agent.source is not None else None
+
+    @property
+    def metrics(self) -> Metrics | None:
+        """The agent's metrics: every reply, fallbacks, plan switches (served at ``/metrics`` with ``metrics.port``)."""
+        return self.agent.metrics
 
     @property
     def plan(self) -> str:
@@ -161,6 +168,13 @@ class DeviceClient:
             agent.close()
             raise
         client = cls(agent, max_inflight=config.queues.inflight)
+        m = config.metrics
+        if agent.metrics is not None and m.port is not None:
+            try:
+                client.metrics_address = agent.metrics.serve_http(f"{m.host}:{m.port}")
+            except BaseException:
+                client.close()
+                raise
         freeze_startup_objects()
         client._frozen = True
         return client
@@ -211,6 +225,8 @@ class DeviceClient:
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
         self.agent.close()  # its live planner too
+        if self.agent.metrics is not None:
+            self.agent.metrics.close()
         if self._frozen:
             self._frozen = False
             thaw()

@@ -309,6 +309,8 @@ class LivePlanner:
             why = why or d.reason.split(f"-> {new}: ", 1)[-1]  # the replanner's reason repeats both plans
             self._switches.append(PlanSwitch(now, self.requests, old, new, why))
             _log.info("plan switch: %s -> %s (%s)", old, new, why)
+            if self.agent.metrics is not None:
+                self.agent.metrics.plan_switch()
         self.last_reason = d.reason
         cond = rp.tracker.conditions(now)
         if cond is not None:

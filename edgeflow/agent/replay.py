@@ -29,11 +29,11 @@ def request_key(call: InferCall) -> Hashable | None:
     caller never gets a reply computed for other inputs (another client's, or its own earlier ones)."""
     if not call.request_id:
         return None
-    h = hashlib.blake2b(digest_size=16)  # ~0.8 GB/s: ~0.1 ms for a 100 KB hop
+    h = hashlib.sha256()  # SHA extensions: ~1.5 GB/s here, twice blake2b's (37 vs 70 us for a 55 KB hop payload)
     for t in call.tensors:
         h.update(repr((t.name, t.datatype, tuple(t.shape), t.codec, memoryview(t.payload).nbytes)).encode())
         h.update(t.payload)
-    return (call.request_id, call.fingerprint, call.start, call.stop, call.plan, call.output_codec, h.digest())
+    return (call.request_id, call.fingerprint, call.start, call.stop, call.plan, call.output_codec, h.digest()[:16])
 
 
 class _Entry:
@@ -62,6 +62,7 @@ class ReplyCache:
         self.max_entries, self.max_nbytes, self.ttl_s, self.clock = max_entries, max_nbytes, ttl_s, clock
         self.duplicates = 0  # requests answered by another copy's work
         self._entries: OrderedDict[Hashable, _Entry] = OrderedDict()
+        self._finished: OrderedDict[Hashable, float] = OrderedDict()  # answered entries, oldest first: O(1) expiry
         self._nbytes = 0
         self._lock = threading.Lock()
 
@@ -113,21 +114,25 @@ class ReplyCache:
                     del self._entries[key]
                 else:
                     self._nbytes += entry.nbytes
+                    self._finished[key] = entry.finished_s
                     self._evict()
         entry.done.set()
         return reply
 
     def _expire(self, now: float) -> None:
-        old = [k for k, e in self._entries.items() if e.finished_s is not None and now - e.finished_s > self.ttl_s]
-        for k in old:
-            self._drop(k)
+        # answered entries in the order they finished: the expired ones are a prefix (a scan of every entry here
+        # cost ~0.2 ms per request with a full cache)
+        while self._finished:
+            key, finished_s = next(iter(self._finished.items()))
+            if now - finished_s <= self.ttl_s:
+                return
+            self._drop(key)
 
     def _evict(self) -> None:
         """Drop the oldest answered entries while over a bound (entries in flight stay: their copies wait)."""
-        for k in [k for k, e in self._entries.items() if e.finished_s is not None]:
-            if len(self._entries) <= self.max_entries and self._nbytes <= self.max_nbytes:
-                return
-            self._drop(k)
+        while self._finished and (len(self._entries) > self.max_entries or self._nbytes > self.max_nbytes):
+            self._drop(next(iter(self._finished)))
 
     def _drop(self, key: Hashable) -> None:
+        self._finished.pop(key, None)
         self._nbytes -= self._entries.pop(key).nbytes

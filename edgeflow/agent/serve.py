@@ -29,11 +29,16 @@ _log = logging.getLogger(__name__)
 
 
 class ServedAgent:
-    """An agent behind a started server. Build with :func:`serve`."""
+    """An agent behind a started server. Build with :func:`serve`.
 
-    def __init__(self, agent: Agent, server: AgentServer):
+    Attributes:
+        metrics_address: where ``/metrics`` is served (``metrics.port``), None if it is not.
+    """
+
+    def __init__(self, agent: Agent, server: AgentServer, metrics_address: str | None = None):
         self.agent = agent
         self.server = server
+        self.metrics_address = metrics_address
 
     @property
     def address(self) -> str:
@@ -64,6 +69,10 @@ class ServedAgent:
             _log.warning("%d requests still in flight after %.1f s; cancelling them", self.agent.inflight, grace_s)
         self.server.stop(max(0.0, min(1.0, grace_s - (time.monotonic() - t0)))).wait(5.0)
         self.agent.close()
+        service = self.server.service
+        if service.metrics is not None:
+            service.metrics.close()
+        service.tracer.close()
         return finished
 
 
@@ -84,5 +93,7 @@ def serve(config: NodeConfig, *, profile_repeats: int = 3) -> ServedAgent:
     except BaseException:
         agent.close()
         raise
+    m = config.metrics
+    metrics_address = agent.metrics.serve_http(f"{m.host}:{m.port}") if agent.metrics and m.port is not None else None
     start_live_planning(agent, wait=False)  # after the server is up: its probes and calls go out from a serving agent
-    return ServedAgent(agent, server)
+    return ServedAgent(agent, server, metrics_address)

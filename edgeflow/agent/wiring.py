@@ -14,11 +14,12 @@ from __future__ import annotations
 from typing import Any
 
 from edgeflow.agent.agent import Agent, wire_limits
+from edgeflow.agent.endpoints import agent_metrics, agent_tracer, kserve_model
 from edgeflow.agent.loader import load_runtime
 from edgeflow.agent.runtime import ModelRuntime
 from edgeflow.agent.upstream import Upstream
 from edgeflow.config import NodeConfig, PlannerConfig, TlsConfig
-from edgeflow.transport import AgentHandler, AgentServer, Keepalive, PeerClient, TlsFiles
+from edgeflow.transport import AgentServer, Keepalive, PeerClient, TlsFiles
 from edgeflow.transport.auth import load_token
 
 __all__ = ["keepalive_of", "tls_files", "peer_client", "build_upstream", "build_agent", "build_server",
@@ -36,7 +37,7 @@ def tls_files(tls: TlsConfig | None) -> TlsFiles | None:
 
 
 def peer_client(config: NodeConfig) -> PeerClient:
-    """A channel to ``config.upstream`` with the node's limits, keepalive, TLS and token.
+    """A channel to ``config.upstream`` with the node's limits, keepalive, TLS, token, metadata and endpoints.
 
     Raises:
         ConfigError: ``upstream.auth`` names a token that cannot be read.
@@ -49,6 +50,8 @@ def peer_client(config: NodeConfig) -> PeerClient:
         keepalive=keepalive_of(config),
         tls=tls_files(config.upstream.tls),
         token=load_token(auth.token_file, auth.token_env) if auth else None,
+        metadata=config.upstream.metadata,
+        endpoints=config.upstream.endpoints,
     )
 
 
@@ -73,22 +76,27 @@ def build_agent(config: NodeConfig, *, runtime: ModelRuntime | None = None, prof
     runtime = runtime if runtime is not None else load_runtime(config)
     upstream = build_upstream(config, runtime.fingerprint)
     try:
-        return Agent(config, runtime, upstream=upstream, profile_repeats=profile_repeats)
+        agent = Agent(config, runtime, upstream=upstream, profile_repeats=profile_repeats)
     except BaseException:
         if upstream is not None:
             upstream.close()
         raise
+    agent.metrics = agent_metrics(agent, config.role)  # served at /metrics with metrics.port
+    return agent
 
 
-def build_server(config: NodeConfig, handler: AgentHandler) -> AgentServer:
-    """The node's gRPC server for ``handler`` (not started), with its address, limits, TLS, token and queues.
+def build_server(config: NodeConfig, agent: Agent) -> AgentServer:
+    """The node's gRPC server for ``agent`` (not started): its address, limits, TLS, token and queues, its model as
+    KServe v2 clients see it, its metrics and its tracer.
 
     Raises:
-        ConfigError: ``auth`` names a token that cannot be read.
+        ConfigError: ``auth`` names a token that cannot be read, or a tracing exporter cannot be set up.
     """
+    from edgeflow import __version__
+
     auth = config.auth
     return AgentServer(
-        handler,
+        agent,
         address=config.listen.address,
         limits=wire_limits(config),
         keepalive=keepalive_of(config),
@@ -97,6 +105,10 @@ def build_server(config: NodeConfig, handler: AgentHandler) -> AgentServer:
         stream_inflight=config.queues.inflight,
         default_timeout_s=config.deadlines.request_s,
         auth_token=load_token(auth.token_file, auth.token_env) if auth else None,
+        kserve=kserve_model(config, agent.runtime),
+        metrics=agent.metrics,
+        tracer=agent_tracer(config),
+        version=__version__,
     )
 
 

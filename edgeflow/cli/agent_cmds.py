@@ -141,6 +141,8 @@ def agent(
     artifact: Optional[str] = typer.Option(None, "--artifact", help="override model.artifact"),
     profile_repeats: int = typer.Option(3, min=0, max=100, help="timed runs per segment for Describe's compute profile"),
     log_level: str = typer.Option("info", help="debug, info, warning, error"),
+    metrics_port: Optional[int] = typer.Option(None, "--metrics-port", min=0, max=65535,
+                                               help="serve Prometheus /metrics on this port (overrides metrics.port; 0: any free port)"),
 ) -> None:
     """Run one tier's agent until SIGTERM or SIGINT."""
     import torch
@@ -151,6 +153,8 @@ def agent(
     log = logging.getLogger("edgeflow.agent")
     try:
         cfg = read_node_file(node, port=port, upstream=upstream, plan=plan, artifact=artifact)
+        if metrics_port is not None:
+            cfg = cfg.with_overrides(**{"metrics.port": metrics_port})
         torch.set_num_threads(cfg.compute.threads)
         served = serve(cfg, profile_repeats=profile_repeats)
     except (EdgeflowError, OSError) as e:
@@ -166,6 +170,8 @@ def agent(
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     print(f"edgeflow agent {cfg.role} listening on {served.address}", flush=True)
+    if served.metrics_address is not None:
+        print(f"edgeflow agent {cfg.role} metrics on http://{served.metrics_address}/metrics", flush=True)
     log.info("%s agent: plan %s, model %s, upstream %s", cfg.role, served.agent.plan, served.agent.fingerprint,
              cfg.upstream.address if cfg.upstream else "none")
     served.handshake_in_background()

@@ -137,12 +137,13 @@ def _print_profile(prof, codec_names: list[str], all_positions: bool) -> None:
 
 def _mount_subcommands() -> None:
     """Sub-command groups from the outer layers register themselves here."""
-    from edgeflow.cli import agent_cmds, certs_cmd, plan_cmd, run_cmd
+    from edgeflow.cli import agent_cmds, certs_cmd, plan_cmd, ray_cmd, run_cmd
 
     agent_cmds.register(app)
     plan_cmd.register(app)
     run_cmd.register(app)
     certs_cmd.register(app)
+    ray_cmd.register(app)
 
 
 _mount_subcommands()

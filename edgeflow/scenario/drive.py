@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
+from contextlib import nullcontext
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Protocol, Sequence
@@ -27,6 +28,7 @@ from edgeflow.agent.agent import Agent
 from edgeflow.core.plan import ExitPoint, Plan
 from edgeflow.errors import EdgeflowError
 from edgeflow.transport import Breakdown
+from edgeflow.transport.tracing import Tracer, current_trace_id
 
 __all__ = ["Answer", "Outcome", "Sender", "LocalSender", "RemoteSender", "drive"]
 
@@ -60,6 +62,7 @@ class Outcome:
     answer: Answer | None = None
     error: str | None = None
     answers: int = 0  # how many answers arrived for this id (1 normally; >1 would be a duplicate)
+    trace_id: str = ""  # the request's OpenTelemetry trace (its spans on every tier share it), "" untraced
 
     @property
     def latency_s(self) -> float | None:
@@ -184,6 +187,7 @@ def drive(
     concurrency: int = 1,
     start: float | None = None,
     on_done: Callable[[Outcome], None] | None = None,
+    tracer: Tracer | None = None,
 ) -> tuple[float, list[Outcome]]:
     """Send every request; returns the run's start (``time.monotonic()``) and one outcome per request.
 
@@ -196,6 +200,7 @@ def drive(
         timeout_s: a request still unanswered this long after its send time is lost.
         start: ``time.monotonic()`` of the run's start (default: now), e.g. when its links went live.
         on_done: called (from a worker thread) as each request finishes.
+        tracer: each request in a root span (its trace id in :attr:`Outcome.trace_id`); None: untraced.
     """
     n = len(inputs)
     outcomes = [Outcome(i, f"{run_name}-{i}", int(device_of[i]), 0.0) for i in range(n)]
@@ -210,7 +215,9 @@ def drive(
         sender = senders[o.device]
         try:
             o.plan = sender.plan_text()
-            ans = sender.send(o.request_id, inputs[i : i + 1], t0 + o.send_s + timeout_s)
+            with tracer.span("edgeflow request", {"edgeflow.request_id": o.request_id}) if tracer else nullcontext():
+                o.trace_id = current_trace_id()
+                ans = sender.send(o.request_id, inputs[i : i + 1], t0 + o.send_s + timeout_s)
         except EdgeflowError as e:
             o.error = f"{type(e).__name__}: {e}"
         except Exception as e:  # noqa: BLE001 - a bug in a sender must not hang the run; it is recorded

@@ -60,7 +60,7 @@ def request_records(result: ScenarioResult, run: RunResult) -> list[dict[str, An
             "run": run.spec.name, "id": o.request_id, "index": o.index, "device": o.device,
             "sample": int(wl.sample_index[o.index]), "send_s": round(o.send_s, 6), "start_s": round(o.start_s, 6),
             "plan": o.plan or plan, "status": "answered" if o.answer is not None else "lost", "error": o.error,
-            "answers": o.answers, "fallback": "",
+            "answers": o.answers, "fallback": "", "trace_id": o.trace_id,
         }  # fmt: skip
         rec["bandwidth_mbit"] = {h: _mbit(result.links[h].rate_bps_at(o.send_s)) for h in _HOPS}
         if o.answer is not None:
@@ -329,7 +329,7 @@ def markdown(s: dict[str, Any]) -> str:
     lines = [f"# Scenario `{s['scenario']}`", ""]
     if s["description"]:
         lines += [s["description"], ""]
-    lines += [f"- links: " + "; ".join(f"{k}: {v}" for k, v in s["links"].items()),
+    lines += ["- links: " + "; ".join(f"{k}: {v}" for k, v in s["links"].items()),
               f"- workload: {s['workload']['requests']} requests, {s['workload']['source']}, "
               f"{s['workload']['arrival']} arrivals" + (f" at {s['workload']['rate_hz']:g}/s" if s['workload']['arrival'] != 'closed' else f", {s['workload']['concurrency']} outstanding")
               + f", {s['workload']['devices']} device(s), seed {s['workload']['seed']}",

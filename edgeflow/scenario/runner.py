@@ -56,6 +56,7 @@ from edgeflow.scenario.faults import FaultInjector, link_outage_records
 from edgeflow.scenario.schema import LINK_NAMES, Scenario
 from edgeflow.scenario.workload import Workload, build_workload, reference_predictions
 from edgeflow.scenario.procs import AgentProcess, stop_all, wait_all
+from edgeflow.transport.tracing import Tracer
 
 __all__ = ["RunResult", "ScenarioResult", "RunnerEvents", "ScenarioRunner", "run_scenario"]
 
@@ -132,6 +133,12 @@ class ScenarioRunner:
         self._links: list[RunLink] = []
         self._senders: list[Sender] = []
         self.timings: dict[str, float] = {}
+        self._tracer: Tracer | None = None  # each request's spans, every tier's, in spans.jsonl (requests.jsonl: trace_id)
+
+    @property
+    def _spans_path(self) -> Path:
+        """Every tier's spans of every request (JSON lines; ``requests.jsonl`` rows carry their ``trace_id``)."""
+        return self.out_dir / "spans.jsonl"
 
     # ------------------------------------------------------------------------------------ top level
     def run(self) -> ScenarioResult:
@@ -191,6 +198,9 @@ class ScenarioRunner:
         self._links.clear()
         stop_all(self._procs, grace_s=3.0)
         self._procs.clear()
+        if self._tracer is not None:
+            self._tracer.close()
+            self._tracer = None
 
     @contextlib.contextmanager
     def _sigterm_as_interrupt(self) -> Iterator[None]:
@@ -347,6 +357,7 @@ class ScenarioRunner:
         data["listen"] = {"address": "127.0.0.1:0"}
         data["model"]["artifact"] = self.scenario.model.artifact
         data["deadlines"]["shutdown_grace_s"] = min(float(data["deadlines"]["shutdown_grace_s"]), 1.0)
+        data["tracing"] = {"enabled": True, "exporter": "jsonl", "path": str(self._spans_path)}
         if upstream is None:
             data.pop("upstream", None)
         else:
@@ -444,10 +455,12 @@ class ScenarioRunner:
                 self._injector = FaultInjector(sc.faults, self._agents, start=t0, restart_timeout_s=AGENT_START_TIMEOUT_S)
                 self._injector.start()
             self.events.on_run_start(spec.name, len(workload))
+            if self._tracer is None:
+                self._tracer = Tracer.create("edgeflow-device", exporter="jsonl", path=self._spans_path)
             _, outcomes = drive(
                 workload.inputs, workload.send_s, workload.device_of, senders, run_name=spec.name,
                 timeout_s=sc.workload.timeout_s, concurrency=sc.workload.concurrency, start=t0,
-                on_done=lambda o: self.events.on_request(spec.name, o),
+                on_done=lambda o: self.events.on_request(spec.name, o), tracer=self._tracer,
             )  # fmt: skip
             duration = time.monotonic() - t0
             faults = link_outage_records({plan.name: plan for _, plan in live[sc.workload.devices - 1 :]})

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import grpc
 
@@ -26,8 +26,9 @@ from edgeflow.transport.messages import (
     encode_request,
 )
 from edgeflow.transport.auth import bearer_metadata
-from edgeflow.transport.options import Keepalive, TlsFiles, channel_credentials, channel_options
-from edgeflow.transport.server import SERVICE_NAME
+from edgeflow.transport.options import Keepalive, TlsFiles, channel_credentials, channel_options, channel_target
+from edgeflow.transport.service import SERVICE_NAME
+from edgeflow.transport.tracing import outgoing_metadata
 from edgeflow.transport.status import code_from_number, error_of
 from edgeflow.transport.wire import frame, split_fields
 
@@ -59,6 +60,11 @@ class PeerClient:
         keepalive: keepalive settings, the same as the peer's server uses.
         tls: connect with TLS (client certificate when ``tls.cert``/``tls.key`` are set); ``None``: plaintext.
         token: send ``authorization: Bearer <token>`` on every call (see :mod:`edgeflow.transport.auth`).
+        metadata: more gRPC metadata for every call, e.g. ``{"application": "edgeflow"}`` for a Ray Serve upstream.
+        endpoints: more addresses of the same tier: calls are spread over ``address`` and these by gRPC's
+            ``round_robin`` policy (IP literals only; see :func:`~edgeflow.transport.options.channel_target`).
+
+    The current trace context (:mod:`edgeflow.transport.tracing`) travels with every call as ``traceparent``.
     """
 
     def __init__(
@@ -69,20 +75,29 @@ class PeerClient:
         keepalive: Keepalive = Keepalive(),
         tls: TlsFiles | None = None,
         token: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        endpoints: Sequence[str] = (),
     ):
-        self.address = address
-        self._metadata = bearer_metadata(token)
+        self.address = address if not endpoints else ",".join([address, *endpoints])
+        self._base_metadata = (*(bearer_metadata(token) or ()), *(metadata or {}).items())
         self.limits = limits
-        options = channel_options(limits, keepalive)
+        target = channel_target(address, endpoints)
+        options = channel_options(limits, keepalive, round_robin=bool(endpoints))
         if tls is not None:
-            self._channel = grpc.secure_channel(address, channel_credentials(tls), options=options)
+            self._channel = grpc.secure_channel(target, channel_credentials(tls), options=options)
         else:
-            self._channel = grpc.insecure_channel(address, options=options)
+            self._channel = grpc.insecure_channel(target, options=options)
         path = f"/{SERVICE_NAME}/"
         self._describe = self._channel.unary_unary(path + "Describe")
         self._infer = self._channel.unary_unary(path + "Infer")
         self._infer_stream = self._channel.stream_stream(path + "InferStream")
         self._probe = self._channel.unary_unary(path + "Probe")
+
+    @property
+    def _metadata(self) -> tuple[tuple[str, str], ...] | None:
+        """Per-call metadata: token, extra metadata, and the current trace context."""
+        out = (*self._base_metadata, *outgoing_metadata())
+        return out or None
 
     @contextmanager
     def _mapped(self) -> Iterator[None]:

@@ -1,11 +1,21 @@
-"""Regenerate the protobuf/gRPC stubs in ``edgeflow/transport/_gen`` from ``proto/edgeflow/v1``.
+"""Regenerate the protobuf/gRPC stubs in ``edgeflow/transport/_gen`` from ``proto/``.
 
     python -m edgeflow.transport.gen            # rewrite the committed stubs
     python -m edgeflow.transport.gen --check    # exit 1 if they are stale
 
-The .proto files are mapped to the virtual path ``edgeflow/transport/_gen`` so that the generated
-``*_pb2_grpc.py`` imports ``edgeflow.transport._gen.agent_pb2`` (protoc derives imports from that path).
-Needs grpcio-tools (a test dependency); the runtime needs only grpcio and protobuf.
+``proto/edgeflow/v1`` becomes ordinary stubs. The .proto files are mapped to the virtual path
+``edgeflow/transport/_gen`` so that the generated ``*_pb2_grpc.py`` imports ``edgeflow.transport._gen.agent_pb2``
+(protoc derives imports from that path).
+
+``proto/kserve`` (package ``inference``, the KServe v2 service) becomes a serialized descriptor set in
+``kserve_v2_descriptor.py``, loaded into a private descriptor pool (``edgeflow.transport.kserve_pb``): tritonclient
+registers its own ``inference.*`` messages in protobuf's default pool, and a second file defining them there would
+make importing both fail.
+
+Needs grpcio-tools at exactly :data:`GRPCIO_TOOLS` (the test extra pins it): its protoc writes gencode 6.30, which
+protobuf 6.30+ and 7 both load (a runtime may be newer than the gencode, never older), so edgeflow imports in an
+environment that has tritonclient (protobuf < 7). Another protoc would write other bytes; the check says so.
+The runtime needs only grpcio and protobuf.
 """
 
 from __future__ import annotations
@@ -15,29 +25,46 @@ import sys
 import tempfile
 from pathlib import Path
 
-__all__ = ["PROTO_DIR", "GEN_DIR", "generate", "stale_files"]
+__all__ = ["PROTO_DIR", "KSERVE_PROTO_DIR", "GEN_DIR", "GRPCIO_TOOLS", "generate", "stale_files"]
 
 _REPO = Path(__file__).resolve().parents[2]
 PROTO_DIR = _REPO / "proto" / "edgeflow" / "v1"
+KSERVE_PROTO_DIR = _REPO / "proto" / "kserve"
 GEN_DIR = Path(__file__).resolve().parent / "_gen"
+GRPCIO_TOOLS = "1.72.2"  # protoc 30.2 -> Python gencode 6.30.0 (loads on protobuf >= 6.30, 7 included)
 _VIRTUAL = "edgeflow/transport/_gen"
-_INIT = '"""Generated from proto/edgeflow/v1 by ``python -m edgeflow.transport.gen``. Do not edit."""\n'
+_INIT = '"""Generated from proto/ by ``python -m edgeflow.transport.gen``. Do not edit."""\n'
+_KSERVE_MODULE = "kserve_v2_descriptor.py"
 
 
-def generate(out_dir: Path, proto_dir: Path = PROTO_DIR) -> list[Path]:
-    """Run protoc on every ``*.proto`` in ``proto_dir``, writing flat modules into ``out_dir``.
+def _check_tools() -> None:
+    from importlib.metadata import version
+
+    found = version("grpcio-tools")
+    if found != GRPCIO_TOOLS:
+        raise RuntimeError(
+            f"grpcio-tools {found} is installed; the stubs are generated with grpcio-tools=={GRPCIO_TOOLS} (gencode "
+            f"6.30, loadable on protobuf 6 and 7): pip install 'grpcio-tools=={GRPCIO_TOOLS}' (the test extra pins it)"
+        )
+
+
+def generate(out_dir: Path, proto_dir: Path = PROTO_DIR, kserve_dir: Path = KSERVE_PROTO_DIR) -> list[Path]:
+    """Run protoc on every ``*.proto`` in ``proto_dir`` (flat stub modules) and ``kserve_dir`` (a descriptor-set
+    module), writing into ``out_dir``.
 
     Returns:
         The files written, sorted.
 
     Raises:
-        RuntimeError: protoc failed (its message is on stderr).
+        RuntimeError: protoc failed (its message is on stderr), or grpcio-tools is not :data:`GRPCIO_TOOLS`.
     """
+    _check_tools()
     import grpc_tools
     from grpc_tools import protoc
 
     protos = sorted(proto_dir.glob("*.proto"))
     include = Path(grpc_tools.__file__).parent / "_proto"
+    written = _generate_kserve(out_dir, kserve_dir, include)
     with tempfile.TemporaryDirectory() as tmp:
         args = [
             "protoc",
@@ -51,7 +78,6 @@ def generate(out_dir: Path, proto_dir: Path = PROTO_DIR) -> list[Path]:
         if protoc.main(args) != 0:
             raise RuntimeError(f"protoc failed on {[p.name for p in protos]}")
         out_dir.mkdir(parents=True, exist_ok=True)
-        written = []
         for f in sorted((Path(tmp) / _VIRTUAL).iterdir()):
             target = out_dir / f.name
             target.write_bytes(f.read_bytes())
@@ -59,6 +85,32 @@ def generate(out_dir: Path, proto_dir: Path = PROTO_DIR) -> list[Path]:
     init = out_dir / "__init__.py"
     init.write_text(_INIT)
     return sorted([*written, init])
+
+
+def _generate_kserve(out_dir: Path, kserve_dir: Path, include: Path) -> list[Path]:
+    """``kserve_v2_descriptor.py``: the KServe protos as one serialized ``FileDescriptorSet`` (see module doc)."""
+    from grpc_tools import protoc
+
+    protos = sorted(kserve_dir.glob("*.proto"))
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "kserve.binpb"
+        args = ["protoc", f"-I{kserve_dir}", f"-I{include}", f"--descriptor_set_out={out}", *[p.name for p in protos]]
+        if protoc.main(args) != 0:
+            raise RuntimeError(f"protoc failed on {[p.name for p in protos]}")
+        data = out.read_bytes()
+    lines = [
+        f'"""Generated from proto/kserve ({", ".join(p.name for p in protos)}) by ``python -m edgeflow.transport.gen``.',
+        "Do not edit. A serialized FileDescriptorSet, loaded into a private pool by edgeflow.transport.kserve_pb.\"\"\"",
+        "",
+        "FILE_DESCRIPTOR_SET = (",
+        *[f"    {data[i : i + 64]!r}" for i in range(0, len(data), 64)],
+        ")",
+        "",
+    ]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / _KSERVE_MODULE
+    target.write_text("\n".join(lines))
+    return [target]
 
 
 def stale_files(gen_dir: Path = GEN_DIR) -> list[str]:

@@ -13,8 +13,10 @@ sees an id again answers from its reply cache, see ``edgeflow.agent.replay``).
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from dataclasses import dataclass
+from typing import Sequence
 from pathlib import Path
 
 import grpc
@@ -66,9 +68,10 @@ class Reconnect:
     retry_backoff_s: float = 0.05
 
 
-def service_config(reconnect: Reconnect) -> str:
+def service_config(reconnect: Reconnect, *, round_robin: bool = False) -> str:
     """The channel's service config (gRFC A6 retry policy, JSON): UNAVAILABLE is retried on Describe, Probe and
-    Infer (idempotent, see the module doc); never on InferStream, whose items may already have been answered."""
+    Infer (idempotent, see the module doc); never on InferStream, whose items may already have been answered.
+    ``round_robin``: spread calls over every address the target resolves to (several endpoints of one tier)."""
     service = pb.DESCRIPTOR.services_by_name["Agent"].full_name
     policy = {
         "maxAttempts": reconnect.retry_attempts,
@@ -79,7 +82,30 @@ def service_config(reconnect: Reconnect) -> str:
     }
     names = [{"service": service, "method": m} for m in ("Describe", "Probe", "Infer")]
     config: dict = {"methodConfig": [{"name": names, "retryPolicy": policy}] if reconnect.retry_attempts > 1 else []}
+    if round_robin:
+        config["loadBalancingConfig"] = [{"round_robin": {}}]
     return json.dumps(config)
+
+
+def channel_target(address: str, endpoints: Sequence[str] = ()) -> str:
+    """The gRPC target for ``address`` alone, or for it and ``endpoints`` together (``ipv4:a:1,b:2``: gRPC's static
+    address list, balanced by ``round_robin``; it takes IP literals, so ``localhost`` is read as 127.0.0.1).
+
+    Raises:
+        ConfigError: several endpoints, one of them not an IPv4 literal.
+    """
+    if not endpoints:
+        return address
+    out = []
+    for a in (address, *endpoints):
+        host, _, port = a.rpartition(":")
+        host = "127.0.0.1" if host == "localhost" else host
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise ConfigError(f"upstream.endpoints: {a!r}: several endpoints must be IPv4 addresses (host:port)") from None
+        out.append(f"{host}:{port}")
+    return "ipv4:" + ",".join(out)
 
 
 @dataclass(frozen=True)
@@ -99,7 +125,7 @@ def _limit_options(limits: WireLimits) -> list[tuple[str, int]]:
 
 
 def channel_options(
-    limits: WireLimits, keepalive: Keepalive, reconnect: Reconnect = Reconnect()
+    limits: WireLimits, keepalive: Keepalive, reconnect: Reconnect = Reconnect(), *, round_robin: bool = False
 ) -> list[tuple[str, int | str]]:
     """Options for a client channel to a peer agent."""
     ms = int(keepalive.time_s * 1000)
@@ -115,7 +141,7 @@ def channel_options(
         # retries are safe since agents answer a repeated request id from their reply cache instead of computing
         # it again (they were off while a re-sent request was recomputed)
         ("grpc.enable_retries", int(reconnect.retry_attempts > 1)),
-        ("grpc.service_config", service_config(reconnect)),
+        ("grpc.service_config", service_config(reconnect, round_robin=round_robin)),
         # a call can be retried only while its request is still buffered (gRPC's default: 256 KiB, less than one
         # hop's activations); one message per call in flight, which the caller holds anyway
         ("grpc.per_rpc_retry_buffer_size", min(limits.max_message_bytes, 2**31 - 1)),

@@ -52,6 +52,16 @@ def test_quickstart_end_to_end(tmp_path: Path, mode: str) -> None:
     assert "edgeflow vs baselines" in proc.stdout
     assert list((out / "nodes").rglob("*.yaml")) and list((out / "logs").glob("*.log"))
     assert not processes_mentioning(str(out)), "agent processes left behind"
+    # each request's spans: its record names its trace, spans.jsonl holds the device's span and every tier's it crossed
+    spans = [json.loads(line) for line in (out / "spans.jsonl").read_text().splitlines()]
+    services: dict[str, set[str]] = {}
+    for sp in spans:
+        services.setdefault(sp["trace_id"], set()).add(sp["service"])
+    answered = [r for r in own if r["status"] == "answered"]
+    assert all(r["trace_id"] for r in answered)
+    for r in answered:
+        tiers = {t["tier"] for t in r["stages"] if t["tier"] != "device"}
+        assert {f"edgeflow-{t}" for t in tiers} | {"edgeflow-device"} <= services[r["trace_id"]], r
     if extra:  # the device process was started for the run, logged, and stopped with the other agents
         assert (out / "logs" / "device0.log").read_text().count("live planner ready after") == 1
     print(f"quickstart ({mode}, 12 requests per run) took {time.monotonic() - t0:.1f} s")

@@ -1,1 +1,1 @@
-"""Generated from proto/edgeflow/v1 by ``python -m edgeflow.transport.gen``. Do not edit."""
+"""Generated from proto/ by ``python -m edgeflow.transport.gen``. Do not edit."""

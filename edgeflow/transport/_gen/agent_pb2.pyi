@@ -16,7 +16,7 @@ class InferParameter(_message.Message):
     int64_param: int
     string_param: str
     double_param: float
-    def __init__(self, bool_param: _Optional[bool] = ..., int64_param: _Optional[int] = ..., string_param: _Optional[str] = ..., double_param: _Optional[float] = ...) -> None: ...
+    def __init__(self, bool_param: bool = ..., int64_param: _Optional[int] = ..., string_param: _Optional[str] = ..., double_param: _Optional[float] = ...) -> None: ...
 
 class Tensor(_message.Message):
     __slots__ = ("name", "datatype", "shape", "parameters")
@@ -145,7 +145,7 @@ class DescribeRequest(_message.Message):
     model_fingerprint: str
     caller_role: str
     with_upstream: bool
-    def __init__(self, model_fingerprint: _Optional[str] = ..., caller_role: _Optional[str] = ..., with_upstream: _Optional[bool] = ...) -> None: ...
+    def __init__(self, model_fingerprint: _Optional[str] = ..., caller_role: _Optional[str] = ..., with_upstream: bool = ...) -> None: ...
 
 class RangeProfile(_message.Message):
     __slots__ = ("start", "stop", "compute_s")
@@ -246,7 +246,7 @@ class LiveState(_message.Message):
     requests: int
     last_reason: str
     uptime_s: float
-    def __init__(self, ready: _Optional[bool] = ..., safe_plan: _Optional[str] = ..., first_plan_s: _Optional[float] = ..., error: _Optional[str] = ..., plan: _Optional[str] = ..., predicted_latency_s: _Optional[float] = ..., links: _Optional[_Iterable[_Union[LinkReading, _Mapping]]] = ..., compute_factor: _Optional[_Mapping[str, float]] = ..., down: _Optional[_Iterable[str]] = ..., switches: _Optional[_Iterable[_Union[PlanSwitch, _Mapping]]] = ..., requests: _Optional[int] = ..., last_reason: _Optional[str] = ..., uptime_s: _Optional[float] = ...) -> None: ...
+    def __init__(self, ready: bool = ..., safe_plan: _Optional[str] = ..., first_plan_s: _Optional[float] = ..., error: _Optional[str] = ..., plan: _Optional[str] = ..., predicted_latency_s: _Optional[float] = ..., links: _Optional[_Iterable[_Union[LinkReading, _Mapping]]] = ..., compute_factor: _Optional[_Mapping[str, float]] = ..., down: _Optional[_Iterable[str]] = ..., switches: _Optional[_Iterable[_Union[PlanSwitch, _Mapping]]] = ..., requests: _Optional[int] = ..., last_reason: _Optional[str] = ..., uptime_s: _Optional[float] = ...) -> None: ...
 
 class LinkReading(_message.Message):
     __slots__ = ("name", "bandwidth_bps", "rtt_s")
@@ -300,7 +300,7 @@ class ProbeRequest(_message.Message):
     forward: bool
     forward_send_nbytes: int
     payload: bytes
-    def __init__(self, id: _Optional[str] = ..., reply_nbytes: _Optional[int] = ..., echo: _Optional[bool] = ..., forward: _Optional[bool] = ..., forward_send_nbytes: _Optional[int] = ..., payload: _Optional[bytes] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., reply_nbytes: _Optional[int] = ..., echo: bool = ..., forward: bool = ..., forward_send_nbytes: _Optional[int] = ..., payload: _Optional[bytes] = ...) -> None: ...
 
 class ProbeResponse(_message.Message):
     __slots__ = ("id", "forward_s", "payload")
