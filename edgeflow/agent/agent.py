@@ -547,7 +547,7 @@ class Agent:
         n = self.runtime.num_positions
         exits = plan.exits_in(position, n)
         if self.source is not None:
-            self.source.local_work(position, n)  # requests behind this one wait for it
+            self.source.local_work(position, n, plan.exits)  # requests behind this one wait for it
         if values is None:
             with self.admission.admit(position, wire) as got:
                 timing.decode_s += got.decode_s

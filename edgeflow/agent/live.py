@@ -32,7 +32,7 @@ from edgeflow.agent.agent import Agent
 from edgeflow.agent.measure import ChainMeasurement, measure_chain
 from edgeflow.agent.probes import PROBE_TIMEOUT_S, RTT_PROBES, RelayedPeer, probe_link
 from edgeflow.config import PlannerConfig
-from edgeflow.core.plan import Plan
+from edgeflow.core.plan import ExitPoint, Plan
 from edgeflow.core.planner import Breakdown as CostBreakdown
 from edgeflow.core.planner import Planner, Replanner
 from edgeflow.errors import EdgeflowError
@@ -94,6 +94,7 @@ class LivePlanner:
         self._back_at: dict[str, float] = {}  # tier -> when it was last found back
         self._watch: threading.Thread | None = None
         self._wake = threading.Event()  # cuts the watcher's wait short on close
+        self._rebound: set[int] = set()  # links whose estimate a reply restarted from a lower bound: probe them
         links = self.replanner.tracker.links
         _log.info("live planner: chain %s, %d cuts, %d plans, message overhead %.2f ms, first plan %s (predicted "
                   "%.1f ms); start-up %s", " > ".join(self.model.names), len(self.model.cuts), planner.num_plans,
@@ -156,7 +157,10 @@ class LivePlanner:
                     continue
                 i = names.index(t.tier)
                 if t.bytes_out > 0 and i + 1 < len(names):
+                    bounded = rp.tracker.links[i].bounded_s
                     rp.observe_transfer(i, t.bytes_out + t.bytes_back, t.network_s, now)
+                    if rp.tracker.links[i].bounded_s != bounded:  # a reply quicker than the estimate allows
+                        self._rebound.add(i)  # measure the link's new level with probes now
                 if t.stop > t.start and t.compute_s > 0:
                     heads = tuple(e.position for e in plan.exits if t.start < e.position <= t.stop)
                     try:
@@ -334,6 +338,33 @@ class LivePlanner:
             fixed, factor = self.replanner.tracker.correction.params(source, self.clock())
             return max(0.0, fixed + factor * self.model.stage_compute_s(source, start, stop))
 
+    def expected_compute_s(self, start: int, stop: int, exits: Sequence[ExitPoint] = ()) -> float:
+        """Expected compute of ``[start:stop]`` on the device for a request that reached ``start``, with its online
+        correction and the heads of ``exits`` (a plan's exits; those in ``(start, stop]`` may answer early, with the
+        calibrated probabilities): what a fallback adds to the device's queue."""
+        enabled = sorted(e.position for e in exits if start < e.position <= stop)
+        with self._lock:
+            source = self.model.names[0]
+            fixed, factor = self.replanner.tracker.correction.params(source, self.clock())
+            try:
+                answer, _, _ = self.model.exit_model.stats(tuple(exits))
+            except EdgeflowError:
+                enabled = []
+            positions = self.model.exit_positions
+            if enabled:
+                probs = {p: float(answer[positions.index(p)]) for p in enabled}
+                reached = max(1e-9, 1.0 - sum(float(answer[positions.index(e.position)]) for e in exits
+                                              if e.position <= start and e.position in positions))  # fmt: skip
+                outcomes = [(p, probs[p] / reached) for p in enabled]
+                outcomes.append((stop, max(0.0, 1.0 - sum(w for _, w in outcomes))))
+            else:
+                outcomes = [(stop, 1.0)]
+            total = 0.0
+            for x, w in outcomes:
+                heads = [p for p in enabled if p <= x]
+                total += w * max(0.0, fixed + factor * self.model.stage_compute_s(source, start, x, heads))
+            return total
+
     def predict_s(self, plan: Plan) -> float | None:
         """Predicted expected latency of ``plan`` under the conditions estimated now (None if it does not fit)."""
         b = self.predict(plan)
@@ -354,10 +385,11 @@ class LivePlanner:
             down = {names.index(t) - 1 for t in self._down}  # the watcher probes those
             used = max(names.index(t) for t in self.replanner.current.tiers)  # links 0..used-1 carry requests
             idle = [i for i in range(used, len(self.peers)) if now - self._probed_at.get(i, -1e9) >= self.settings.idle_probe_s]
-            stale = sorted({*self.replanner.stale_links(now), *idle} - down)
+            stale = sorted({*self.replanner.stale_links(now), *idle, *self._rebound} - down)
             stale = [i for i in stale if i < len(self.peers)]
             if not stale or self._closed or (self._probe is not None and self._probe.is_alive()):
                 return
+            self._rebound.clear()
             for i in stale:
                 self._probed_at[i] = now
             self._probe = threading.Thread(target=self._run_probes, args=(stale,), daemon=True,

@@ -34,18 +34,18 @@ reach a ticket (they fail admission first), so they change neither the plan nor 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass
-import itertools
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 from edgeflow.agent.failover import latency_target_s, stall_after_s
 from edgeflow.config import NodeConfig
-from edgeflow.core.plan import Plan
+from edgeflow.core.plan import ExitPoint, Plan
 from edgeflow.errors import EdgeflowError
 from edgeflow.transport import Breakdown, LiveState
 
@@ -131,7 +131,8 @@ class Source:
         self._calls: dict[int, tuple[Ticket, str, float]] = {}  # upstream calls out: id -> (ticket, tier, since)
         self._suspected: dict[int, str] = {}  # ticket id -> the tier its overdue call made suspect
         self._busy_until = 0.0  # when the device's compute unit finishes the work ahead (predicted)
-        self._warm: set[str] = set()  # plans answered without a fallback at least once (their paths are warm)
+        self._warm: dict[str, tuple[str, ...]] = {}  # plans answered without a fallback since their tiers last failed
+        # (their paths are warm) -> their tiers
         self._closed = False
         if not config.auto:
             self.ready.set()
@@ -179,12 +180,13 @@ class Source:
                 self._busy_until = t0 + wait + service
         return base + wait, wait
 
-    def local_work(self, start: int, stop: int) -> None:
-        """The device's compute unit takes on ``[start:stop]`` now (a fallback): later requests wait for it too."""
+    def local_work(self, start: int, stop: int, exits: Sequence[ExitPoint] = ()) -> None:
+        """The device's compute unit takes on ``[start:stop]`` now with the plan's ``exits`` (a fallback): later
+        requests wait for it too."""
         planner = self.planner
         if planner is None:
             return
-        service = planner.compute_s(start, stop)
+        service = planner.expected_compute_s(start, stop, exits)
         now = self.clock()
         with self._lock:
             self._busy_until = max(self._busy_until, now) + service
@@ -216,6 +218,7 @@ class Source:
         try:
             yield
         except EdgeflowError as e:  # given up (stalled, target) or failed: plan around it now, not after the fallback
+            self._cool(tier)
             with self._lock:
                 first = ticket.id not in self._suspected
                 self._suspected.setdefault(ticket.id, tier)
@@ -227,9 +230,22 @@ class Source:
                 self._calls.pop(ticket.id, None)
 
     def answered(self, ticket: Ticket, breakdown: Breakdown) -> None:
-        """A request went through by its plan (no fallback): that plan's path is warm."""
-        if not breakdown.fallback and len(self._warm) < _WARM_PLANS:
-            self._warm.add(str(ticket.plan))
+        """A request went through by its plan (no fallback): that plan's path is warm. One that fell back: the plans
+        through its upstream tiers are cold again."""
+        if breakdown.fallback:  # a tier behind the next one failed (the next tier fell back): that path is cold too
+            for tier in ticket.plan.tiers[1:]:
+                self._cool(tier)
+        elif len(self._warm) < _WARM_PLANS:
+            with self._lock:
+                self._warm[str(ticket.plan)] = ticket.plan.tiers
+
+    def _cool(self, tier: str) -> None:
+        """A call to ``tier`` failed: plans through it are cold again. A tier that comes back (restarted, or
+        reloaded after a stall) opens new channels and builds its ranges again, so the first request after its return
+        gets the cold stall budget instead of being given up at a budget sized for a warm path."""
+        with self._lock:
+            for key in [k for k, tiers in self._warm.items() if tier in tiers]:
+                del self._warm[key]
 
     def release(self, ticket: Ticket) -> None:
         """The request will not be learned from (a warm-up, or it failed): end any suspicion its call raised."""

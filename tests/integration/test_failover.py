@@ -183,7 +183,10 @@ def test_live_planner_leaves_a_dead_cloud_and_returns_when_it_restarts(healthy: 
             answered.append(device.infer(images[0]))
             time.sleep(0.01)
         t_split = time.monotonic() - t_listening
-        assert "cloud" in live.plan.tiers and live.switches[-1].reason == "cloud back", [s.reason for s in live.switches]
+        # back through the cloud: by the "cloud back" switch, or (when the edge was found down meanwhile, its calls to
+        # the dead cloud having stalled) by the hysteresis or "edge back" once the probes measured the chain again
+        reasons = [s.reason for s in live.switches]
+        assert "cloud" in live.plan.tiers and "cloud[" in live.switches[-1].new, reasons
         for _ in range(50):  # the edge's own channel to the cloud reconnects by itself meanwhile
             r = device.infer(images[1])
             if not r.breakdown.fallback:

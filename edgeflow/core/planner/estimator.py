@@ -32,9 +32,9 @@ every passive sample (``message=True``) before its rate is read, and the cost mo
 link's round trip (:meth:`ConditionsTracker.conditions`). Probes pay no such cost (``message=False``).
 
 Samples whose transfer part is small next to the round trip (``seconds - rtt < min_transfer_fraction *
-seconds``) carry no rate information and are rejected, except a probe's as a lower bound on the rate: one far
-above the estimate restarts it at that bound (a link back from near zero); when no sample has been accepted for ``stale_after_s``
-the link :meth:`LinkEstimator.needs_probe` and :meth:`LinkEstimator.probe_nbytes` says how big a probe makes a
+seconds``) carry no rate information and are rejected, except as a lower bound on the rate: one far above the
+estimate restarts it at that bound (a link back from near zero; a message counts only if it is mostly round trip
+with its overhead left on). When no sample has been accepted for ``stale_after_s`` the link :meth:`LinkEstimator.needs_probe` and :meth:`LinkEstimator.probe_nbytes` says how big a probe makes a
 usable sample.
 
 **Probes share the link with requests.** A probe's bytes queue ahead of the requests sent while it is on the
@@ -117,6 +117,7 @@ class LinkEstimator:
         self._rtts: deque[tuple[float, float]] = deque(maxlen=rtt_window)
         self._last_accept_s: float | None = None
         self.bounded_s: float | None = None  # when the estimate last restarted from a lower bound
+        self._quick: float | None = None  # the bound of the last message too quick to time, if no sample since
 
     # ------------------------------------------------------------------------------------ samples
     def observe_rtt(self, rtt_s: float, now_s: float) -> None:
@@ -139,7 +140,10 @@ class LinkEstimator:
         rtt = (self.rtt_s(now_s) or 0.0) if includes_rtt else 0.0
         transfer = seconds - rtt - (self.overhead_s if message else 0.0)
         if transfer < self.min_transfer_fraction * seconds:
-            return not message and self._faster_than_known(nbytes, seconds, now_s)
+            if message and seconds - rtt >= self.min_transfer_fraction * seconds:
+                return False  # mostly round trip only once the overhead estimate is off: no evidence either way
+            return self._faster_than_known(nbytes, seconds, now_s, message=message)
+        self._quick = None
         rate = 8.0 * nbytes / transfer
         if restart:
             self._forget(rtts=True)  # the round trips probed while it was down (or stalled) were its queue
@@ -160,20 +164,31 @@ class LinkEstimator:
         self._last_accept_s = now_s
         return True
 
-    def _faster_than_known(self, nbytes: float, seconds: float, now_s: float) -> bool:
+    def _faster_than_known(self, nbytes: float, seconds: float, now_s: float, *, message: bool = False) -> bool:
         """A probe too quick to time still bounds the rate from below: it moved ``nbytes`` in less than
         ``min_transfer_fraction`` of ``seconds``. When that bound is ``shift_ratio`` times the estimate (or the last
         one, expired), the estimate is stale (a link back from near zero, probed with a probe sized for near zero,
         which the link then carries in no time): it restarts from the bound, the safe side. Without this, a link
         estimated at 0.05 Mbit/s was probed with 2 KB every 2 s after it came back at 30 Mbit/s, every probe was
-        'mostly round trip' and rejected, and the planner kept the device-only plan for 20 s. Probes only: a
-        message's time has the per-message overhead taken off, and an overhead estimate a little high would make
-        a quick message read as an impossibly fast link."""
+        'mostly round trip' and rejected, and the planner kept the device-only plan for 20 s.
+
+        A message (a request's hop) counts too, but only when it is mostly round trip *before* the per-message
+        overhead is taken off: an overhead estimate a little high must not make a quick message read as an
+        impossibly fast link; and only the second such message in a row (the smaller bound of the two): one quick
+        message is an outlier (a round-trip estimate a little high), two are a link that has changed. Without this,
+        requests of 2 KB on a link back at 30 Mbit/s were predicted 60-140 ms (the estimate left by the outage)
+        while they took 35 ms, until the next probe 1-2 s later."""
         last = self._last_accept_s
         known = self.bandwidth_bps(now_s) or (self.bandwidth_bps(last) if last is not None else None)
         bound = 8.0 * nbytes / (self.min_transfer_fraction * seconds)
         if known is None or self.shift_ratio is None or bound <= known * self.shift_ratio:
             return False
+        if message:
+            first, self._quick = self._quick, bound
+            if first is None:
+                return False
+            bound = min(first, bound)
+        self._quick = None
         self._forget(rtts=True)
         self._raw.append(bound)
         self._samples.append(_Sample(now_s, float(nbytes), bound))
