@@ -138,12 +138,27 @@ class ModelConfig(_Section):
         return v
 
 
+class DeviceSpeedConfig(_Section):
+    """A measured speed of the emulated machine: ``ms_per_model`` is one whole-model forward pass (batch 1) on it.
+    The scenario runner turns it into ``slowdown_factor`` = ms_per_model / this host's measured ms per model."""
+
+    ms_per_model: float = Field(..., gt=0, le=1e6)
+
+
 class ComputeConfig(_Section):
-    """How the agent computes. ``slowdown_factor`` > 1 emulates a slower machine (see module doc)."""
+    """How the agent computes. ``slowdown_factor`` > 1 emulates a slower machine (see module doc);
+    ``device_speed`` states the machine's measured speed instead (not both)."""
 
     device: Literal["cpu", "cuda"] = "cpu"
     threads: int = Field(1, ge=1, le=256)
     slowdown_factor: float = Field(1.0, ge=1.0, le=1000.0)
+    device_speed: DeviceSpeedConfig | None = None
+
+    @model_validator(mode="after")
+    def _one_speed(self) -> "ComputeConfig":
+        if self.device_speed is not None and self.slowdown_factor != 1.0:  # 1.0: the default, or a dump re-read
+            raise ValueError("device_speed: give either slowdown_factor or device_speed, not both")
+        return self
     memory_cap_mb: float | None = Field(None, gt=0)  # decoded activations held at once; beyond: RESOURCE_EXHAUSTED
     max_batch: int = Field(64, ge=1)  # largest batch dim accepted on the wire
 

@@ -60,6 +60,8 @@ from edgeflow.transport.tracing import Tracer
 
 __all__ = ["RunResult", "ScenarioResult", "RunnerEvents", "ScenarioRunner", "run_scenario"]
 
+log = logging.getLogger(__name__)
+
 AGENT_START_TIMEOUT_S = 120.0
 _WARMUP_REQUESTS = 2
 _INPUT_CODECS = ["lossless", "png", "jpeg"]  # what the live planner may send the raw input as
@@ -223,6 +225,7 @@ class ScenarioRunner:
         self.events.on_phase("loading the model and the workload")
         self.out_dir.mkdir(parents=True, exist_ok=True)
         runtime = load_runtime(self._node("device", None))
+        self.nodes = resolve_device_speeds(self.nodes, runtime)
         workload = build_workload(sc.workload, tuple(runtime.example_input[0].shape))
         reference = reference_predictions(runtime.model, workload.inputs)
         links = {name: link_plan(name, getattr(sc.links, name), self.scenario_dir, seed=sc.workload.seed + 10 * i)
@@ -356,6 +359,7 @@ class ScenarioRunner:
         data["plan"] = AUTO_PLAN
         data["listen"] = {"address": "127.0.0.1:0"}
         data["model"]["artifact"] = self.scenario.model.artifact
+        data["compute"].pop("device_speed", None)  # resolved into slowdown_factor at start-up
         data["deadlines"]["shutdown_grace_s"] = min(float(data["deadlines"]["shutdown_grace_s"]), 1.0)
         data["tracing"] = {"enabled": True, "exporter": "jsonl", "path": str(self._spans_path)}
         if upstream is None:
@@ -531,6 +535,42 @@ def _reused(spec: bl.RunSpec, measured: RunResult) -> RunResult:
     outcomes = [replace(o, request_id=f"{spec.name}-{o.index}") for o in measured.outcomes]
     note = f"same plan as run {measured.spec.name!r}: its measurement is reported for this run too"
     return RunResult(spec, outcomes, measured.duration_s, measured.link_stats, [note], faults=measured.faults)
+
+
+def host_ms_per_model(runtime: ModelRuntime, repeats: int = 5) -> float:
+    """This host's median whole-model forward time (batch 1, one torch thread, as the agents run), in ms."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        x = tuple(a[:1] for a in runtime.example_input)
+        times = []
+        with torch.inference_mode():
+            runtime.model(*x)  # warm-up
+            for _ in range(repeats):
+                t = time.perf_counter()
+                runtime.model(*x)
+                times.append(time.perf_counter() - t)
+    finally:
+        torch.set_num_threads(threads)
+    return 1e3 * sorted(times)[len(times) // 2]
+
+
+def resolve_device_speeds(nodes: Mapping[str, NodeConfig], runtime: ModelRuntime) -> dict[str, NodeConfig]:
+    """Nodes whose ``compute.device_speed`` states a measured ms per model get the emulated
+    ``slowdown_factor`` = that / this host's measured ms per model (at least 1: a faster machine is not emulated)."""
+    out = dict(nodes)
+    host_ms: float | None = None
+    for tier, cfg in nodes.items():
+        speed = cfg.compute.device_speed
+        if speed is None:
+            continue
+        host_ms = host_ms_per_model(runtime) if host_ms is None else host_ms
+        factor = min(1000.0, max(1.0, speed.ms_per_model / host_ms))
+        log.info("%s: device_speed %.1f ms per model, host %.1f ms: slowdown_factor %.2f",
+                 tier, speed.ms_per_model, host_ms, factor)
+        compute = cfg.compute.model_copy(update={"slowdown_factor": factor, "device_speed": None})
+        out[tier] = cfg.model_copy(update={"compute": compute})
+    return out
 
 
 def run_scenario(scenario: Scenario, nodes: Mapping[str, NodeConfig], *, scenario_dir: Path, out_dir: Path,
