@@ -423,7 +423,7 @@ class NodeConfig(_Section):
             return str(base / p) if p and not Path(p).is_absolute() else p
 
         data = self.model_dump(mode="json", exclude_none=True)
-        if not data["model"]["artifact"].startswith(BUILTIN_PREFIX):
+        if not data["model"]["artifact"].startswith((BUILTIN_PREFIX, "zoo:")):  # named artifacts, not paths
             data["model"]["artifact"] = fix(data["model"]["artifact"])
         up = data.get("upstream", {})
         for section in (data.get("tls"), up.get("tls"), data.get("auth"), up.get("auth")):
