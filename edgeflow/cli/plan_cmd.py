@@ -72,7 +72,7 @@ def parse_size_nbytes(text: str, option: str) -> float:
 
 
 def _fail(msg: str) -> None:
-    console.print(f"[bold red]error:[/] {msg}")
+    Console(stderr=True).print(f"[bold red]error:[/] {msg}", highlight=False)
     raise typer.Exit(2)
 
 
