@@ -270,6 +270,15 @@ class MetricsConfig(_Section):
     host: str = "127.0.0.1"
 
 
+class MemoryConfig(_Section):
+    """The device's result memory (``edgeflow.agent.memory``): identical inputs answered again from a bounded LRU,
+    without compute or transfer. Off by default; a device only."""
+
+    enabled: bool = False
+    max_entries: int = Field(1024, ge=1, le=1_000_000)
+    max_mb: float = Field(64.0, gt=0, le=65536)
+
+
 class TracingConfig(_Section):
     """OpenTelemetry spans per request (``edgeflow.transport.tracing``); off by default. Off, an agent still passes a
     caller's trace context on upstream. ``exporter``: none (ids only), console, jsonl (``path``: one JSON line per
@@ -332,6 +341,7 @@ class NodeConfig(_Section):
     metrics: MetricsConfig = MetricsConfig()
     tracing: TracingConfig = TracingConfig()
     ray: RayConfig = RayConfig()
+    memory: MemoryConfig = MemoryConfig()
 
     @field_validator("plan")
     @classmethod
@@ -347,6 +357,9 @@ class NodeConfig(_Section):
     def _chain(self) -> "NodeConfig":
         if self.tls is not None and self.tls.cert is None:
             raise ValueError("tls: a server needs cert and key")
+        if self.memory.enabled and self.role != "device":
+            raise ValueError(f"memory: the result memory is the device's (inputs enter the chain there), not the "
+                             f"{self.role}'s")  # fmt: skip
         if self.plan == AUTO_PLAN:
             return self  # any chain: the device's live planner decides, over whatever upstream there is
         plan = Plan.parse(self.plan)

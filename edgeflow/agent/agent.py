@@ -45,6 +45,7 @@ from edgeflow.agent.failover import failure_kind, fallback_reason, reserve_s, up
 from edgeflow.agent.gate import RequestGate
 from edgeflow.agent.replay import ReplyCache, request_key
 from edgeflow.agent.runtime import ModelRuntime, RunOutcome
+from edgeflow.agent.memory import Remembered, ResultMemory
 from edgeflow.agent.source import Source, Ticket
 from edgeflow.agent.upstream import Upstream
 from edgeflow.config import NodeConfig
@@ -151,6 +152,8 @@ class Agent:
         self.metrics: Metrics | None = None  # set by wiring.build_agent; observes local inputs (submit_local)
         if self.role == TIERS[0]:
             self.source = Source(config, config.parsed_plan, idle=lambda: self.compute.idle)
+        # identical inputs answered again without compute or transfer (a device, ``memory.enabled``)
+        self.result_memory = ResultMemory(config.memory, self.fingerprint) if config.memory.enabled else None
 
     # ------------------------------------------------------------------------------------ handshake
     def describe(self, caller_fingerprint: str = "", caller_role: str = "") -> Description:
@@ -322,7 +325,8 @@ class Agent:
             block: wait for room in the compute queue (backpressure) instead of raising Overloaded.
             plan: go by this plan (its ``input_codec`` codes the raw input when the device runs nothing) instead
                 of the current one; the live planner predicts it and learns from its reply but does not re-plan.
-            learn: feed the reply to the live planner (False: a warm-up the planner should not see).
+            learn: feed the reply to the live planner (False: a warm-up the planner should not see; it neither
+                reads nor fills the result memory).
 
         Raises:
             InvalidRequest: the input does not fit the model, or the plan does not fit the model or this chain.
@@ -344,6 +348,13 @@ class Agent:
         """One input entering the chain here, at position 0, by its ticket's plan (see the module doc)."""
         t0 = time.monotonic()
         source = self.source
+        memory, key, now_plan = (self.result_memory if learn else None), b"", ""  # a warm-up neither hits nor stays
+        if memory is not None:
+            now_plan = str(forced or (source.current_plan() if source is not None else self.plan))
+            key = memory.key(values, now_plan)
+            hit = memory.get(key)
+            if hit is not None:  # no ticket: nothing runs, nothing to predict or learn from
+                return self._remembered(request_id, hit, now_plan, t0, decode_s, bytes_in)
         ticket = source.ticket(forced, t0) if source is not None else Ticket(forced or self.plan, forced=forced is not None)
         try:
             answer, timing = self._enter_as(request_id, values, deadline, ticket, block=block, decode_s=decode_s,
@@ -358,6 +369,15 @@ class Agent:
             out = [decode(w.payload, DecodeLimits()) for w in answer.wire or []]
             timing.decode_s += time.monotonic() - t
         self._finish(timing, t0)
+        if memory is not None:
+            b = answer.breakdown
+            b.memory = "miss"
+            if not b.fallback:  # only what went by its plan: a fallback's answer is another path's
+                if str(ticket.plan) != now_plan:  # the plan switched between the look-up and the ticket
+                    key = memory.key(values, str(ticket.plan))
+                memory.put(key, out, position=answer.position, answered_by=b.answered_by,
+                           exit_position=b.exit_position, exit_confidence=b.exit_confidence,
+                           saved_bytes=sum(t.bytes_out + t.bytes_back for t in b.tiers))  # fmt: skip
         if source is not None:
             if learn:
                 source.learn(ticket, answer.breakdown)
@@ -366,6 +386,15 @@ class Agent:
                 source.release(ticket)
         return LocalAnswer(request_id, out, answer.position, answer.breakdown, str(ticket.plan), ticket.predicted_s,
                            ticket.predicted_outcome_s(answer.breakdown.exit_position))  # fmt: skip
+
+    def _remembered(self, request_id: str, hit: Remembered, plan: str, t0: float, decode_s: float,
+                    bytes_in: int) -> LocalAnswer:  # fmt: skip
+        """An input answered from the result memory: the tier that computed the answer first is ``answered_by``."""
+        timing = TierTiming(self.role, 0, 0, decode_s=decode_s, bytes_in=bytes_in)
+        self._finish(timing, t0)
+        b = Breakdown([timing], hit.answered_by, hit.exit_position, hit.exit_confidence, memory="hit",
+                      memory_saved_bytes=hit.saved_bytes)  # fmt: skip
+        return LocalAnswer(request_id, [v.clone() for v in hit.values], hit.position, b, plan)
 
     def _enter_as(self, request_id: str, values: list[torch.Tensor], deadline: float, ticket: Ticket, *, block: bool,
                   decode_s: float, bytes_in: int) -> tuple[_Answer, TierTiming]:  # fmt: skip

@@ -182,6 +182,8 @@ class Breakdown:
     exit_position: int = -1
     exit_confidence: float = 0.0
     fallback: str = ""
+    memory: str = ""  # the device's result memory: "hit" (answered from it), "miss", "" (off, or not an input)
+    memory_saved_bytes: int = 0  # on a hit: the bytes the original request moved over every hop
 
     @property
     def fallback_tier(self) -> str:
@@ -194,6 +196,8 @@ class Breakdown:
             "exit_position": self.exit_position,
             "exit_confidence": self.exit_confidence,
             "fallback": self.fallback,
+            "memory": self.memory,
+            "memory_saved_bytes": self.memory_saved_bytes,
             "tiers": [t.to_json() for t in self.tiers],
         }
 
@@ -342,6 +346,8 @@ _TIMING_FIELDS = tuple(f.name for f in fields(TierTiming))
 _COUNTER_FIELDS = tuple(f.name for f in fields(Counters))
 
 
+_MEMORY_OUTCOMES = ("hit", "miss")  # Breakdown.memory on the wire; anything else is dropped
+
 # ------------------------------------------------------------------------------------------- encoding
 def _tensor_meta(t: WireTensor, into: Any) -> None:
     into.name = t.name
@@ -389,6 +395,9 @@ def encode_reply(reply: InferReply) -> bytes:
         msg.parameters["predicted_latency_s"].double_param = reply.predicted_latency_s
     if reply.predicted_outcome_s:
         msg.parameters["predicted_outcome_s"].double_param = reply.predicted_outcome_s
+    if reply.breakdown.memory:  # a device's result memory (a reply to an input it took over gRPC)
+        msg.parameters["memory"].string_param = reply.breakdown.memory
+        msg.parameters["memory_saved_bytes"].int64_param = reply.breakdown.memory_saved_bytes
     return frame(msg.SerializeToString(), _RAW_FIELD, [t.payload for t in reply.tensors])
 
 
@@ -483,6 +492,10 @@ def decode_reply(data: bytes | memoryview, limits: WireLimits) -> InferReply:
         exit_confidence=b.exit_confidence,
         fallback=b.fallback,
     )
+    memory = msg.parameters["memory"].string_param if "memory" in msg.parameters else ""
+    if memory in _MEMORY_OUTCOMES:
+        breakdown.memory = memory
+        breakdown.memory_saved_bytes = max(0, msg.parameters["memory_saved_bytes"].int64_param) if memory == "hit" else 0
     return InferReply(
         request_id=msg.id,
         fingerprint=msg.model_fingerprint,
