@@ -49,9 +49,9 @@ from edgeflow.agent.memory import Remembered, ResultMemory
 from edgeflow.agent.source import Source, Ticket
 from edgeflow.agent.upstream import Upstream
 from edgeflow.config import NodeConfig
-from edgeflow.core.codecs import CODEC_NAMES, Codec, DecodeLimits, decode
+from edgeflow.core.codecs import CODEC_NAMES, Codec
 from edgeflow.core.plan import TIERS, ExitPoint, Plan
-from edgeflow.errors import ConfigError, DeadlineExceeded, NoUpstream, PlanError, TransportError
+from edgeflow.errors import BadReply, ConfigError, DeadlineExceeded, NoUpstream, PlanError, TransportError
 from edgeflow.transport import (
     Breakdown,
     Counters,
@@ -147,6 +147,7 @@ class Agent:
         self.replies = ReplyCache()  # idempotent request ids
         self._fallback_lock = threading.Lock()  # _reserve_profile
         self._reserve_profile: list[RangeProfile] | None = None  # without a handshake profile: measured when needed
+        self.bad_replies = 0  # upstream replies that failed admission (see Admission.check_reply)
         # the device is where requests enter the chain (see the module doc)
         self.source: Source | None = None
         self.metrics: Metrics | None = None  # set by wiring.build_agent; observes local inputs (submit_local)
@@ -366,7 +367,7 @@ class Agent:
         out = answer.values
         if out is None:
             t = time.monotonic()
-            out = [decode(w.payload, DecodeLimits()) for w in answer.wire or []]
+            out = self.admission.decode_reply(answer.wire or [])  # (decoded in call_upstream: not reached)
             timing.decode_s += time.monotonic() - t
         self._finish(timing, t0)
         if memory is not None:
@@ -548,17 +549,39 @@ class Agent:
             TransportError: the call failed.
         """
         assert self.upstream is not None
+        batch = self.runtime.check_wire_tensors(position, wire)  # (a relay's payloads were not admitted yet)
         data = encode_request(InferCall(request_id, self.fingerprint, position, wire, plan=plan_text))
         timing.bytes_out = len(data)
         self.upstream.handshake(deadline)  # once; kept out of the network time
         t = time.monotonic()
-        reply = self.upstream.infer_bytes(data, deadline)
-        call_s = time.monotonic() - t
+        try:
+            reply = self.upstream.infer_bytes(data, deadline)
+            call_s = time.monotonic() - t
+            self.admission.check_reply(reply, request_id=request_id, fingerprint=self.fingerprint, role=self.role,
+                                       sent=position, batch=batch, plan=self.plan_of(plan_text))  # fmt: skip
+            # decoded here, at every tier, bounded by the expected output: a payload corrupt past its header (a
+            # zstd body that declares a gigabyte) is fallen back from here, not relayed (a reply is the model's
+            # output or an exit's logits: small next to the activations this tier sent)
+            t_decode = time.monotonic()
+            values = self.admission.decode_reply(reply.tensors)
+            timing.decode_s += time.monotonic() - t_decode
+        except BadReply as e:
+            self._bad_reply(e)
+            raise
         up = reply.breakdown
         timing.network_s = max(0.0, call_s - (up.tiers[0].total_s if up.tiers else 0.0))
         timing.bytes_back = reply.wire_nbytes
         b = Breakdown([timing, *up.tiers], up.answered_by, up.exit_position, up.exit_confidence, up.fallback)
-        return _Answer(reply.position, b, wire=reply.tensors)
+        return _Answer(reply.position, b, values=values, wire=reply.tensors)
+
+    def _bad_reply(self, e: BadReply) -> None:
+        """Count and log an upstream's reply that failed admission (the caller falls back from it, or relays an
+        error: never the reply)."""
+        with self._fallback_lock:
+            self.bad_replies += 1
+        d = self.upstream.description if self.upstream is not None else None
+        _log.warning("bad reply from upstream %s at %s: %s", d.role if d is not None else "?",
+                     self.upstream.address if self.upstream is not None else "?", e)  # fmt: skip
 
     def _finish_here(
         self,

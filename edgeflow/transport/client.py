@@ -6,6 +6,7 @@ Every call has a deadline; failed calls raise edgeflow errors (:func:`edgeflow.t
 
 from __future__ import annotations
 
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from typing import Iterable, Iterator, Mapping, Sequence
 
 import grpc
 
-from edgeflow.errors import PeerUnavailable, TransportError
+from edgeflow.errors import BadReply, PeerUnavailable
 from edgeflow.transport._gen import agent_pb2 as pb
 from edgeflow.errors import InvalidRequest, RequestRejected
 from edgeflow.transport.messages import (
@@ -33,6 +34,8 @@ from edgeflow.transport.status import code_from_number, error_of
 from edgeflow.transport.wire import frame, split_fields
 
 __all__ = ["PeerClient", "LinkEstimate", "raise_for_error"]
+
+_UNEXPECTED_LIMIT = 64  # stream replies for ids not outstanding dropped before the stream is ended as a bad peer
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,7 @@ class PeerClient:
         self.address = address if not endpoints else ",".join([address, *endpoints])
         self._base_metadata = (*(bearer_metadata(token) or ()), *(metadata or {}).items())
         self.limits = limits
+        self.unexpected_replies = 0  # stream replies for ids never sent (or answered already): dropped
         target = channel_target(address, endpoints)
         options = channel_options(limits, keepalive, round_robin=bool(endpoints))
         if tls is not None:
@@ -105,8 +109,8 @@ class PeerClient:
             yield
         except grpc.RpcError as e:
             raise error_of(e.code(), e.details() or "", self.address) from None
-        except RequestRejected as e:  # a reply we cannot parse: the peer's fault
-            raise TransportError(f"peer {self.address} sent a bad reply: {e}") from None
+        except RequestRejected as e:  # a reply we cannot parse or that is over the bounds: the peer's fault
+            raise BadReply(f"peer {self.address} sent a bad reply: {e}") from None
 
     def wait_ready(self, timeout_s: float) -> None:
         """Block until the channel connects.
@@ -149,12 +153,43 @@ class PeerClient:
         """Pipeline ``calls`` over one InferStream; yields replies in completion order (match by id).
 
         Failed items come back with ``error_code`` set; see :func:`raise_for_error`. ``timeout_s`` bounds
-        the whole stream.
+        the whole stream. Only replies to requests outstanding are yielded: one for an id never sent (or answered
+        already) is dropped and counted (``unexpected_replies``), and past 64 of them the stream ends with
+        ``BadReply``; the stream ends as soon as every request sent has its reply.
         """
+        lock = threading.Lock()
+        outstanding: set[str] = set()  # ids sent and not answered yet
+        sent_all = threading.Event()
+
+        def requests() -> Iterator[bytes]:
+            for c in calls:
+                with lock:
+                    outstanding.add(c.request_id)
+                yield encode_request(c)
+            sent_all.set()
+
+        unexpected = 0
         with self._mapped():
-            requests = (encode_request(c) for c in calls)
-            for data in self._infer_stream(requests, timeout=timeout_s, metadata=self._metadata):
-                yield decode_reply(data, self.limits)
+            responses = self._infer_stream(requests(), timeout=timeout_s, metadata=self._metadata)
+            try:
+                for data in responses:
+                    reply = decode_reply(data, self.limits)
+                    with lock:
+                        known = reply.request_id in outstanding
+                        outstanding.discard(reply.request_id)
+                        finished = sent_all.is_set() and not outstanding
+                    if not known:  # never sent, or answered already: a peer's lie or bug, never the caller's answer
+                        unexpected += 1
+                        self.unexpected_replies += 1
+                        if unexpected > _UNEXPECTED_LIMIT:
+                            raise BadReply(f"peer {self.address} sent {unexpected} stream replies for requests not "
+                                           f"outstanding (e.g. {reply.request_id[:64]!r}): stream ended")  # fmt: skip
+                        continue
+                    yield reply
+                    if finished:  # every request answered: stop reading (a peer may keep sending)
+                        return
+            finally:
+                responses.cancel()  # ends the call now, not at its deadline (a no-op once it has ended)
 
     def probe(self, *, send_nbytes: int = 0, reply_nbytes: int = 0, echo: bool = False, timeout_s: float = 10.0) -> float:
         """Round trip of ``send_nbytes`` up and ``reply_nbytes`` (or the echo) down; returns seconds.
