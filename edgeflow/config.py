@@ -177,6 +177,7 @@ class QueuesConfig(_Section):
     compute: int = Field(8, ge=1, le=4096)
     inflight: int = Field(4, ge=1, le=1024)
     workers: int = Field(16, ge=2, le=1024)
+    streams_per_peer: int = Field(8, ge=1, le=1024)  # InferStreams one connection may hold at once
 
 
 class BatchingConfig(_Section):
