@@ -51,6 +51,9 @@ def raise_for_error(reply: InferReply, peer: str = "") -> InferReply:
     return reply
 
 
+_NOT_CONNECTED = "failed to connect to all addresses"  # gRPC's words for a call never sent: no connection
+
+
 class PeerClient:
     """A channel to one peer agent.
 
@@ -79,6 +82,7 @@ class PeerClient:
         endpoints: Sequence[str] = (),
     ):
         self.address = address if not endpoints else ",".join([address, *endpoints])
+        self._tls = tls is not None
         self._base_metadata = (*(bearer_metadata(token) or ()), *(metadata or {}).items())
         self.limits = limits
         target = channel_target(address, endpoints)
@@ -104,9 +108,44 @@ class PeerClient:
         try:
             yield
         except grpc.RpcError as e:
-            raise error_of(e.code(), e.details() or "", self.address) from None
+            raise error_of(e.code(), self._explained(e.code(), e.details() or ""), self.address) from None
         except RequestRejected as e:  # a reply we cannot parse: the peer's fault
             raise TransportError(f"peer {self.address} sent a bad reply: {e}") from None
+
+    def _explained(self, code: grpc.StatusCode | None, details: str) -> str:
+        """gRPC's connect failure, said plainly when it is a TLS handshake that failed."""
+        if code != grpc.StatusCode.UNAVAILABLE:
+            return details
+        if "handshake failed" in details.lower():
+            return f"TLS handshake failed: {details}"
+        if self._tls and _NOT_CONNECTED in details and "Socket closed" in details:
+            return f"TLS handshake failed (the peer closed the connection: does it trust our certificate?): {details}"
+        if not self._tls and _NOT_CONNECTED in details and "Socket closed" in details:
+            return f"TLS handshake failed? the peer closed a plaintext connection (does it serve TLS?): {details}"
+        return details
+
+    def _call(self, method: grpc.UnaryUnaryMultiCallable, request: bytes, *, timeout_s: float,
+              wait_for_ready: bool) -> bytes:  # fmt: skip
+        """One unary call. ``wait_for_ready``: a peer not reachable yet is retried until ``timeout_s`` (as gRPC's own
+        wait_for_ready does), but a failed TLS handshake ends the wait at once, as UNAVAILABLE saying so, instead
+        of DEADLINE_EXCEEDED after the whole timeout."""
+        deadline = time.monotonic() + timeout_s
+        pause = 0.02
+        for _ in range(100_000):  # bounded by the deadline long before
+            left = deadline - time.monotonic()
+            try:
+                return method(request, timeout=max(left, 0.0), wait_for_ready=False, metadata=self._metadata)
+            except grpc.RpcError as e:
+                details = e.details() or ""
+                not_sent = e.code() == grpc.StatusCode.UNAVAILABLE and _NOT_CONNECTED in details
+                if not (wait_for_ready and not_sent) or self._explained(e.code(), details) != details:
+                    raise
+                if time.monotonic() + pause >= deadline:
+                    raise error_of(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                   f"not reachable within {timeout_s:g} s: {details}", self.address) from None  # fmt: skip
+                time.sleep(pause)
+                pause = min(pause * 2, 0.5)
+        raise error_of(grpc.StatusCode.DEADLINE_EXCEEDED, "not reachable", self.address)  # pragma: no cover
 
     def wait_ready(self, timeout_s: float) -> None:
         """Block until the channel connects.
@@ -128,7 +167,7 @@ class PeerClient:
         req = pb.DescribeRequest(model_fingerprint=fingerprint, caller_role=role, with_upstream=with_upstream)
         req = req.SerializeToString()
         with self._mapped():
-            data = self._describe(req, timeout=timeout_s, wait_for_ready=True, metadata=self._metadata)
+            data = self._call(self._describe, req, timeout_s=timeout_s, wait_for_ready=True)
             return decode_description(data)
 
     def infer(self, call: InferCall, *, timeout_s: float, wait_for_ready: bool = False) -> InferReply:
@@ -142,7 +181,7 @@ class PeerClient:
     def infer_bytes(self, request: bytes, *, timeout_s: float, wait_for_ready: bool = False) -> InferReply:
         """Send an already encoded ``InferRequest`` (see :func:`~edgeflow.transport.messages.encode_request`)."""
         with self._mapped():
-            data = self._infer(request, timeout=timeout_s, wait_for_ready=wait_for_ready, metadata=self._metadata)
+            data = self._call(self._infer, request, timeout_s=timeout_s, wait_for_ready=wait_for_ready)
             return decode_reply(data, self.limits)
 
     def infer_stream(self, calls: Iterable[InferCall], *, timeout_s: float) -> Iterator[InferReply]:
