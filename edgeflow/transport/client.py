@@ -112,15 +112,17 @@ class PeerClient:
         except RequestRejected as e:  # a reply we cannot parse: the peer's fault
             raise TransportError(f"peer {self.address} sent a bad reply: {e}") from None
 
-    def _explained(self, code: grpc.StatusCode | None, details: str) -> str:
-        """gRPC's connect failure, said plainly when it is a TLS handshake that failed."""
+    def _explained(self, code: grpc.StatusCode | None, details: str, *, closed_twice: bool = False) -> str:
+        """gRPC's connect failure, said plainly when it is a TLS handshake that failed. ``closed_twice``: the peer
+        accepted the connection and closed it before any call, twice in a row (a killed peer closes once, then
+        refuses): what a TLS server does to a plaintext client or to a certificate it does not trust."""
         if code != grpc.StatusCode.UNAVAILABLE:
             return details
         if "handshake failed" in details.lower():
             return f"TLS handshake failed: {details}"
-        if self._tls and _NOT_CONNECTED in details and "Socket closed" in details:
+        if closed_twice and self._tls:
             return f"TLS handshake failed (the peer closed the connection: does it trust our certificate?): {details}"
-        if not self._tls and _NOT_CONNECTED in details and "Socket closed" in details:
+        if closed_twice:
             return f"TLS handshake failed? the peer closed a plaintext connection (does it serve TLS?): {details}"
         return details
 
@@ -128,19 +130,30 @@ class PeerClient:
               wait_for_ready: bool) -> bytes:  # fmt: skip
         """One unary call. ``wait_for_ready``: a peer not reachable yet is retried until ``timeout_s`` (as gRPC's own
         wait_for_ready does), but a failed TLS handshake ends the wait at once, as UNAVAILABLE saying so, instead
-        of DEADLINE_EXCEEDED after the whole timeout."""
+        of DEADLINE_EXCEEDED after the whole timeout. A call never sent is the only one retried."""
         deadline = time.monotonic() + timeout_s
-        pause = 0.02
+        pause, closed = 0.02, 0
         for _ in range(100_000):  # bounded by the deadline long before
             left = deadline - time.monotonic()
             try:
                 return method(request, timeout=max(left, 0.0), wait_for_ready=False, metadata=self._metadata)
             except grpc.RpcError as e:
-                details = e.details() or ""
-                not_sent = e.code() == grpc.StatusCode.UNAVAILABLE and _NOT_CONNECTED in details
-                if not (wait_for_ready and not_sent) or self._explained(e.code(), details) != details:
+                code, details = e.code(), e.details() or ""
+                if code != grpc.StatusCode.UNAVAILABLE or _NOT_CONNECTED not in details:
                     raise
+                if "handshake failed" in details.lower():
+                    raise
+                if "Socket closed" in details:
+                    closed += 1
+                    if closed >= 2:
+                        raise error_of(code, self._explained(code, details, closed_twice=True), self.address) from None
+                elif not wait_for_ready:
+                    raise
+                else:
+                    closed = 0
                 if time.monotonic() + pause >= deadline:
+                    if not wait_for_ready:
+                        raise
                     raise error_of(grpc.StatusCode.DEADLINE_EXCEEDED,
                                    f"not reachable within {timeout_s:g} s: {details}", self.address) from None  # fmt: skip
                 time.sleep(pause)
