@@ -17,12 +17,11 @@ from urllib.parse import parse_qsl
 import torch
 
 from edgeflow.agent.runtime import ModelRuntime
-from edgeflow.config import BUILTIN_PREFIX, NodeConfig
+from edgeflow.config import BUILTIN_PREFIX, ZOO_PREFIX, NodeConfig
 from edgeflow.errors import ArtifactError, ConfigError
 
 __all__ = ["ZOO_PREFIX", "load_runtime", "builtin_artifact_path"]
 
-ZOO_PREFIX = "zoo:"
 
 
 def _number(text: str) -> int | float | str:

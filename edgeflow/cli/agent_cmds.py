@@ -81,6 +81,8 @@ def read_node_file(
         data = yaml.safe_load(text)  # safe_load: plain data only, no object construction
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
     cfg = NodeConfig.from_mapping(data, source=str(path)).resolve_paths(path.resolve().parent)
     overrides: dict[str, Any] = {}
     if port is not None:

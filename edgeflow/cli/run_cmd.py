@@ -89,6 +89,8 @@ def read_scenario(path: Path, **overrides: Any) -> tuple[Any, dict[str, Any]]:
         data = yaml.safe_load(text)  # plain data only
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
     scenario = Scenario.from_mapping(data, source=str(path))
     if overrides:
         scenario = scenario.with_overrides(**overrides)

@@ -54,6 +54,9 @@ def raise_for_error(reply: InferReply, peer: str = "") -> InferReply:
     return reply
 
 
+_NOT_CONNECTED = "failed to connect to all addresses"  # gRPC's words for a call never sent: no connection
+
+
 class PeerClient:
     """A channel to one peer agent.
 
@@ -82,6 +85,7 @@ class PeerClient:
         endpoints: Sequence[str] = (),
     ):
         self.address = address if not endpoints else ",".join([address, *endpoints])
+        self._tls = tls is not None
         self._base_metadata = (*(bearer_metadata(token) or ()), *(metadata or {}).items())
         self.limits = limits
         self.unexpected_replies = 0  # stream replies for ids never sent (or answered already): dropped
@@ -108,9 +112,57 @@ class PeerClient:
         try:
             yield
         except grpc.RpcError as e:
-            raise error_of(e.code(), e.details() or "", self.address) from None
+            raise error_of(e.code(), self._explained(e.code(), e.details() or ""), self.address) from None
         except RequestRejected as e:  # a reply we cannot parse or that is over the bounds: the peer's fault
             raise BadReply(f"peer {self.address} sent a bad reply: {e}") from None
+
+    def _explained(self, code: grpc.StatusCode | None, details: str, *, closed_twice: bool = False) -> str:
+        """gRPC's connect failure, said plainly when it is a TLS handshake that failed. ``closed_twice``: the peer
+        accepted the connection and closed it before any call, twice in a row (a killed peer closes once, then
+        refuses): what a TLS server does to a plaintext client or to a certificate it does not trust."""
+        if code != grpc.StatusCode.UNAVAILABLE:
+            return details
+        if "handshake failed" in details.lower():
+            return f"TLS handshake failed: {details}"
+        if closed_twice and self._tls:
+            return f"TLS handshake failed (the peer closed the connection: does it trust our certificate?): {details}"
+        if closed_twice:
+            return f"TLS handshake failed? the peer closed a plaintext connection (does it serve TLS?): {details}"
+        return details
+
+    def _call(self, method: grpc.UnaryUnaryMultiCallable, request: bytes, *, timeout_s: float,
+              wait_for_ready: bool) -> bytes:  # fmt: skip
+        """One unary call. ``wait_for_ready``: a peer not reachable yet is retried until ``timeout_s`` (as gRPC's own
+        wait_for_ready does), but a failed TLS handshake ends the wait at once, as UNAVAILABLE saying so, instead
+        of DEADLINE_EXCEEDED after the whole timeout. A call never sent is the only one retried."""
+        deadline = time.monotonic() + timeout_s
+        pause, closed = 0.02, 0
+        for _ in range(100_000):  # bounded by the deadline long before
+            left = deadline - time.monotonic()
+            try:
+                return method(request, timeout=max(left, 0.0), wait_for_ready=False, metadata=self._metadata)
+            except grpc.RpcError as e:
+                code, details = e.code(), e.details() or ""
+                if code != grpc.StatusCode.UNAVAILABLE or _NOT_CONNECTED not in details:
+                    raise
+                if "handshake failed" in details.lower():
+                    raise
+                if "Socket closed" in details:
+                    closed += 1
+                    if closed >= 2:
+                        raise error_of(code, self._explained(code, details, closed_twice=True), self.address) from None
+                elif not wait_for_ready:
+                    raise
+                else:
+                    closed = 0
+                if time.monotonic() + pause >= deadline:
+                    if not wait_for_ready:
+                        raise
+                    raise error_of(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                   f"not reachable within {timeout_s:g} s: {details}", self.address) from None  # fmt: skip
+                time.sleep(pause)
+                pause = min(pause * 2, 0.5)
+        raise error_of(grpc.StatusCode.DEADLINE_EXCEEDED, "not reachable", self.address)  # pragma: no cover
 
     def wait_ready(self, timeout_s: float) -> None:
         """Block until the channel connects.
@@ -132,7 +184,7 @@ class PeerClient:
         req = pb.DescribeRequest(model_fingerprint=fingerprint, caller_role=role, with_upstream=with_upstream)
         req = req.SerializeToString()
         with self._mapped():
-            data = self._describe(req, timeout=timeout_s, wait_for_ready=True, metadata=self._metadata)
+            data = self._call(self._describe, req, timeout_s=timeout_s, wait_for_ready=True)
             return decode_description(data)
 
     def infer(self, call: InferCall, *, timeout_s: float, wait_for_ready: bool = False) -> InferReply:
@@ -146,7 +198,7 @@ class PeerClient:
     def infer_bytes(self, request: bytes, *, timeout_s: float, wait_for_ready: bool = False) -> InferReply:
         """Send an already encoded ``InferRequest`` (see :func:`~edgeflow.transport.messages.encode_request`)."""
         with self._mapped():
-            data = self._infer(request, timeout=timeout_s, wait_for_ready=wait_for_ready, metadata=self._metadata)
+            data = self._call(self._infer, request, timeout_s=timeout_s, wait_for_ready=wait_for_ready)
             return decode_reply(data, self.limits)
 
     def infer_stream(self, calls: Iterable[InferCall], *, timeout_s: float) -> Iterator[InferReply]:
