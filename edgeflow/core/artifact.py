@@ -265,6 +265,7 @@ def load_artifact(path: str | os.PathLike[str], expect_fingerprint: str | None =
         if not isinstance(config_fields, dict):
             raise ValueError(f"config must be a JSON object, got {type(config_fields).__name__}")
         config = make_config(arch, **config_fields)
+        config_json = config_to_json(config)  # refuses what JSON cannot carry back (inf, nan)
     with _untrusted(where, "malformed exit specs"):
         spec_list = _parse_json(meta("exits"))
         if not isinstance(spec_list, list):
@@ -275,7 +276,7 @@ def load_artifact(path: str | os.PathLike[str], expect_fingerprint: str | None =
         _check_size(cal_text)
         calibration = None if cal_text == "null" else CalibrationTable.from_json(cal_text)
 
-    fp = fingerprint(arch, config, tensors, specs, cal_text)
+    fp = fingerprint(arch, config_json, tensors, specs, cal_text)
     stored = meta("fingerprint")
     if stored != fp:
         raise ArtifactError(f"{where}: content fingerprint {fp[:16]}… does not match the stored {stored[:16]}… (tampered or corrupt)")
