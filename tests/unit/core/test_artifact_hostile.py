@@ -103,7 +103,7 @@ def test_hostile_width_is_refused_on_meta_naming_the_mismatch(saved, tmp_path):
     with pytest.raises(ArtifactError, match=r"model config asks for \d+ parameters .* at most 1000000000"):
         load_artifact(bad)  # resnet18 at width 4096: ~46e9 parameters, refused by the bound
     bad = _edit(path, tmp_path / "w16.safetensors", _widen(16), refingerprint=True)
-    with pytest.raises(ArtifactError, match=r"model weight 'conv1.weight': expected torch.float32 \(16, 3, 3, 3\), got torch.float32 \(4, 3, 3, 3\)"):
+    with pytest.raises(ArtifactError, match=r"model weight 'conv1.weight': expected torch.float32 \(16, 3, 7, 7\), got torch.float32 \(4, 3, 7, 7\)"):
         load_artifact(bad)  # within the bound: the shapes on the meta build name the mismatch
 
 
