@@ -219,11 +219,26 @@ def _check_weights(expected: Mapping[str, torch.Tensor], got: Mapping[str, torch
             )
 
 
+def _declared_nbytes(sl: Any) -> int:
+    numel = 1
+    for d in sl.get_shape():
+        numel *= int(d)
+    bits = "".join(c for c in str(sl.get_dtype()) if c.isdigit())
+    return numel * max(1, int(bits or 64) // 8)
+
+
 def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             metadata = f.metadata() or {}
+            declared = sum(_declared_nbytes(f.get_slice(k)) for k in f.keys())
+            if declared > MAX_PARAM_BYTES:  # checked from the header, before any tensor is read
+                raise ArtifactError(
+                    f"artifact {str(path)!r} declares {declared} bytes of tensors; at most {MAX_PARAM_BYTES} are allowed"
+                )
             tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except ArtifactError:
+        raise
     except FileNotFoundError:
         raise ArtifactError(f"artifact {str(path)!r} does not exist") from None
     except Exception as e:  # safetensors raises SafetensorError and others on a malformed file

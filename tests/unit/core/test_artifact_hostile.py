@@ -170,3 +170,10 @@ def test_oversized_metadata_is_refused_before_parsing(saved, tmp_path, monkeypat
     monkeypatch.setattr(artifact_mod, "MAX_METADATA_CHARS", 100)
     with pytest.raises(ArtifactError, match="more than the 100 allowed"):
         load_artifact(path)
+
+
+def test_declared_tensor_bytes_are_bounded_from_the_header(saved, monkeypatch):
+    path, _ = saved
+    monkeypatch.setattr(artifact_mod, "MAX_PARAM_BYTES", 1000)
+    with pytest.raises(ArtifactError, match=r"declares \d+ bytes of tensors; at most 1000 are allowed"):
+        load_artifact(path)
