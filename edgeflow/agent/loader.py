@@ -63,7 +63,9 @@ def load_runtime(config: NodeConfig) -> ModelRuntime:
         model, example = _zoo(spec[len(ZOO_PREFIX) :])
         rt = ModelRuntime(model, example, device=device, max_batch=max_batch)
         if config.model.fingerprint and config.model.fingerprint != rt.fingerprint:
-            raise ArtifactError(f"{spec}: fingerprint {rt.fingerprint}, node file expects {config.model.fingerprint}")
+            raise ArtifactError(
+                f"{spec}: fingerprint {rt.fingerprint} differs from the pinned model.fingerprint {config.model.fingerprint}"
+            )
         return rt
     from edgeflow.core.artifact import load_artifact
 

@@ -94,6 +94,8 @@ def read_node_file(
         overrides["plan"] = plan
     if artifact is not None:
         overrides["model.artifact"] = artifact
+        if artifact != cfg.model.artifact:
+            overrides["model.fingerprint"] = None  # the file's pin names the file's artifact, not this one
     return cfg.with_overrides(**overrides) if overrides else cfg
 
 
