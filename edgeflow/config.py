@@ -47,6 +47,8 @@ __all__ = [
 AUTO_PLAN = "auto"  # plan: auto -- the device chooses the plan live (planner section); upstream tiers follow it
 
 BUILTIN_PREFIX = "builtin:"  # model.artifact "builtin:demo" = edgeflow/weights/demo.safetensors
+ZOO_PREFIX = "zoo:"  # model.artifact "zoo:resnet18?width=8" = a seeded zoo model, not a path
+_SECRET_KEY = re.compile(r"token|secret|password|key|authorization", re.IGNORECASE)  # never echoed in errors
 _ADDRESS = re.compile(r"(?P<host>\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.\-]+):(?P<port>[0-9]{1,5})")
 
 
@@ -61,7 +63,7 @@ Address = Annotated[str, AfterValidator(_check_address)]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # every number finite
 
 
 class ListenConfig(_Section):
@@ -176,9 +178,10 @@ class DeadlinesConfig(_Section):
     shorter, wins), ``connect_s`` for reaching the upstream peer, ``shutdown_grace_s`` for in-flight requests
     after SIGTERM."""
 
-    request_s: float = Field(30.0, gt=0)
-    connect_s: float = Field(10.0, gt=0)
-    shutdown_grace_s: float = Field(5.0, ge=0)
+    request_s: float = Field(30.0, gt=0, le=3600)  # finite: an unbounded deadline holds a slot forever
+    connect_s: float = Field(10.0, gt=0, le=600)
+    shutdown_grace_s: float = Field(5.0, ge=0, le=600)
+    stream_idle_s: float = Field(10.0, gt=0, le=600)  # an InferStream that sends nothing this long is ended
 
 
 class QueuesConfig(_Section):
@@ -189,6 +192,7 @@ class QueuesConfig(_Section):
     compute: int = Field(8, ge=1, le=4096)
     inflight: int = Field(4, ge=1, le=1024)
     workers: int = Field(16, ge=2, le=1024)
+    streams_per_peer: int = Field(8, ge=1, le=1024)  # InferStreams one connection may hold at once
 
 
 class BatchingConfig(_Section):
@@ -224,16 +228,16 @@ class FallbackConfig(_Section):
 
     enabled: bool = True
     safety_factor: float = Field(2.0, ge=1.0)  # profiles are medians of a quiet machine; x2 covers a busy one
-    local_margin_s: float = Field(0.05, ge=0)  # plus decode, encode and thread hand-offs
+    local_margin_s: float = Field(0.05, ge=0, le=60)  # plus decode, encode and thread hand-offs
     slo_ms: float | None = Field(None, gt=0)  # latency target per request at the source; null: planner.slo_ms
     stall_factor: float = Field(4.0, ge=0)  # x the predicted latency; 0: off
-    stall_min_ms: float = Field(200.0, gt=0)  # never sooner: predictions of a few ms miss a cold path or a GC
+    stall_min_ms: float = Field(200.0, gt=0, le=600_000)  # never sooner: predictions of a few ms miss a cold path or a GC
 
 
 class LimitsConfig(_Section):
     """Message limits, set on the server and on the upstream channel alike."""
 
-    max_message_mb: float = Field(64.0, gt=0, le=2047)  # gRPC caps messages below 2 GiB
+    max_message_mb: float = Field(64.0, ge=1, le=2047)  # gRPC caps messages below 2 GiB
     max_tensors: int = Field(32, ge=1, le=4096)
 
 
@@ -241,8 +245,8 @@ class KeepaliveConfig(_Section):
     """HTTP/2 keepalive; the same numbers configure this node's server and its upstream channel, and the
     peers' files should carry the same values (the server tolerates pings down to half ``time_s``)."""
 
-    time_s: float = Field(30.0, ge=1.0)
-    timeout_s: float = Field(10.0, ge=0.1)
+    time_s: float = Field(30.0, ge=1.0, le=86_400)  # gRPC takes milliseconds as a C int: bounded well below
+    timeout_s: float = Field(10.0, ge=0.1, le=3600)
     permit_without_calls: bool = True
 
 
@@ -259,9 +263,9 @@ class PlannerConfig(_Section):
     max_accuracy_drop_pts: float = Field(1.0, ge=0)  # accuracy floor: points below the full model, never crossed
     privacy: bool = False  # the raw input never leaves the device
     margin: float = Field(0.10, ge=0, lt=1)  # relative gain a better plan must keep ...
-    hold_s: float = Field(0.1, ge=0)  # ... for this long (0.1, not the replanner's 0.3: a switch by the 3rd slow request) ...
+    hold_s: float = Field(0.1, ge=0, le=3600)  # ... for this long (0.1, not the replanner's 0.3: a switch by the 3rd slow request) ...
     min_evaluations: int = Field(2, ge=1)  # ... and this many requests in a row
-    min_interval_s: float = Field(1.0, ge=0)  # the least time between two switches
+    min_interval_s: float = Field(1.0, ge=0, le=3600)  # the least time between two switches
     activation_codecs: list[str] | None = None  # codecs tried at cuts; None: every activation codec
     # codecs tried for the raw input when the device runs nothing; png/jpeg only if they take the profiled input
     input_codecs: list[str] = ["lossless"]
@@ -269,7 +273,7 @@ class PlannerConfig(_Section):
     probe: bool = True  # probe links that carried no usable transfer for a while (Probe RPC)
     fallback_bandwidth_mbit: float = Field(100.0, gt=0)  # a link's bandwidth until it is measured
     fallback_rtt_ms: float = Field(2.0, ge=0)  # and its round trip
-    down_probe_s: float = Field(0.25, gt=0)  # a tier found down (a reply fell back) is probed this often until back
+    down_probe_s: float = Field(0.25, gt=0, le=3600)  # a tier found down (a reply fell back) is probed this often until back
     # a call upstream out longer than suspect_factor x its request's prediction (at least suspect_min_ms) makes its
     # tier suspect: later requests are planned without it until that call ends (0: off; see agent/source.py)
     suspect_factor: float = Field(2.0, ge=0, le=1000)
@@ -283,6 +287,15 @@ class MetricsConfig(_Section):
 
     port: int | None = Field(None, ge=0, le=65535)
     host: str = "127.0.0.1"
+
+
+class MemoryConfig(_Section):
+    """The device's result memory (``edgeflow.agent.memory``): identical inputs answered again from a bounded LRU,
+    without compute or transfer. Off by default; a device only."""
+
+    enabled: bool = False
+    max_entries: int = Field(1024, ge=1, le=1_000_000)
+    max_mb: float = Field(64.0, gt=0, le=65536)
 
 
 class TracingConfig(_Section):
@@ -347,6 +360,7 @@ class NodeConfig(_Section):
     metrics: MetricsConfig = MetricsConfig()
     tracing: TracingConfig = TracingConfig()
     ray: RayConfig = RayConfig()
+    memory: MemoryConfig = MemoryConfig()
 
     @field_validator("plan")
     @classmethod
@@ -362,6 +376,9 @@ class NodeConfig(_Section):
     def _chain(self) -> "NodeConfig":
         if self.tls is not None and self.tls.cert is None:
             raise ValueError("tls: a server needs cert and key")
+        if self.memory.enabled and self.role != "device":
+            raise ValueError(f"memory: the result memory is the device's (inputs enter the chain there), not the "
+                             f"{self.role}'s")  # fmt: skip
         if self.plan == AUTO_PLAN:
             return self  # any chain: the device's live planner decides, over whatever upstream there is
         plan = Plan.parse(self.plan)
@@ -423,7 +440,7 @@ class NodeConfig(_Section):
             return str(base / p) if p and not Path(p).is_absolute() else p
 
         data = self.model_dump(mode="json", exclude_none=True)
-        if not data["model"]["artifact"].startswith((BUILTIN_PREFIX, "zoo:")):  # named artifacts, not paths
+        if not data["model"]["artifact"].startswith((BUILTIN_PREFIX, ZOO_PREFIX)):
             data["model"]["artifact"] = fix(data["model"]["artifact"])
         up = data.get("upstream", {})
         for section in (data.get("tls"), up.get("tls"), data.get("auth"), up.get("auth")):
@@ -443,6 +460,8 @@ def _describe(e: ValidationError, source: str) -> list[str]:
             lines.append(f"{source}: {msg}")  # a cross-field check that names its own field
         else:
             given = err.get("input")
-            shown = f" (got {given!r})" if err["type"] != "missing" and not isinstance(given, (dict, list)) else ""
+            secret = any(isinstance(p, str) and _SECRET_KEY.search(p) for p in err["loc"]) or "auth" in err["loc"]
+            plain = err["type"] != "missing" and not isinstance(given, (dict, list)) and not secret
+            shown = f" (got {given!r})" if plain else ""
             lines.append(f"{source}: {loc or '<root>'}: {msg}{shown}")
     return lines

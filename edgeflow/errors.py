@@ -18,6 +18,7 @@
     └── TransportError     talking to a peer failed
         ├── PeerUnavailable
         ├── DeadlineExceeded
+        ├── BadReply       the peer's reply failed admission (DATA_LOSS when relayed)
         └── RemoteError    the peer answered with an error status
 
 OS and library errors are translated into these once, at the edge (transport for gRPC).
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 __all__ = [
     "EdgeflowError",
+    "BadReply",
     "PartitionError",
     "CodecError",
     "ArtifactError",
@@ -86,6 +88,12 @@ class PeerUnavailable(TransportError):
 
 class DeadlineExceeded(TransportError):
     """The call did not complete within its deadline."""
+
+
+class BadReply(TransportError):
+    """A peer's reply failed admission (another request's id or model, a position or exit the plan does not allow,
+    tensors that are not what the model produces there, payloads that disagree with their declaration, oversized
+    breakdowns): the peer's fault. A tier falls back from it; relayed down the chain it is DATA_LOSS."""
 
 
 class RequestRejected(EdgeflowError):

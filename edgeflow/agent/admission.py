@@ -10,6 +10,9 @@ itself (a fallback) — pass :meth:`Admission.admit` once:
 3. **decoded**: each payload's codec must be known and its header must agree with the declaration; decoding is
    bounded by the declared size, so a payload cannot make the agent allocate more than it declared.
 
+Replies are admitted the same way (:meth:`Admission.check_reply`, :meth:`Admission.decode_reply`): an agent trusts
+an upstream's answer no more than a caller's request; a reply that fails is a :class:`~edgeflow.errors.BadReply`.
+
 Codec specs are parsed once and kept in a bounded cache (:class:`CodecCache`): requests name a handful, hostile ones
 could name millions.
 """
@@ -27,8 +30,9 @@ import torch
 from edgeflow.agent.compute import MemoryBudget
 from edgeflow.agent.runtime import ModelRuntime
 from edgeflow.core.codecs import CODEC_NAMES, Codec, DecodeLimits, codec_from_spec, decode, read_header
-from edgeflow.errors import CodecError
-from edgeflow.transport import InvalidRequest, WireTensor, datatype_of
+from edgeflow.core.plan import TIERS, Plan
+from edgeflow.errors import BadReply, CodecError
+from edgeflow.transport import InferReply, InvalidRequest, WireTensor, datatype_of
 
 __all__ = ["CodecCache", "Admitted", "Admission"]
 
@@ -105,7 +109,14 @@ class Admission:
             self.memory.release(nbytes)
 
     def _decode(self, index: int, t: WireTensor, position: int) -> torch.Tensor:
-        label = f"input {index} ({t.name!r}) at position {position}"
+        limits = self._checked(f"input {index} ({t.name!r}) at position {position}", t)
+        value = decode(t.payload, limits)
+        device = self.runtime.device
+        return value.to(device, non_blocking=True) if device.type != "cpu" else value
+
+    def _checked(self, label: str, t: WireTensor) -> DecodeLimits:
+        """The decode limits of ``t``, its declared size, once its codec and payload header agree with its
+        declaration (InvalidRequest if not)."""
         if t.codec.split(":")[0] not in CODEC_NAMES:
             raise InvalidRequest(f"{label}: unknown codec {t.codec!r}; known: {', '.join(CODEC_NAMES)}")
         try:
@@ -123,9 +134,64 @@ class Admission:
                 f"{label}: declared {t.datatype} {list(t.shape)} but the payload holds "
                 f"{datatype_of(got_dtype)} {list(header.shape)}"
             )
-        value = decode(t.payload, limits)
-        device = self.runtime.device
-        return value.to(device, non_blocking=True) if device.type != "cpu" else value
+        return limits
+
+    # ------------------------------------------------------------------------------------ replies
+    def check_reply(self, reply: InferReply, *, request_id: str, fingerprint: str, role: str, sent: int, batch: int,
+                    plan: Plan) -> None:  # fmt: skip
+        """Admit an upstream's ``reply`` to the request this agent sent with the values at position ``sent`` under
+        ``plan`` (batch ``batch``), as a request is admitted, before it is decoded or relayed: the same request id
+        and model fingerprint; no stream-only fields; the position is the model output and any exit is one of the
+        plan's beyond ``sent`` (the upstream's range); the tensors are what the model produces there (count,
+        datatype, shape with the request's batch); each payload's codec and header agree with its declaration, so
+        decoding is bounded by the expected size (:meth:`decode_reply`); the answering tier is one after this one.
+
+        Raises:
+            BadReply: the first check that fails, in words.
+        """
+        if reply.request_id != request_id:
+            raise BadReply(f"reply is for request {reply.request_id[:64]!r}, this one is {request_id!r}")
+        if reply.fingerprint != fingerprint:
+            raise BadReply(f"reply carries model fingerprint {reply.fingerprint[:64]!r}, the chain serves {fingerprint}")
+        if reply.error_code or reply.error_message:
+            raise BadReply(f"a unary reply carries the stream-only error_code {reply.error_code}")
+        n = self.runtime.num_positions
+        if reply.position != n:
+            raise BadReply(f"reply at position {reply.position}, expected the model output {n}")
+        b = reply.breakdown
+        after = TIERS[TIERS.index(role) + 1 :]  # a relaying tier may finish a request itself (a fallback)
+        if b.answered_by not in after:
+            raise BadReply(f"reply answered by {b.answered_by[:32]!r}, not a tier after the {role}: {list(after)}")
+        if b.exit_position != -1:
+            allowed = sorted(e.position for e in plan.exits if e.position > sent and e.position in self.runtime.exits)
+            if b.exit_position not in allowed:
+                raise BadReply(f"reply exit at position {b.exit_position}: the plan's exits past {sent} are {allowed}")
+            dtype = self.runtime.cut_info(n).tensors[0].dtype  # the heads compute in the model's precision
+            expected = [(dtype, (batch, self.runtime.exits[b.exit_position].spec.num_classes))]
+        else:
+            expected = [(i.dtype, (batch, *i.shape[1:]) if i.shape else ()) for i in self.runtime.cut_info(n).tensors]
+        if len(reply.tensors) != len(expected):
+            raise BadReply(f"reply holds {len(reply.tensors)} tensors, the model produces {len(expected)} there")
+        for i, (t, (dtype, shape)) in enumerate(zip(reply.tensors, expected)):
+            label = f"reply tensor {i} ({t.name[:32]!r})"
+            if t.datatype != datatype_of(dtype) or tuple(t.shape) != tuple(shape):
+                raise BadReply(f"{label} is {t.datatype} {list(t.shape)}, the model produces {datatype_of(dtype)} "
+                               f"{list(shape)}")  # fmt: skip
+            try:
+                self._checked(label, t)
+            except (InvalidRequest, CodecError) as e:
+                raise BadReply(str(e)) from None
+
+    def decode_reply(self, tensors: Sequence[WireTensor]) -> list[torch.Tensor]:
+        """Decode an admitted reply's tensors (:meth:`check_reply`), each bounded by its declared size.
+
+        Raises:
+            BadReply: a payload corrupt past its header.
+        """
+        try:
+            return [decode(t.payload, self._checked(f"reply tensor {i}", t)) for i, t in enumerate(tensors)]
+        except (InvalidRequest, CodecError) as e:
+            raise BadReply(str(e)) from None
 
 
 def _numel(shape: Sequence[int]) -> int:

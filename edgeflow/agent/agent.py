@@ -45,12 +45,13 @@ from edgeflow.agent.failover import failure_kind, fallback_reason, reserve_s, up
 from edgeflow.agent.gate import RequestGate
 from edgeflow.agent.replay import ReplyCache, request_key
 from edgeflow.agent.runtime import ModelRuntime, RunOutcome
+from edgeflow.agent.memory import Remembered, ResultMemory
 from edgeflow.agent.source import Source, Ticket
 from edgeflow.agent.upstream import Upstream
 from edgeflow.config import NodeConfig
-from edgeflow.core.codecs import CODEC_NAMES, Codec, DecodeLimits, decode
+from edgeflow.core.codecs import CODEC_NAMES, Codec
 from edgeflow.core.plan import TIERS, ExitPoint, Plan
-from edgeflow.errors import ConfigError, DeadlineExceeded, NoUpstream, PlanError, TransportError
+from edgeflow.errors import BadReply, ConfigError, DeadlineExceeded, NoUpstream, PlanError, TransportError
 from edgeflow.transport import (
     Breakdown,
     Counters,
@@ -146,11 +147,14 @@ class Agent:
         self.replies = ReplyCache()  # idempotent request ids
         self._fallback_lock = threading.Lock()  # _reserve_profile
         self._reserve_profile: list[RangeProfile] | None = None  # without a handshake profile: measured when needed
+        self.bad_replies = 0  # upstream replies that failed admission (see Admission.check_reply)
         # the device is where requests enter the chain (see the module doc)
         self.source: Source | None = None
         self.metrics: Metrics | None = None  # set by wiring.build_agent; observes local inputs (submit_local)
         if self.role == TIERS[0]:
             self.source = Source(config, config.parsed_plan, idle=lambda: self.compute.idle)
+        # identical inputs answered again without compute or transfer (a device, ``memory.enabled``)
+        self.result_memory = ResultMemory(config.memory, self.fingerprint) if config.memory.enabled else None
 
     # ------------------------------------------------------------------------------------ handshake
     def describe(self, caller_fingerprint: str = "", caller_role: str = "") -> Description:
@@ -322,7 +326,8 @@ class Agent:
             block: wait for room in the compute queue (backpressure) instead of raising Overloaded.
             plan: go by this plan (its ``input_codec`` codes the raw input when the device runs nothing) instead
                 of the current one; the live planner predicts it and learns from its reply but does not re-plan.
-            learn: feed the reply to the live planner (False: a warm-up the planner should not see).
+            learn: feed the reply to the live planner (False: a warm-up the planner should not see; it neither
+                reads nor fills the result memory).
 
         Raises:
             InvalidRequest: the input does not fit the model, or the plan does not fit the model or this chain.
@@ -344,6 +349,13 @@ class Agent:
         """One input entering the chain here, at position 0, by its ticket's plan (see the module doc)."""
         t0 = time.monotonic()
         source = self.source
+        memory, key, now_plan = (self.result_memory if learn else None), b"", ""  # a warm-up neither hits nor stays
+        if memory is not None:
+            now_plan = str(forced or (source.current_plan() if source is not None else self.plan))
+            key = memory.key(values, now_plan)
+            hit = memory.get(key)
+            if hit is not None:  # no ticket: nothing runs, nothing to predict or learn from
+                return self._remembered(request_id, hit, now_plan, t0, decode_s, bytes_in)
         ticket = source.ticket(forced, t0) if source is not None else Ticket(forced or self.plan, forced=forced is not None)
         try:
             answer, timing = self._enter_as(request_id, values, deadline, ticket, block=block, decode_s=decode_s,
@@ -355,9 +367,18 @@ class Agent:
         out = answer.values
         if out is None:
             t = time.monotonic()
-            out = [decode(w.payload, DecodeLimits()) for w in answer.wire or []]
+            out = self.admission.decode_reply(answer.wire or [])  # (decoded in call_upstream: not reached)
             timing.decode_s += time.monotonic() - t
         self._finish(timing, t0)
+        if memory is not None:
+            b = answer.breakdown
+            b.memory = "miss"
+            if not b.fallback:  # only what went by its plan: a fallback's answer is another path's
+                if str(ticket.plan) != now_plan:  # the plan switched between the look-up and the ticket
+                    key = memory.key(values, str(ticket.plan))
+                memory.put(key, out, position=answer.position, answered_by=b.answered_by,
+                           exit_position=b.exit_position, exit_confidence=b.exit_confidence,
+                           saved_bytes=sum(t.bytes_out + t.bytes_back for t in b.tiers))  # fmt: skip
         if source is not None:
             if learn:
                 source.learn(ticket, answer.breakdown)
@@ -366,6 +387,15 @@ class Agent:
                 source.release(ticket)
         return LocalAnswer(request_id, out, answer.position, answer.breakdown, str(ticket.plan), ticket.predicted_s,
                            ticket.predicted_outcome_s(answer.breakdown.exit_position))  # fmt: skip
+
+    def _remembered(self, request_id: str, hit: Remembered, plan: str, t0: float, decode_s: float,
+                    bytes_in: int) -> LocalAnswer:  # fmt: skip
+        """An input answered from the result memory: the tier that computed the answer first is ``answered_by``."""
+        timing = TierTiming(self.role, 0, 0, decode_s=decode_s, bytes_in=bytes_in)
+        self._finish(timing, t0)
+        b = Breakdown([timing], hit.answered_by, hit.exit_position, hit.exit_confidence, memory="hit",
+                      memory_saved_bytes=hit.saved_bytes)  # fmt: skip
+        return LocalAnswer(request_id, [v.clone() for v in hit.values], hit.position, b, plan)
 
     def _enter_as(self, request_id: str, values: list[torch.Tensor], deadline: float, ticket: Ticket, *, block: bool,
                   decode_s: float, bytes_in: int) -> tuple[_Answer, TierTiming]:  # fmt: skip
@@ -519,17 +549,39 @@ class Agent:
             TransportError: the call failed.
         """
         assert self.upstream is not None
+        batch = self.runtime.check_wire_tensors(position, wire)  # (a relay's payloads were not admitted yet)
         data = encode_request(InferCall(request_id, self.fingerprint, position, wire, plan=plan_text))
         timing.bytes_out = len(data)
         self.upstream.handshake(deadline)  # once; kept out of the network time
         t = time.monotonic()
-        reply = self.upstream.infer_bytes(data, deadline)
-        call_s = time.monotonic() - t
+        try:
+            reply = self.upstream.infer_bytes(data, deadline)
+            call_s = time.monotonic() - t
+            self.admission.check_reply(reply, request_id=request_id, fingerprint=self.fingerprint, role=self.role,
+                                       sent=position, batch=batch, plan=self.plan_of(plan_text))  # fmt: skip
+            # decoded here, at every tier, bounded by the expected output: a payload corrupt past its header (a
+            # zstd body that declares a gigabyte) is fallen back from here, not relayed (a reply is the model's
+            # output or an exit's logits: small next to the activations this tier sent)
+            t_decode = time.monotonic()
+            values = self.admission.decode_reply(reply.tensors)
+            timing.decode_s += time.monotonic() - t_decode
+        except BadReply as e:
+            self._bad_reply(e)
+            raise
         up = reply.breakdown
         timing.network_s = max(0.0, call_s - (up.tiers[0].total_s if up.tiers else 0.0))
         timing.bytes_back = reply.wire_nbytes
         b = Breakdown([timing, *up.tiers], up.answered_by, up.exit_position, up.exit_confidence, up.fallback)
-        return _Answer(reply.position, b, wire=reply.tensors)
+        return _Answer(reply.position, b, values=values, wire=reply.tensors)
+
+    def _bad_reply(self, e: BadReply) -> None:
+        """Count and log an upstream's reply that failed admission (the caller falls back from it, or relays an
+        error: never the reply)."""
+        with self._fallback_lock:
+            self.bad_replies += 1
+        d = self.upstream.description if self.upstream is not None else None
+        _log.warning("bad reply from upstream %s at %s: %s", d.role if d is not None else "?",
+                     self.upstream.address if self.upstream is not None else "?", e)  # fmt: skip
 
     def _finish_here(
         self,

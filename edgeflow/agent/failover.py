@@ -15,14 +15,14 @@ from __future__ import annotations
 from typing import Sequence
 
 from edgeflow.config import FallbackConfig
-from edgeflow.errors import DeadlineExceeded, PeerUnavailable, RemoteError
+from edgeflow.errors import BadReply, DeadlineExceeded, PeerUnavailable, RemoteError
 from edgeflow.transport import RangeProfile
 
 __all__ = ["FALLBACK_CODES", "failure_kind", "reserve_s", "upstream_deadline", "fallback_reason"]
 
 # Remote status codes a tier covers: the peer is going away, overloaded, aborted or broke inside. Not
 # INVALID_ARGUMENT / FAILED_PRECONDITION / UNIMPLEMENTED / UNAUTHENTICATED...: those are bugs or mis-deployments.
-FALLBACK_CODES = frozenset({"UNAVAILABLE", "RESOURCE_EXHAUSTED", "ABORTED", "INTERNAL", "CANCELLED"})
+FALLBACK_CODES = frozenset({"UNAVAILABLE", "RESOURCE_EXHAUSTED", "ABORTED", "INTERNAL", "CANCELLED", "DATA_LOSS"})
 _MAX_DETAIL = 160  # characters of the peer's error kept in the reason
 
 
@@ -30,6 +30,8 @@ def failure_kind(exc: BaseException) -> str | None:
     """A few words for an upstream failure a tier may cover by finishing itself; ``None`` for one it must not."""
     if isinstance(exc, PeerUnavailable):
         return "unavailable"
+    if isinstance(exc, BadReply):
+        return "sent a bad reply"
     if isinstance(exc, DeadlineExceeded):
         return "did not answer in time"
     if isinstance(exc, RemoteError) and exc.code in FALLBACK_CODES:

@@ -17,12 +17,11 @@ from urllib.parse import parse_qsl
 import torch
 
 from edgeflow.agent.runtime import ModelRuntime
-from edgeflow.config import BUILTIN_PREFIX, NodeConfig
+from edgeflow.config import BUILTIN_PREFIX, ZOO_PREFIX, NodeConfig
 from edgeflow.errors import ArtifactError, ConfigError
 
 __all__ = ["ZOO_PREFIX", "load_runtime", "builtin_artifact_path"]
 
-ZOO_PREFIX = "zoo:"
 
 
 def _number(text: str) -> int | float | str:
@@ -64,7 +63,9 @@ def load_runtime(config: NodeConfig) -> ModelRuntime:
         model, example = _zoo(spec[len(ZOO_PREFIX) :])
         rt = ModelRuntime(model, example, device=device, max_batch=max_batch)
         if config.model.fingerprint and config.model.fingerprint != rt.fingerprint:
-            raise ArtifactError(f"{spec}: fingerprint {rt.fingerprint}, node file expects {config.model.fingerprint}")
+            raise ArtifactError(
+                f"{spec}: fingerprint {rt.fingerprint} differs from the pinned model.fingerprint {config.model.fingerprint}"
+            )
         return rt
     from edgeflow.core.artifact import load_artifact
 

@@ -104,6 +104,8 @@ def build_server(config: NodeConfig, agent: Agent) -> AgentServer:
         max_workers=config.queues.workers,
         stream_inflight=config.queues.inflight,
         default_timeout_s=config.deadlines.request_s,
+        stream_idle_s=config.deadlines.stream_idle_s,
+        streams_per_peer=config.queues.streams_per_peer,
         auth_token=load_token(auth.token_file, auth.token_env) if auth else None,
         kserve=kserve_model(config, agent.runtime),
         metrics=agent.metrics,

@@ -81,6 +81,8 @@ def read_node_file(
         data = yaml.safe_load(text)  # safe_load: plain data only, no object construction
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
     cfg = NodeConfig.from_mapping(data, source=str(path)).resolve_paths(path.resolve().parent)
     overrides: dict[str, Any] = {}
     if port is not None:
@@ -92,6 +94,8 @@ def read_node_file(
         overrides["plan"] = plan
     if artifact is not None:
         overrides["model.artifact"] = artifact
+        if artifact != cfg.model.artifact:
+            overrides["model.fingerprint"] = None  # the file's pin names the file's artifact, not this one
     return cfg.with_overrides(**overrides) if overrides else cfg
 
 

@@ -21,13 +21,32 @@ DEFAULT_ACTIVATION_CODECS = ("lossless", "fp16", "int8", "int8c", "int4", "int2"
 DEFAULT_INPUT_CODECS = ("lossless", "png", "jpeg")
 
 
+_err = Console(stderr=True)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            v = version("edgeflow")
+        except PackageNotFoundError:  # run from a source tree without an install
+            v = "unknown (not installed)"
+        typer.echo(f"edgeflow {v}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _main() -> None:
+def _main(
+    _version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                  help="print edgeflow's version and exit"),  # fmt: skip
+) -> None:
     """Edge-cloud split inference: cut a PyTorch model, run its slices on device, edge and cloud agents."""
 
 
 def _fail(msg: str) -> None:
-    console.print(f"[bold red]error:[/] {msg}")
+    """Every CLI error: on stderr, exit status 2."""
+    _err.print(f"[bold red]error:[/] {msg}", highlight=False)
     raise typer.Exit(2)
 
 

@@ -72,7 +72,7 @@ def parse_size_nbytes(text: str, option: str) -> float:
 
 
 def _fail(msg: str) -> None:
-    console.print(f"[bold red]error:[/] {msg}")
+    Console(stderr=True).print(f"[bold red]error:[/] {msg}", highlight=False)
     raise typer.Exit(2)
 
 
@@ -116,6 +116,8 @@ def _read_scenario(path: Path, s: _Settings) -> str:
             return yaml.safe_load(p.read_text())
         except (OSError, yaml.YAMLError) as e:
             raise ValueError(f"--scenario: cannot read {what} {str(p)!r}: {e}") from None
+        except RecursionError:
+            raise ValueError(f"--scenario: cannot read {what} {str(p)!r}: YAML nested too deeply") from None
 
     try:
         sc = Scenario.from_mapping(load(path, "scenario"), source=str(path))

@@ -35,11 +35,14 @@ if not _out.is_terminal:
 
 
 def scenario_dirs() -> list[Path]:
-    """Where shipped scenarios are looked up by name: ``./scenarios``, then the repository's ``scenarios/``."""
+    """Where shipped scenarios are looked up by name: ``./scenarios``, then the repository's ``scenarios/`` (a clone
+    or an editable install), then the copy an installed wheel ships (``edgeflow/_shipped/scenarios``, with its node
+    files beside it in ``_shipped/nodes``, where the scenarios' ``../nodes/`` finds them)."""
     import edgeflow
 
-    repo = Path(edgeflow.__file__).resolve().parent.parent / "scenarios"
-    return list(dict.fromkeys([Path.cwd() / "scenarios", repo]))
+    package = Path(edgeflow.__file__).resolve().parent
+    dirs = [Path.cwd() / "scenarios", package.parent / "scenarios", package / "_shipped" / "scenarios"]
+    return list(dict.fromkeys(dirs))
 
 
 def resolve_scenario_path(name_or_path: str) -> Path:
@@ -86,6 +89,8 @@ def read_scenario(path: Path, **overrides: Any) -> tuple[Any, dict[str, Any]]:
         data = yaml.safe_load(text)  # plain data only
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
     scenario = Scenario.from_mapping(data, source=str(path))
     if overrides:
         scenario = scenario.with_overrides(**overrides)

@@ -10,9 +10,16 @@ Layout:
               ``edgeflow.fingerprint``     the content fingerprint, re-checked on load
 
 The *fingerprint* is a sha256 over a canonical encoding of the architecture name, the config, the exit
-specs and every tensor's name, dtype, shape and bytes in sorted name order. It depends on content only (not
-on the file's layout or header order), so two tiers that load the same weights agree on it. The
-calibration table is left out: it describes the model, it does not change what the model computes.
+specs, the calibration table and every tensor's name, dtype, shape and bytes in sorted name order. It is
+recomputed from the content on every load (never trusted from the header) and depends on content only (not
+on the file's layout or header order), so two tiers that load the same weights agree on it. The calibration
+table is covered because it changes behaviour: the planner's accuracy floor and the exit thresholds come
+from it, so a rewritten table ("every exit 100% accurate") is a different artifact.
+
+An artifact is untrusted input. Loading it never builds anything real before it is checked: metadata JSON
+is bounded in size and parsed with every failure (any depth, any size) turned into :class:`ArtifactError`;
+the architecture is first built on the ``meta`` device (no storage), its parameter count and bytes bounded,
+and every weight's shape and dtype compared with the file's; only then is the real model allocated.
 
 Files are only ever parsed by safetensors — never unpickled.
 """
@@ -26,7 +33,7 @@ import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from safetensors import safe_open
@@ -41,6 +48,11 @@ __all__ = ["FORMAT_VERSION", "Artifact", "save_artifact", "load_artifact", "fing
 
 FORMAT_VERSION = "1"
 _META = "edgeflow."
+# Domain tag of the fingerprint; "fp2" added the calibration table (fp1 left it out).
+_FP_TAG = b"edgeflow-artifact-v" + FORMAT_VERSION.encode() + b"-fp2"
+MAX_METADATA_CHARS = 16 * 1024 * 1024  # one metadata value; the shipped demo's largest is ~35 KB
+MAX_PARAMS = 1_000_000_000  # a config may not ask for more (4 GB of float32): refused before allocation
+MAX_PARAM_BYTES = 4 * 1024**3
 
 
 @dataclass
@@ -90,9 +102,13 @@ def _tensors_of(model: nn.Module, exits: Sequence[ExitHead]) -> dict[str, torch.
 
 
 def fingerprint(
-    arch: str, config: Any, tensors: Mapping[str, torch.Tensor], exit_specs: Sequence[ExitSpec] = ()
+    arch: str,
+    config: Any,
+    tensors: Mapping[str, torch.Tensor],
+    exit_specs: Sequence[ExitSpec] = (),
+    calibration: CalibrationTable | str | None = None,
 ) -> str:
-    """Content fingerprint: sha256 hex over arch, config, exit specs and all tensors (sorted by name).
+    """Content fingerprint: sha256 hex over arch, config, exit specs, calibration and all tensors (by name).
 
     Every field is length-prefixed, so no two different contents encode to the same byte stream.
 
@@ -101,6 +117,7 @@ def fingerprint(
         config: config dataclass instance, or its canonical JSON string.
         tensors: name -> tensor (artifact names, e.g. ``model.fc.weight``).
         exit_specs: exit head specs, in artifact order.
+        calibration: the calibration table, its stored JSON text, or None (stored as ``"null"``).
     """
     h = hashlib.sha256()
 
@@ -108,10 +125,12 @@ def fingerprint(
         h.update(struct.pack("<Q", len(b)))
         h.update(b)
 
-    put(b"edgeflow-artifact-v" + FORMAT_VERSION.encode())
+    put(_FP_TAG)
     put(arch.encode())
     put((config if isinstance(config, str) else config_to_json(config)).encode())
     put(_exits_json(exit_specs).encode())
+    cal_text = "null" if calibration is None else calibration if isinstance(calibration, str) else calibration.to_json()
+    put(cal_text.encode())
     for name in sorted(tensors):
         t = tensors[name].detach().cpu().contiguous()
         put(name.encode())
@@ -163,13 +182,14 @@ def save_artifact(
     expected = get_architecture(arch).build(config).state_dict()
     _check_weights(expected, {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")})
     specs = [h.spec for h in exits]
-    fp = fingerprint(arch, config_json, tensors, specs)
+    cal_text = calibration.to_json() if calibration is not None else "null"
+    fp = fingerprint(arch, config_json, tensors, specs, cal_text)
     metadata = {
         _META + "format_version": FORMAT_VERSION,
         _META + "arch": arch,
         _META + "config": config_json,
         _META + "exits": _exits_json(specs),
-        _META + "calibration": calibration.to_json() if calibration is not None else "null",
+        _META + "calibration": cal_text,
         _META + "fingerprint": fp,
     }
     path = Path(path)
@@ -199,11 +219,26 @@ def _check_weights(expected: Mapping[str, torch.Tensor], got: Mapping[str, torch
             )
 
 
+def _declared_nbytes(sl: Any) -> int:
+    numel = 1
+    for d in sl.get_shape():
+        numel *= int(d)
+    bits = "".join(c for c in str(sl.get_dtype()) if c.isdigit())
+    return numel * max(1, int(bits or 64) // 8)
+
+
 def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             metadata = f.metadata() or {}
+            declared = sum(_declared_nbytes(f.get_slice(k)) for k in f.keys())
+            if declared > MAX_PARAM_BYTES:  # checked from the header, before any tensor is read
+                raise ArtifactError(
+                    f"artifact {str(path)!r} declares {declared} bytes of tensors; at most {MAX_PARAM_BYTES} are allowed"
+                )
             tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except ArtifactError:
+        raise
     except FileNotFoundError:
         raise ArtifactError(f"artifact {str(path)!r} does not exist") from None
     except Exception as e:  # safetensors raises SafetensorError and others on a malformed file
@@ -240,33 +275,43 @@ def load_artifact(path: str | os.PathLike[str], expect_fingerprint: str | None =
     if version != FORMAT_VERSION:
         raise ArtifactError(f"{where}: format version {version!r} is not supported (expected {FORMAT_VERSION!r})")
     arch = meta("arch")
-    try:
-        config_fields = json.loads(meta("config"))
+    with _untrusted(where, "bad architecture or config"):
+        config_fields = _parse_json(meta("config"))
         if not isinstance(config_fields, dict):
             raise ValueError(f"config must be a JSON object, got {type(config_fields).__name__}")
         config = make_config(arch, **config_fields)
-    except (ValueError, ConfigError) as e:
-        raise ArtifactError(f"{where}: bad architecture or config: {e}") from e
-    try:
-        spec_list = json.loads(meta("exits"))
+        config_json = config_to_json(config)  # refuses what JSON cannot carry back (inf, nan)
+    with _untrusted(where, "malformed exit specs"):
+        spec_list = _parse_json(meta("exits"))
         if not isinstance(spec_list, list):
             raise ValueError(f"exits must be a JSON list, got {type(spec_list).__name__}")
         specs = [ExitSpec.from_json(d) for d in spec_list]
-    except (ValueError, TypeError) as e:
-        raise ArtifactError(f"{where}: malformed exit specs: {e}") from e
-    try:
-        cal_text = meta("calibration")
+    cal_text = meta("calibration")
+    with _untrusted(where, "malformed calibration table"):
+        _check_size(cal_text)
         calibration = None if cal_text == "null" else CalibrationTable.from_json(cal_text)
-    except (ValueError, TypeError, KeyError) as e:
-        raise ArtifactError(f"{where}: malformed calibration table: {e}") from e
 
-    fp = fingerprint(arch, config, tensors, specs)
+    fp = fingerprint(arch, config_json, tensors, specs, cal_text)
     stored = meta("fingerprint")
     if stored != fp:
         raise ArtifactError(f"{where}: content fingerprint {fp[:16]}… does not match the stored {stored[:16]}… (tampered or corrupt)")
     if expect_fingerprint is not None and expect_fingerprint != fp:
-        raise ArtifactError(f"{where}: fingerprint {fp[:16]}… is not the expected {expect_fingerprint[:16]}…")
+        raise ArtifactError(
+            f"{where}: fingerprint {fp} differs from the pinned model.fingerprint {expect_fingerprint} "
+            "(another or a modified artifact)"
+        )
 
+    # Shapes first, on a build that allocates no storage: a config that asks for a huge model is refused here.
+    _check_on_meta(
+        where, "model", lambda: get_architecture(arch).build(config),
+        {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")},
+    )
+    for i, spec in enumerate(specs):
+        prefix = f"exits.{i}."
+        _check_on_meta(
+            where, f"exit {i}", lambda spec=spec: ExitHead(spec),
+            {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)},
+        )
     model = get_architecture(arch).build(config)
     _load_into(model, {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}, "model")
     heads = nn.ModuleList()
@@ -284,6 +329,62 @@ def load_artifact(path: str | os.PathLike[str], expect_fingerprint: str | None =
     model.eval()
     heads.eval()
     return Artifact(model, arch, config, heads, calibration, fp, path)
+
+
+class _untrusted:
+    """Turn any failure while parsing untrusted metadata into an :class:`ArtifactError`.
+
+    A hostile header can raise more than ValueError: RecursionError (deep JSON), MemoryError, TypeError,
+    KeyError, AttributeError (a list where an object was expected), OverflowError (huge numbers)...
+    Whatever it raises, it is the artifact's fault, so it is reported as such, never as a traceback.
+    """
+
+    def __init__(self, where: str, what: str) -> None:
+        self.where, self.what = where, what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: Any) -> bool:
+        if e is None or isinstance(e, ArtifactError) or not isinstance(e, Exception):
+            return False
+        if isinstance(e, RecursionError):
+            detail = "nested too deeply"
+        else:
+            detail = f"{type(e).__name__}: {str(e)[:200]}"
+        raise ArtifactError(f"{self.where}: {self.what}: {detail}") from None
+
+
+def _check_size(text: str) -> None:
+    if len(text) > MAX_METADATA_CHARS:
+        raise ValueError(f"{len(text)} characters, more than the {MAX_METADATA_CHARS} allowed")
+
+
+def _parse_json(text: str) -> Any:
+    _check_size(text)
+    return json.loads(text)
+
+
+def _check_on_meta(
+    where: str, what: str, build: Callable[[], nn.Module], weights: Mapping[str, torch.Tensor]
+) -> None:
+    """Run ``build`` on the meta device (no storage) and check its size and every weight against the file's."""
+    try:
+        with torch.device("meta"):
+            expected = build().state_dict()
+    except Exception as e:  # the config reached code we do not control; whatever it raised is the config's fault
+        raise ArtifactError(f"{where}: {what} config cannot be built: {type(e).__name__}: {str(e)[:200]}") from None
+    num_params = sum(v.numel() for v in expected.values())
+    num_bytes = sum(v.numel() * v.element_size() for v in expected.values())
+    if num_params > MAX_PARAMS or num_bytes > MAX_PARAM_BYTES:
+        raise ArtifactError(
+            f"{where}: {what} config asks for {num_params} parameters ({num_bytes} bytes); at most {MAX_PARAMS} "
+            f"({MAX_PARAM_BYTES} bytes) are allowed"
+        )
+    try:
+        _check_weights(expected, weights, what)
+    except ArtifactError as e:
+        raise ArtifactError(f"{where}: {e} (the config does not describe these weights)") from None
 
 
 def _is_exit_key(key: str, num_exits: int) -> bool:

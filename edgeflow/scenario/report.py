@@ -7,6 +7,8 @@ Metrics per run (edgeflow's and each baseline's, computed the same way):
 - ``latency_ms``: p50/p95/p99/mean over answered requests, from the scheduled send time to the answer.
 - ``accuracy``: top-1 against the labels over answered requests (None for unlabelled workloads);
   ``agreement``: top-1 agreement with the unsplit fp32 model over answered requests.
+- ``memory`` (None unless the device's result memory is on): ``hits``, ``misses``, ``hit_rate``, ``bytes_saved``
+  (what the hits' first requests moved over every hop), ``bytes_moved`` and ``bytes_without_memory``.
 - ``bytes_per_request``: mean bytes on the links per answered request, both directions, all hops
   (``bytes_per_hop`` splits it: ``device_edge`` / ``edge_cloud``, request up + reply down).
 - ``plan_switches``: changes of plan between consecutive requests (by send time).
@@ -74,6 +76,8 @@ def request_records(result: ScenarioResult, run: RunResult) -> list[dict[str, An
                 exit_position=b.exit_position,
                 exit_confidence=round(b.exit_confidence, 6),
                 fallback=b.fallback,
+                memory=b.memory,
+                memory_saved_bytes=b.memory_saved_bytes,
                 prediction=pred,
                 label=label,
                 correct=None if label is None else pred == label,
@@ -139,7 +143,21 @@ def run_metrics(records: list[dict[str, Any]], slo_ms: float | None) -> dict[str
         "answered_by": {t: sum(1 for r in ok if r["answered_by"] == t) for t in ("device", "edge", "cloud")},
         "plans": dict(sorted(plans.items(), key=lambda kv: -kv[1])),
         "prediction": _prediction_error(ok),
+        "memory": _memory(ok),
     }
+
+
+def _memory(ok: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The device's result memory over a run (None when it was off): hits, misses, the hit rate, and the bytes
+    the hits saved (what their inputs' first requests moved over every hop) against the bytes the run moved."""
+    used = [r for r in ok if r.get("memory")]
+    if not used:
+        return None
+    hits = sum(1 for r in used if r["memory"] == "hit")
+    moved = sum(r["bytes"][h]["up"] + r["bytes"][h]["down"] for r in ok for h in _HOPS)
+    saved = sum(int(r.get("memory_saved_bytes") or 0) for r in used)
+    return {"hits": hits, "misses": len(used) - hits, "hit_rate": hits / len(used), "bytes_saved": saved,
+            "bytes_moved": moved, "bytes_without_memory": moved + saved}  # fmt: skip
 
 
 def _prediction_error(ok: list[dict[str, Any]]) -> dict[str, Any] | None:

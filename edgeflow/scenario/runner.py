@@ -358,6 +358,8 @@ class ScenarioRunner:
         data = self.nodes[tier].model_dump(mode="json", exclude_none=True)
         data["plan"] = AUTO_PLAN
         data["listen"] = {"address": "127.0.0.1:0"}
+        if data["model"]["artifact"] != self.scenario.model.artifact:
+            data["model"].pop("fingerprint", None)  # the node file's pin names its own artifact, not this one
         data["model"]["artifact"] = self.scenario.model.artifact
         data["compute"].pop("device_speed", None)  # resolved into slowdown_factor at start-up
         data["deadlines"]["shutdown_grace_s"] = min(float(data["deadlines"]["shutdown_grace_s"]), 1.0)

@@ -199,7 +199,9 @@ class WorkloadSpec(_Strict):
     (photo crops, unlabelled: accuracy is not measured, agreement still is). ``arrival``: open loop with
     ``poisson`` or ``fixed`` inter-arrival times at ``rate_hz``, or ``closed`` loop with ``concurrency``
     requests outstanding. ``devices`` spreads the requests round-robin over that many devices, each with its
-    own device-edge link. A request not answered within ``timeout_s`` of its send time is lost.
+    own device-edge link. A request not answered within ``timeout_s`` of its send time is lost. ``distinct``:
+    the requests are drawn (uniformly, by ``seed``) from only that many different inputs, so inputs repeat (a
+    camera on the same scenes); with the device's ``memory`` on, repeats are answered from it.
     """
 
     source: Literal["demo-test", "synthetic"] = "demo-test"
@@ -210,6 +212,7 @@ class WorkloadSpec(_Strict):
     seed: int = 0
     timeout_s: float = Field(10.0, gt=0, le=3600)
     devices: int = Field(1, ge=1, le=64)
+    distinct: int | None = Field(None, ge=1, le=1_000_000)  # draw the requests from only this many inputs (repeats)
 
 
 class BestFixedSpec(_Strict):

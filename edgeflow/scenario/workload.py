@@ -70,14 +70,23 @@ def build_workload(spec: WorkloadSpec, input_shape: tuple[int, ...]) -> Workload
     n = spec.requests
     if spec.source == "demo-test":
         images, labels = _demo_test(input_shape[2])
-        order = np.concatenate([rng.permutation(len(images)) for _ in range(-(-n // len(images)))])[:n]
+        if spec.distinct is not None:
+            pool = rng.permutation(len(images))[: spec.distinct]
+            order = pool[rng.integers(0, len(pool), n)]
+        else:
+            order = np.concatenate([rng.permutation(len(images)) for _ in range(-(-n // len(images)))])[:n]
         inputs = images[torch.from_numpy(order)].contiguous()  # (R, 3, S, S)
         y: np.ndarray | None = labels.numpy()[order]
     else:
         from edgeflow.core.data import photo_batch
 
-        order = np.arange(n)
-        inputs = photo_batch(n, input_shape[2], seed=spec.seed)
+        if spec.distinct is not None:
+            d = min(spec.distinct, n)
+            order = rng.integers(0, d, n)
+            inputs = photo_batch(d, input_shape[2], seed=spec.seed)[torch.from_numpy(order)].contiguous()
+        else:
+            order = np.arange(n)
+            inputs = photo_batch(n, input_shape[2], seed=spec.seed)
         y = None
     send_s = _send_times(spec, rng)
     device_of = np.arange(n) % spec.devices

@@ -6,6 +6,7 @@ Every call has a deadline; failed calls raise edgeflow errors (:func:`edgeflow.t
 
 from __future__ import annotations
 
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from typing import Iterable, Iterator, Mapping, Sequence
 
 import grpc
 
-from edgeflow.errors import PeerUnavailable, TransportError
+from edgeflow.errors import BadReply, PeerUnavailable
 from edgeflow.transport._gen import agent_pb2 as pb
 from edgeflow.errors import InvalidRequest, RequestRejected
 from edgeflow.transport.messages import (
@@ -34,6 +35,8 @@ from edgeflow.transport.wire import frame, split_fields
 
 __all__ = ["PeerClient", "LinkEstimate", "raise_for_error"]
 
+_UNEXPECTED_LIMIT = 64  # stream replies for ids not outstanding dropped before the stream is ended as a bad peer
+
 
 @dataclass(frozen=True)
 class LinkEstimate:
@@ -49,6 +52,9 @@ def raise_for_error(reply: InferReply, peer: str = "") -> InferReply:
     if reply.error_code:
         raise error_of(code_from_number(reply.error_code), reply.error_message, peer)
     return reply
+
+
+_NOT_CONNECTED = "failed to connect to all addresses"  # gRPC's words for a call never sent: no connection
 
 
 class PeerClient:
@@ -79,8 +85,10 @@ class PeerClient:
         endpoints: Sequence[str] = (),
     ):
         self.address = address if not endpoints else ",".join([address, *endpoints])
+        self._tls = tls is not None
         self._base_metadata = (*(bearer_metadata(token) or ()), *(metadata or {}).items())
         self.limits = limits
+        self.unexpected_replies = 0  # stream replies for ids never sent (or answered already): dropped
         target = channel_target(address, endpoints)
         options = channel_options(limits, keepalive, round_robin=bool(endpoints))
         if tls is not None:
@@ -104,9 +112,57 @@ class PeerClient:
         try:
             yield
         except grpc.RpcError as e:
-            raise error_of(e.code(), e.details() or "", self.address) from None
-        except RequestRejected as e:  # a reply we cannot parse: the peer's fault
-            raise TransportError(f"peer {self.address} sent a bad reply: {e}") from None
+            raise error_of(e.code(), self._explained(e.code(), e.details() or ""), self.address) from None
+        except RequestRejected as e:  # a reply we cannot parse or that is over the bounds: the peer's fault
+            raise BadReply(f"peer {self.address} sent a bad reply: {e}") from None
+
+    def _explained(self, code: grpc.StatusCode | None, details: str, *, closed_twice: bool = False) -> str:
+        """gRPC's connect failure, said plainly when it is a TLS handshake that failed. ``closed_twice``: the peer
+        accepted the connection and closed it before any call, twice in a row (a killed peer closes once, then
+        refuses): what a TLS server does to a plaintext client or to a certificate it does not trust."""
+        if code != grpc.StatusCode.UNAVAILABLE:
+            return details
+        if "handshake failed" in details.lower():
+            return f"TLS handshake failed: {details}"
+        if closed_twice and self._tls:
+            return f"TLS handshake failed (the peer closed the connection: does it trust our certificate?): {details}"
+        if closed_twice:
+            return f"TLS handshake failed? the peer closed a plaintext connection (does it serve TLS?): {details}"
+        return details
+
+    def _call(self, method: grpc.UnaryUnaryMultiCallable, request: bytes, *, timeout_s: float,
+              wait_for_ready: bool) -> bytes:  # fmt: skip
+        """One unary call. ``wait_for_ready``: a peer not reachable yet is retried until ``timeout_s`` (as gRPC's own
+        wait_for_ready does), but a failed TLS handshake ends the wait at once, as UNAVAILABLE saying so, instead
+        of DEADLINE_EXCEEDED after the whole timeout. A call never sent is the only one retried."""
+        deadline = time.monotonic() + timeout_s
+        pause, closed = 0.02, 0
+        for _ in range(100_000):  # bounded by the deadline long before
+            left = deadline - time.monotonic()
+            try:
+                return method(request, timeout=max(left, 0.0), wait_for_ready=False, metadata=self._metadata)
+            except grpc.RpcError as e:
+                code, details = e.code(), e.details() or ""
+                if code != grpc.StatusCode.UNAVAILABLE or _NOT_CONNECTED not in details:
+                    raise
+                if "handshake failed" in details.lower():
+                    raise
+                if "Socket closed" in details:
+                    closed += 1
+                    if closed >= 2:
+                        raise error_of(code, self._explained(code, details, closed_twice=True), self.address) from None
+                elif not wait_for_ready:
+                    raise
+                else:
+                    closed = 0
+                if time.monotonic() + pause >= deadline:
+                    if not wait_for_ready:
+                        raise
+                    raise error_of(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                   f"not reachable within {timeout_s:g} s: {details}", self.address) from None  # fmt: skip
+                time.sleep(pause)
+                pause = min(pause * 2, 0.5)
+        raise error_of(grpc.StatusCode.DEADLINE_EXCEEDED, "not reachable", self.address)  # pragma: no cover
 
     def wait_ready(self, timeout_s: float) -> None:
         """Block until the channel connects.
@@ -128,7 +184,7 @@ class PeerClient:
         req = pb.DescribeRequest(model_fingerprint=fingerprint, caller_role=role, with_upstream=with_upstream)
         req = req.SerializeToString()
         with self._mapped():
-            data = self._describe(req, timeout=timeout_s, wait_for_ready=True, metadata=self._metadata)
+            data = self._call(self._describe, req, timeout_s=timeout_s, wait_for_ready=True)
             return decode_description(data)
 
     def infer(self, call: InferCall, *, timeout_s: float, wait_for_ready: bool = False) -> InferReply:
@@ -142,19 +198,50 @@ class PeerClient:
     def infer_bytes(self, request: bytes, *, timeout_s: float, wait_for_ready: bool = False) -> InferReply:
         """Send an already encoded ``InferRequest`` (see :func:`~edgeflow.transport.messages.encode_request`)."""
         with self._mapped():
-            data = self._infer(request, timeout=timeout_s, wait_for_ready=wait_for_ready, metadata=self._metadata)
+            data = self._call(self._infer, request, timeout_s=timeout_s, wait_for_ready=wait_for_ready)
             return decode_reply(data, self.limits)
 
     def infer_stream(self, calls: Iterable[InferCall], *, timeout_s: float) -> Iterator[InferReply]:
         """Pipeline ``calls`` over one InferStream; yields replies in completion order (match by id).
 
         Failed items come back with ``error_code`` set; see :func:`raise_for_error`. ``timeout_s`` bounds
-        the whole stream.
+        the whole stream. Only replies to requests outstanding are yielded: one for an id never sent (or answered
+        already) is dropped and counted (``unexpected_replies``), and past 64 of them the stream ends with
+        ``BadReply``; the stream ends as soon as every request sent has its reply.
         """
+        lock = threading.Lock()
+        outstanding: set[str] = set()  # ids sent and not answered yet
+        sent_all = threading.Event()
+
+        def requests() -> Iterator[bytes]:
+            for c in calls:
+                with lock:
+                    outstanding.add(c.request_id)
+                yield encode_request(c)
+            sent_all.set()
+
+        unexpected = 0
         with self._mapped():
-            requests = (encode_request(c) for c in calls)
-            for data in self._infer_stream(requests, timeout=timeout_s, metadata=self._metadata):
-                yield decode_reply(data, self.limits)
+            responses = self._infer_stream(requests(), timeout=timeout_s, metadata=self._metadata)
+            try:
+                for data in responses:
+                    reply = decode_reply(data, self.limits)
+                    with lock:
+                        known = reply.request_id in outstanding
+                        outstanding.discard(reply.request_id)
+                        finished = sent_all.is_set() and not outstanding
+                    if not known:  # never sent, or answered already: a peer's lie or bug, never the caller's answer
+                        unexpected += 1
+                        self.unexpected_replies += 1
+                        if unexpected > _UNEXPECTED_LIMIT:
+                            raise BadReply(f"peer {self.address} sent {unexpected} stream replies for requests not "
+                                           f"outstanding (e.g. {reply.request_id[:64]!r}): stream ended")  # fmt: skip
+                        continue
+                    yield reply
+                    if finished:  # every request answered: stop reading (a peer may keep sending)
+                        return
+            finally:
+                responses.cancel()  # ends the call now, not at its deadline (a no-op once it has ended)
 
     def probe(self, *, send_nbytes: int = 0, reply_nbytes: int = 0, echo: bool = False, timeout_s: float = 10.0) -> float:
         """Round trip of ``send_nbytes`` up and ``reply_nbytes`` (or the echo) down; returns seconds.

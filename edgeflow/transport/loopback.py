@@ -11,6 +11,7 @@ from typing import Iterable, Iterator
 
 import grpc
 
+from edgeflow.errors import BadReply, RequestRejected
 from edgeflow.transport.messages import (
     Description,
     InferCall,
@@ -65,7 +66,10 @@ class LoopbackClient:
             message = f"message of {len(request)} bytes larger than max {self.limits.max_message_bytes}"
             raise error_of(grpc.StatusCode.RESOURCE_EXHAUSTED, message, self.address)
         data = self._call(lambda: encode_reply(self._handler.infer(decode_request(request, self.limits), deadline)))
-        return decode_reply(data, self.limits)
+        try:
+            return decode_reply(data, self.limits)
+        except RequestRejected as e:  # as the gRPC client: a reply we cannot parse is the peer's fault
+            raise BadReply(f"peer {self.address} sent a bad reply: {e}") from None
 
     def infer_stream(self, calls: Iterable[InferCall], *, timeout_s: float) -> Iterator[InferReply]:
         for c in calls:

@@ -182,6 +182,8 @@ class Breakdown:
     exit_position: int = -1
     exit_confidence: float = 0.0
     fallback: str = ""
+    memory: str = ""  # the device's result memory: "hit" (answered from it), "miss", "" (off, or not an input)
+    memory_saved_bytes: int = 0  # on a hit: the bytes the original request moved over every hop
 
     @property
     def fallback_tier(self) -> str:
@@ -194,6 +196,8 @@ class Breakdown:
             "exit_position": self.exit_position,
             "exit_confidence": self.exit_confidence,
             "fallback": self.fallback,
+            "memory": self.memory,
+            "memory_saved_bytes": self.memory_saved_bytes,
             "tiers": [t.to_json() for t in self.tiers],
         }
 
@@ -342,6 +346,12 @@ _TIMING_FIELDS = tuple(f.name for f in fields(TierTiming))
 _COUNTER_FIELDS = tuple(f.name for f in fields(Counters))
 
 
+_TIMING_NUMBERS = tuple(f.name for f in fields(TierTiming) if f.name != "tier")
+MAX_REPLY_META_BYTES = 256 * 1024  # a reply's fields but its payloads (a few names, shapes, timings, a reason)
+MAX_BREAKDOWN_TIERS = 16  # tier timings in a reply's breakdown (a chain has three tiers; relays add none)
+MAX_REASON_CHARS = 4096  # a reply's fallback reason or error message
+_MEMORY_OUTCOMES = ("hit", "miss")  # Breakdown.memory on the wire; anything else is dropped
+
 # ------------------------------------------------------------------------------------------- encoding
 def _tensor_meta(t: WireTensor, into: Any) -> None:
     into.name = t.name
@@ -389,6 +399,9 @@ def encode_reply(reply: InferReply) -> bytes:
         msg.parameters["predicted_latency_s"].double_param = reply.predicted_latency_s
     if reply.predicted_outcome_s:
         msg.parameters["predicted_outcome_s"].double_param = reply.predicted_outcome_s
+    if reply.breakdown.memory:  # a device's result memory (a reply to an input it took over gRPC)
+        msg.parameters["memory"].string_param = reply.breakdown.memory
+        msg.parameters["memory_saved_bytes"].int64_param = reply.breakdown.memory_saved_bytes
     return frame(msg.SerializeToString(), _RAW_FIELD, [t.payload for t in reply.tensors])
 
 
@@ -468,6 +481,8 @@ def decode_reply(data: bytes | memoryview, limits: WireLimits) -> InferReply:
     rest, payloads = split_fields(
         data, _RAW_FIELD, max_payloads=limits.max_tensors, max_payload_nbytes=limits.max_message_bytes
     )
+    if len(rest) > MAX_REPLY_META_BYTES:  # refused before parsing: a million empty breakdown entries fit in 2 MB
+        raise InvalidRequest(f"reply metadata is {len(rest)} bytes (payloads aside), limit {MAX_REPLY_META_BYTES}")
     msg = pb.InferResponse()
     _parse(msg, rest, "InferResponse")
     plan = msg.parameters["plan"].string_param if "plan" in msg.parameters else ""
@@ -476,6 +491,20 @@ def decode_reply(data: bytes | memoryview, limits: WireLimits) -> InferReply:
     predicted, outcome = (msg.parameters[k].double_param if k in msg.parameters else 0.0
                           for k in ("predicted_latency_s", "predicted_outcome_s"))  # fmt: skip
     b = msg.breakdown
+    if len(b.tiers) > MAX_BREAKDOWN_TIERS:  # before a Python object is made for each (1M empty ones: ~1 GB)
+        raise InvalidRequest(f"reply breakdown has {len(b.tiers)} tier timings, limit {MAX_BREAKDOWN_TIERS}")
+    for name, text, most in (("answered_by", b.answered_by, limits.max_name_chars),
+                             ("fallback", b.fallback, MAX_REASON_CHARS),
+                             ("error_message", msg.error_message, MAX_REASON_CHARS)):  # fmt: skip
+        if len(text) > most:
+            raise InvalidRequest(f"reply {name} is {len(text)} characters, limit {most}")
+    if any(len(t.tier) > limits.max_name_chars for t in b.tiers):
+        raise InvalidRequest(f"reply breakdown: a tier name is over {limits.max_name_chars} characters")
+    for t in b.tiers:  # seconds, bytes and joules feed the live planner's estimates: finite and >= 0
+        if not all(math.isfinite(v := getattr(t, name)) and v >= 0 for name in _TIMING_NUMBERS):
+            raise InvalidRequest(f"reply breakdown: tier {t.tier[:32]!r} has a negative or non-finite timing")
+    if not (math.isfinite(b.exit_confidence) and 0 <= b.exit_confidence <= 1):
+        raise InvalidRequest(f"reply breakdown: exit_confidence {b.exit_confidence!r} is not in [0, 1]")
     breakdown = Breakdown(
         tiers=[TierTiming(*[getattr(t, name) for name in _TIMING_FIELDS]) for t in b.tiers],
         answered_by=b.answered_by,
@@ -483,6 +512,10 @@ def decode_reply(data: bytes | memoryview, limits: WireLimits) -> InferReply:
         exit_confidence=b.exit_confidence,
         fallback=b.fallback,
     )
+    memory = msg.parameters["memory"].string_param if "memory" in msg.parameters else ""
+    if memory in _MEMORY_OUTCOMES:
+        breakdown.memory = memory
+        breakdown.memory_saved_bytes = max(0, msg.parameters["memory_saved_bytes"].int64_param) if memory == "hit" else 0
     return InferReply(
         request_id=msg.id,
         fingerprint=msg.model_fingerprint,
@@ -566,7 +599,31 @@ def decode_description(data: bytes) -> Description:
     return d
 
 
+MAX_DESCRIBED = 100_000  # cuts, codecs, profile entries, inputs in a Description
+
+
+def _check_description(msg: Any) -> None:
+    """Numbers a peer's Description feeds the planner must be sane (a slowdown of 0 divided by zero at a device's
+    start-up); lists bounded. Raises InvalidRequest naming the field."""
+    if msg.slowdown_factor != 0 and not (math.isfinite(msg.slowdown_factor) and 0 < msg.slowdown_factor <= 1e6):
+        raise InvalidRequest(f"describe: slowdown_factor {msg.slowdown_factor!r} must be finite and > 0 (0: unset)")
+    for name in ("cuts", "codecs", "profile", "inputs"):
+        if len(getattr(msg, name)) > MAX_DESCRIBED:
+            raise InvalidRequest(f"describe: {len(getattr(msg, name))} {name}, limit {MAX_DESCRIBED}")
+    if not 0 <= msg.num_positions <= MAX_DESCRIBED or any(not 0 <= c <= msg.num_positions for c in msg.cuts):
+        raise InvalidRequest(f"describe: num_positions {msg.num_positions} or a cut out of range")
+    for p in msg.profile:
+        if not (math.isfinite(p.compute_s) and 0 <= p.compute_s <= 3600 and 0 <= p.start < p.stop <= msg.num_positions):
+            raise InvalidRequest(f"describe: profile [{p.start}:{p.stop}] {p.compute_s!r} s is not a range and a time")
+    power = (msg.power.idle_w, msg.power.active_w, msg.power.transmit_w)
+    if not all(math.isfinite(w) and 0 <= w <= 1e6 for w in power):
+        raise InvalidRequest(f"describe: power {power} must be finite watts >= 0")
+    if not (0 <= msg.threads <= 4096 and 0 <= msg.max_batch <= 1_000_000 and msg.max_message_bytes >= 0):
+        raise InvalidRequest("describe: threads, max_batch or max_message_bytes out of range")
+
+
 def _description_of(msg: Any) -> Description:
+    _check_description(msg)
     return Description(
         role=msg.role,
         fingerprint=msg.model_fingerprint,
@@ -575,7 +632,7 @@ def _description_of(msg: Any) -> Description:
         codecs=list(msg.codecs),
         plan=msg.plan,
         profile=[RangeProfile(p.start, p.stop, p.compute_s) for p in msg.profile],
-        slowdown_factor=msg.slowdown_factor,
+        slowdown_factor=msg.slowdown_factor or 1.0,  # 0: unset (proto3's default), i.e. no emulated slowdown
         power_w=(msg.power.idle_w, msg.power.active_w, msg.power.transmit_w),
         torch_device=msg.torch_device,
         threads=msg.threads,

@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 __all__ = ["SERVICE_NAME", "AgentHandler", "RelayingHandler", "AgentServer", "describe_with_upstream", "forward_probe"]
 
 _log = logging.getLogger(__name__)
+_QUEUED_PER_THREAD = 16  # calls queued per worker thread before gRPC itself answers RESOURCE_EXHAUSTED
+_INFERENCE_RPCS = frozenset({"Infer", "Probe", "ModelInfer"})  # unary rpcs that take an inference slot
 _T = TypeVar("_T")
 
 
@@ -61,6 +63,9 @@ class AgentServer:
         metrics: observe every request (see :mod:`edgeflow.transport.metrics`).
         tracer: a span per request (see :mod:`edgeflow.transport.tracing`); None: contexts passed on only.
         version: edgeflow's version, for KServe ServerMetadata.
+        stream_idle_s: an InferStream with nothing in flight that sends nothing this long is ended (DEADLINE_EXCEEDED).
+        streams_per_peer: InferStreams one connection may hold at once; beyond: RESOURCE_EXHAUSTED.
+        control_workers: threads kept for health, Describe and metadata, which never take an inference slot.
         auth_token: require ``authorization: Bearer <auth_token>`` on edgeflow.v1.Agent calls (UNAUTHENTICATED
             otherwise; health and reflection stay open, see :mod:`edgeflow.transport.auth`); ``None``: no token.
     """
@@ -77,6 +82,9 @@ class AgentServer:
         stream_inflight: int = 4,
         default_timeout_s: float = 30.0,
         auth_token: str | None = None,
+        stream_idle_s: float = 10.0,
+        streams_per_peer: int = 8,
+        control_workers: int = 8,
         kserve: "KServeModel | None" = None,
         metrics: "Metrics | None" = None,
         tracer: Tracer | None = None,
@@ -90,12 +98,23 @@ class AgentServer:
         self._serving = False
         self.service = AgentService(handler, limits=limits, kserve=kserve, metrics=metrics, tracer=tracer,
                                     ready=lambda: self._serving, version=version)  # fmt: skip
+        self._stream_idle_s = stream_idle_s
+        self._streams_per_peer = streams_per_peer
+        # inference (Infer, Probe, InferStream, ModelInfer) takes one of max_workers slots, refused at once beyond;
+        # health, Describe and metadata run on control_workers threads of their own, so no inference load or idle
+        # stream can lock them out
+        self._inference_slots = threading.BoundedSemaphore(max_workers)
+        self._max_inference = max_workers
+        self._peer_streams: dict[str, int] = {}
+        self._peer_lock = threading.Lock()
         self._items = LifoThreadPool(max_workers, name="edgeflow-stream")
-        self._rpcs = LifoThreadPool(max_workers, name="edgeflow-rpc")
+        self._rpcs = LifoThreadPool(max_workers + control_workers, name="edgeflow-rpc")
         self._server = grpc.server(
             self._rpcs,
             options=server_options(limits, keepalive),
-            maximum_concurrent_rpcs=max_workers,  # beyond it gRPC answers RESOURCE_EXHAUSTED at once
+            # gRPC counts calls waiting for a thread too: a burst that our own gate refuses in microseconds must not
+            # refuse health on the way, so this only bounds the memory of queued calls
+            maximum_concurrent_rpcs=_QUEUED_PER_THREAD * (max_workers + control_workers),
             interceptors=[TokenInterceptor(auth_token)] if auth_token is not None else None,
         )
         self._server.add_generic_rpc_handlers(self._generic_handlers())
@@ -117,9 +136,9 @@ class AgentServer:
     def _generic_handlers(self) -> list[grpc.GenericRpcHandler]:
         out = []
         for service, methods in self.service.services().items():
-            handlers = {name: self._unary(fn) for name, fn in methods.items()}
+            handlers = {name: self._unary(fn, gated=name in _INFERENCE_RPCS) for name, fn in methods.items()}
             if service == SERVICE_NAME:
-                handlers["InferStream"] = grpc.stream_stream_rpc_method_handler(self._infer_stream)
+                handlers["InferStream"] = grpc.stream_stream_rpc_method_handler(self._gated_stream)
             out.append(grpc.method_handlers_generic_handler(service, handlers))
         return out
 
@@ -169,14 +188,51 @@ class AgentServer:
     def _call_info(self, context: grpc.ServicerContext) -> CallInfo:
         return CallInfo(self._deadline(context), tuple(context.invocation_metadata() or ()))
 
-    def _unary(self, method: Callable[[bytes, CallInfo], bytes]) -> grpc.RpcMethodHandler:
-        return grpc.unary_unary_rpc_method_handler(lambda data, ctx: self._run(ctx, lambda: method(data, self._call_info(ctx))))
+    def _unary(self, method: Callable[[bytes, CallInfo], bytes], *, gated: bool) -> grpc.RpcMethodHandler:
+        def serve(data: bytes, ctx: grpc.ServicerContext) -> bytes:
+            if not gated:
+                return self._run(ctx, lambda: method(data, self._call_info(ctx)))
+            self._take_slot(ctx)
+            try:
+                return self._run(ctx, lambda: method(data, self._call_info(ctx)))
+            finally:
+                self._inference_slots.release()
+
+        return grpc.unary_unary_rpc_method_handler(serve)
+
+    def _take_slot(self, context: grpc.ServicerContext) -> None:
+        if not self._inference_slots.acquire(blocking=False):
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"all {self._max_inference} inference slots are busy (queues.workers); retry later")  # fmt: skip
+
+    def _gated_stream(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
+        """InferStream within the limits: one inference slot, at most ``streams_per_peer`` per connection."""
+        peer = context.peer()
+        with self._peer_lock:
+            held = self._peer_streams.get(peer, 0)
+            if held < self._streams_per_peer:
+                self._peer_streams[peer] = held + 1
+        if held >= self._streams_per_peer:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"{peer} already holds {held} InferStreams (queues.streams_per_peer)")  # fmt: skip
+        try:
+            self._take_slot(context)
+            try:
+                yield from self._infer_stream(requests, context)
+            finally:
+                self._inference_slots.release()
+        finally:
+            with self._peer_lock:
+                left = self._peer_streams.pop(peer, 1) - 1
+                if left > 0:
+                    self._peer_streams[peer] = left
 
     def _infer_stream(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
         info = self._call_info(context)
         deadline = info.deadline
         replies: queue.Queue[bytes | tuple[str, int]] = queue.Queue()
         slots = threading.Semaphore(self._stream_inflight)
+        received = [0, time.monotonic()]  # requests read, when the last one came (the reader writes, we read)
 
         def done(data: bytes) -> None:
             replies.put(self.service.infer_item(data, info))
@@ -185,6 +241,7 @@ class AgentServer:
             count = 0
             try:
                 for data in requests:
+                    received[0], received[1] = received[0] + 1, time.monotonic()
                     while not slots.acquire(timeout=0.1):
                         if not context.is_active() or time.monotonic() > deadline:
                             return
@@ -198,8 +255,13 @@ class AgentServer:
         threading.Thread(target=read, name="edgeflow-stream-reader", daemon=True).start()
         sent, total = 0, None
         while total is None or sent < total:
-            if not context.is_active() or time.monotonic() > deadline + 1.0:
+            now = time.monotonic()
+            if not context.is_active() or now > deadline + 1.0:
                 return
+            if total is None and sent == received[0] and now - received[1] > self._stream_idle_s:
+                # nothing in flight and nothing sent for stream_idle_s: free the slot for someone who will
+                context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                              f"InferStream idle: no request for {self._stream_idle_s:g} s (deadlines.stream_idle_s)")  # fmt: skip
             try:
                 item = replies.get(timeout=0.1)
             except queue.Empty:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import grpc
 
 from edgeflow.errors import (
+    BadReply,
     CodecError,
     DeadlineExceeded,
     EdgeflowError,
@@ -43,6 +44,7 @@ _TO_STATUS: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (ShuttingDown, grpc.StatusCode.UNAVAILABLE),
     (PeerUnavailable, grpc.StatusCode.UNAVAILABLE),
     (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (BadReply, grpc.StatusCode.DATA_LOSS),  # an upstream's reply failed admission (no fallback here)
     (TransportError, grpc.StatusCode.UNAVAILABLE),
 )
 _BY_NAME = {c.name: c for c in grpc.StatusCode}

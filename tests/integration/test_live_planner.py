@@ -59,4 +59,7 @@ def test_plan_switches_soon_after_a_10x_drop(edge, make_device_config, images, c
     assert device.plan != plan_before, [s.reason for s in switches]
     assert switched_in <= 4, (switched_in, time.monotonic() - t0)
     assert any("plan switch: " in rec.getMessage() for rec in caplog.records)
-    assert switches[-1].old == plan_before and switches[-1].reason
+    # the first switch after the drop leaves plan_before (a loaded machine may see a stalled call go on to a
+    # second switch, e.g. cloud suspect -> edge, then edge down -> device-only: each has its reason)
+    first = next(i for i, s in enumerate(switches) if s.old == plan_before)
+    assert all(s.reason for s in switches[first:]) and switches[-1].new == device.plan

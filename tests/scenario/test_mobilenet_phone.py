@@ -33,7 +33,7 @@ def test_phone_node_states_a_speed_not_a_factor() -> None:
 
 
 def test_mobilenet_phone_lte_end_to_end(tmp_path) -> None:
-    """MobileNetV2 at 224x224 on the phone over the real Belgium 4G trace, CI-sized: every request answered once,
+    """MobileNetV2 at 224x224 on the phone over the packaged LTE trace, CI-sized: every request answered once,
     the report written, agreement (not accuracy: synthetic inputs, untrained weights) reported."""
     out = tmp_path / "mbv2"
     proc = run_cli("scenarios/mobilenet-phone-lte.yaml", "--out", str(out), "--requests", "4", "--baselines",

@@ -145,3 +145,26 @@ def test_an_agent_that_cannot_start_fails_the_run_cleanly(tmp_path: Path) -> Non
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "cloud" in proc.stderr and "cuda requested" in proc.stderr  # the agent's own error, quoted from its log
     assert not processes_mentioning(str(out))
+
+
+def test_repeated_inputs_are_answered_from_the_device_memory_over_grpc(tmp_path: Path) -> None:
+    """The device as its own agent process with its result memory on: repeats of the 12 distinct inputs come back
+    as hits over gRPC, with nothing sent upstream, and each run's summary counts them."""
+    out = tmp_path / "repeat"
+    proc = run_cli("repeated-inputs", "--out", str(out), "--requests", "24", "--device-process", "--no-plots",
+                   "--baselines", "cloud-only")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary, records = load_report(out)
+    check_invariants(summary, records, 24, ["cloud-only"])
+    for name, m in [("edgeflow", summary), *summary["baselines"].items()]:
+        recs = [r for r in records if r["run"] == name and r["status"] == "answered"]
+        assert m["lost"] == 0 and len(recs) == 24
+        hits = [r for r in recs if r["memory"] == "hit"]
+        assert {r["memory"] for r in recs} <= {"hit", "miss"}
+        assert m["memory"]["hits"] == len(hits) and m["memory"]["hits"] + m["memory"]["misses"] == 24
+        assert len(hits) >= 24 - 12 - 6  # 12 distinct inputs (a plan switch may make a repeat miss once more)
+        # a hit is an input the device process saw before: in this run, an earlier run by the same plan, or a warm-up
+        assert len({r["sample"] for r in recs}) <= 12
+        assert all(r["bytes"]["device_edge"] == {"up": 0, "down": 0} and r["agree"] for r in hits)
+    cloud = summary["baselines"]["cloud-only"]["memory"]
+    assert cloud["bytes_saved"] > 0 and cloud["bytes_without_memory"] == cloud["bytes_moved"] + cloud["bytes_saved"]

@@ -62,7 +62,7 @@ def _rewrite(src, dst, *, tensors=None, metadata=None):
 
 def _refingerprint(m, t):
     specs = [ExitSpec.from_json(d) for d in json.loads(m["edgeflow.exits"])]
-    m["edgeflow.fingerprint"] = fingerprint(m["edgeflow.arch"], m["edgeflow.config"], t, specs)
+    m["edgeflow.fingerprint"] = fingerprint(m["edgeflow.arch"], m["edgeflow.config"], t, specs, m["edgeflow.calibration"])
 
 
 def test_round_trip_is_exact(saved):
@@ -96,6 +96,8 @@ def test_fingerprint_is_content_only():
     assert fp != fingerprint(ARCH, make_config(ARCH, **{**CONFIG, "width": 8}), t)
     assert fp != fingerprint("vit", make_config(ARCH, **CONFIG), t)
     assert fp != fingerprint(ARCH, make_config(ARCH, **CONFIG), t, [ExitSpec(20, 4, 3)])
+    assert fp != fingerprint(ARCH, make_config(ARCH, **CONFIG), t, calibration=_table())
+    assert fp == fingerprint(ARCH, make_config(ARCH, **CONFIG), t, calibration="null")
 
 
 def test_changed_weight_changes_fingerprint(saved, tmp_path):
@@ -107,13 +109,14 @@ def test_changed_weight_changes_fingerprint(saved, tmp_path):
     with torch.no_grad():
         heads[1].fc.weight[0, 0] += 1.0
     assert save_artifact(tmp_path / "c.safetensors", model, ARCH, CONFIG, exits=heads) not in (fp, fp2)
-    with pytest.raises(ArtifactError, match="not the expected"):
+    with pytest.raises(ArtifactError, match="pinned model.fingerprint"):
         load_artifact(tmp_path / "b.safetensors", expect_fingerprint=fp)
 
 
-def test_calibration_is_not_part_of_the_fingerprint(saved, tmp_path):
+def test_calibration_is_part_of_the_fingerprint(saved, tmp_path):
+    # The planner's accuracy floor and the exit thresholds come from the table: it changes behaviour.
     path, fp, model, heads = saved
-    assert save_artifact(tmp_path / "n.safetensors", model, ARCH, CONFIG, exits=heads) == fp
+    assert save_artifact(tmp_path / "n.safetensors", model, ARCH, CONFIG, exits=heads) != fp
 
 
 def test_tampered_weights_or_metadata_are_caught(saved, tmp_path):
