@@ -32,17 +32,10 @@ import yaml  # noqa: E402
 
 from edgeflow.agent.loader import load_runtime  # noqa: E402
 from edgeflow.config import NodeConfig  # noqa: E402
-from edgeflow.testing.fuzz import FuzzTarget, fuzz_agent  # noqa: E402
+from edgeflow.testing.fuzz import FuzzTarget, fuzz_agent, read_memory_kib  # noqa: E402
 from edgeflow.scenario.procs import AgentProcess, child_env  # noqa: E402
 
 PLAN = "device[0:20]|lossless > edge[20:52]|lossless > cloud[52:]"
-
-
-def _hwm_mb(pid: int) -> float:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def upstream_main(args: argparse.Namespace) -> None:
@@ -80,7 +73,7 @@ def upstream_main(args: argparse.Namespace) -> None:
             clients = {k: AgentClient(a.address) for k, (a, _) in paths.items()}
             for k, c in clients.items():  # warm: honest answers through every tier
                 c.infer(x)
-            base = {a.name: _hwm_mb(a.pid) for a in (direct, relayed, edge)}
+            base = {a.name: read_memory_kib(a.pid)["VmHWM"] for a in (direct, relayed, edge)}
             for name, lie in sorted(LIES.items()):
                 liar.lie = lie
                 r = results.setdefault(name, {"told": 0, "fell_back_exact": 0, "wrong_accepted": 0, "errors": 0,
@@ -101,7 +94,8 @@ def upstream_main(args: argparse.Namespace) -> None:
                         with grpc.insecure_channel(agent.address) as ch:
                             status = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=30)
                         r["health_failures"] += int(status.status != health_pb2.HealthCheckResponse.SERVING)
-            growth = {a.name: round(_hwm_mb(a.pid) - base[a.name], 2) for a in (direct, relayed, edge)}
+            growth = {a.name: round((read_memory_kib(a.pid)["VmHWM"] - base[a.name]) / 1024, 2)
+                      for a in (direct, relayed, edge)}  # fmt: skip
             for c in clients.values():
                 c.close()
             liar.close()

@@ -123,8 +123,7 @@ class Admission:
             self.codecs.get(t.codec)  # the whole spec must parse, not just its name ("lossless:j1" is garbage)
         except CodecError as e:
             raise InvalidRequest(f"{label}: declared codec {t.codec!r} is not a codec spec: {e}") from None
-        declared = _numel(t.shape) * _itemsize(_torch_dtype_name(t.datatype))
-        limits = DecodeLimits(max_elements=max(1, _numel(t.shape)), max_bytes=max(1, declared))
+        limits = t.decode_limits()
         header = read_header(t.payload, limits)
         if header.codec_name != t.codec.split(":")[0]:
             raise InvalidRequest(f"{label}: declared codec {t.codec!r} but the payload is {header.codec_name!r}")
@@ -212,12 +211,3 @@ def _itemsize(dtype_name: str) -> int:
         size = torch.empty((), dtype=dtype).element_size() if isinstance(dtype, torch.dtype) else 8
         _ITEMSIZES[dtype_name] = size
     return size
-
-
-def _torch_dtype_name(datatype: str) -> str:
-    from edgeflow.transport import dtype_name_of
-
-    try:
-        return dtype_name_of(datatype)
-    except InvalidRequest:
-        return "float64"  # an unknown datatype is refused by the header check; size it as the widest

@@ -365,10 +365,7 @@ class Agent:
                 source.release(ticket)
             raise
         out = answer.values
-        if out is None:
-            t = time.monotonic()
-            out = self.admission.decode_reply(answer.wire or [])  # (decoded in call_upstream: not reached)
-            timing.decode_s += time.monotonic() - t
+        assert out is not None, "every path decodes: call_upstream decodes the reply it admits"
         self._finish(timing, t0)
         if memory is not None:
             b = answer.breakdown

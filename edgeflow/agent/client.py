@@ -25,7 +25,7 @@ from edgeflow.agent.gcfreeze import freeze_startup_objects, thaw
 from edgeflow.agent.live import LivePlanner
 from edgeflow.agent.wiring import build_agent, start_live_planning
 from edgeflow.config import NodeConfig
-from edgeflow.core.codecs import DecodeLimits, decode, get_codec
+from edgeflow.core.codecs import decode, get_codec
 from edgeflow.core.plan import Plan
 from edgeflow.transport import (
     Breakdown,
@@ -38,10 +38,8 @@ from edgeflow.transport import (
     WireLimits,
     WireTensor,
     datatype_of,
-    dtype_name_of,
     raise_for_error,
 )
-from edgeflow.errors import EdgeflowError
 from edgeflow.transport.metrics import Metrics
 
 __all__ = ["Result", "DeviceClient", "AgentClient"]
@@ -282,7 +280,7 @@ class AgentClient:
 
     @staticmethod
     def _result(reply: Any, latency_s: float) -> Result:
-        values = [decode(t.payload, _declared_limits(t)) for t in reply.tensors]
+        values = [decode(t.payload, t.decode_limits()) for t in reply.tensors]  # bounded by what each declares
         return Result(reply.request_id, _as_output(values), reply.breakdown, latency_s, reply.plan,
                       reply.predicted_latency_s or None, reply.predicted_outcome_s or None)  # fmt: skip
 
@@ -317,16 +315,3 @@ class AgentClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _declared_limits(t: WireTensor) -> DecodeLimits:
-    """Decoding bounded by what the reply declares (its shape and datatype), not a generic 1 GiB: a small reply
-    cannot make the caller allocate gigabytes (a payload whose header says more is refused)."""
-    numel = 1
-    for d in t.shape:
-        numel *= max(0, int(d))
-    try:
-        itemsize = torch.empty((), dtype=getattr(torch, dtype_name_of(t.datatype))).element_size()
-    except (EdgeflowError, AttributeError, TypeError):
-        itemsize = 8
-    return DecodeLimits(max_elements=max(1, numel), max_bytes=max(1, numel * itemsize))

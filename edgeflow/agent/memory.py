@@ -57,9 +57,6 @@ class MemoryStats:
     entries: int = 0
     nbytes: int = 0
 
-    def to_json(self) -> dict[str, int]:
-        return dict(vars(self))
-
 
 class ResultMemory:
     """A bounded LRU of answers keyed by input content, model fingerprint and plan (see the module doc)."""
@@ -131,11 +128,6 @@ class ResultMemory:
                 self._stats.nbytes -= self._entries.pop(k).nbytes
             self._stats.forgotten += len(keys)
             return len(keys)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-            self._stats.nbytes = 0
 
     def stats(self) -> MemoryStats:
         with self._lock:

@@ -292,10 +292,9 @@ def _encode_plain(raw: memoryview, datatype: str, shape: tuple[int, ...]) -> byt
 
 def _decode_plain(t: WireTensor) -> bytes:
     """An output payload as plain row-major bytes (decoding bounded by the declared tensor)."""
-    from edgeflow.core.codecs import DecodeLimits, decode
+    from edgeflow.core.codecs import decode
 
-    nbytes = _numel(t.shape) * _ITEMSIZE.get(t.datatype, 8)
-    value = decode(t.payload, DecodeLimits(max_elements=max(1, _numel(t.shape)), max_bytes=max(1, nbytes)))
+    value = decode(t.payload, t.decode_limits())
     from edgeflow.core.codecs.lossless import raw_bytes
 
     return raw_bytes(value.contiguous()).numpy().tobytes()

@@ -13,6 +13,7 @@ from typing import Any
 
 from google.protobuf.message import DecodeError
 
+from edgeflow.core.codecs import DecodeLimits
 from edgeflow.transport._gen import agent_pb2 as pb
 from edgeflow.errors import InvalidRequest, RequestTooLarge
 from edgeflow.transport.wire import frame, split_fields
@@ -60,6 +61,8 @@ DATATYPES: dict[str, str] = {
     "float64": "FP64",
 }
 _DTYPE_NAMES = {v: k for k, v in DATATYPES.items()}
+_ITEMSIZES = {"BOOL": 1, "UINT8": 1, "INT8": 1, "UINT16": 2, "INT16": 2, "FP16": 2, "BF16": 2, "UINT32": 4,
+              "INT32": 4, "FP32": 4, "UINT64": 8, "INT64": 8, "FP64": 8}  # fmt: skip
 
 
 def datatype_of(dtype_name: str) -> str:
@@ -117,6 +120,12 @@ class WireTensor:
     def nbytes(self) -> int:
         """Payload bytes on the wire."""
         return memoryview(self.payload).nbytes
+
+    def decode_limits(self) -> DecodeLimits:
+        """Decoding bounded by the declaration: the declared shape's elements at the datatype's size (an unknown
+        datatype sized as the widest; a header check refuses it), not a generic gigabyte."""
+        numel = math.prod(max(0, int(d)) for d in self.shape)
+        return DecodeLimits(max_elements=max(1, numel), max_bytes=max(1, numel * _ITEMSIZES.get(self.datatype, 8)))
 
 
 @dataclass

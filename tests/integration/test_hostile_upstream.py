@@ -15,6 +15,7 @@ import torch
 
 from edgeflow.agent.client import AgentClient, DeviceClient
 from edgeflow.errors import EdgeflowError
+from edgeflow.testing.fuzz import read_memory_kib
 from edgeflow.testing.lying import DESCRIBE_LIES, LIES, LyingUpstream
 
 TO_CLOUD = "device[0:20]|lossless > cloud[20:]"
@@ -69,10 +70,7 @@ def test_an_edge_does_not_relay_a_lie(lie: str, cloud: Any, runtime: Any, images
 
 def _hwm_mb(pid: int) -> float:
     """A process's peak resident memory (VmHWM), MB."""
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmHWM")
+    return read_memory_kib(pid)["VmHWM"] / 1024
 
 
 @pytest.mark.parametrize("lie", ["other-request-id", "zstd-bomb-1gib", "two-zstd-bombs", "1m-tier-timings"])
