@@ -6,8 +6,9 @@ compute unit differs. ``@serve.batch`` gathers up to ``max_batch_size`` requests
 ``max_queue_delay`` from the first (Triton's and the agents' rule); the gathered requests are split into groups of
 equal :attr:`~edgeflow.agent.compute.BatchJob.key` (same range, exits, shapes but dim 0), in arrival order and of at
 most ``max_batch_size`` samples, and each group runs as one batch (``ModelRuntime.run_batch``) on the replica's one
-compute thread. A request whose deadline passed before its group started is not computed (DeadlineExceeded); more
-than ``capacity`` requests waiting: Overloaded (RESOURCE_EXHAUSTED), as in an agent. Each request reports its own
+compute thread. Sparse traffic does not wait, as in the agents' batcher: a request arriving more than
+``max_queue_delay`` after the one before it skips ``@serve.batch`` and runs as a group of its own at once. A request
+whose deadline passed before its group started is not computed (DeadlineExceeded); more than ``capacity`` requests waiting: Overloaded (RESOURCE_EXHAUSTED), as in an agent. Each request reports its own
 ``queue_s``, its group's ``compute_s`` and ``batch_size``; the emulated slowdown applies once per group.
 """
 
@@ -57,6 +58,8 @@ class ServeBatchUnit:
         self._lock = threading.Lock()
         self._waiting = 0
         self._stopping = False
+        self._delay_s = max_queue_delay_s
+        self._last_arrival: float | None = None
         self._batched = serve.batch(max_batch_size=max_batch_size, batch_wait_timeout_s=max_queue_delay_s)(self._run)
 
     @property
@@ -77,10 +80,13 @@ class ServeBatchUnit:
             if self._waiting >= self.capacity and not block:
                 raise Overloaded(f"compute queue full ({self.capacity} waiting); retry later")
             self._waiting += 1
+            now = time.monotonic()
+            sparse = self._last_arrival is not None and now - self._last_arrival > self._delay_s
+            self._last_arrival = now
         assert self.loop is not None, "the replica sets the loop before any request computes"
         try:
             entry = _Entry(job, deadline, time.monotonic())
-            future = asyncio.run_coroutine_threadsafe(self._batched(entry), self.loop)
+            future = asyncio.run_coroutine_threadsafe(self._alone(entry) if sparse else self._batched(entry), self.loop)
             ok, value, timing = future.result(timeout=max(0.0, deadline - time.monotonic()) + 5.0)
         finally:
             with self._lock:
@@ -92,6 +98,9 @@ class ServeBatchUnit:
     def run(self, fn: Callable[[], _T], deadline: float, *, block: bool = False) -> tuple[_T, JobTiming]:
         """One unbatchable job (``key`` None)."""
         return self.run_job(BatchJob(None, lambda items: [fn()], None, 1), deadline, block=block)
+
+    async def _alone(self, entry: _Entry) -> tuple[bool, Any, JobTiming | None]:
+        return (await self._run([entry]))[0]
 
     async def _run(self, entries: list[_Entry]) -> list[tuple[bool, Any, JobTiming | None]]:
         loop = asyncio.get_running_loop()

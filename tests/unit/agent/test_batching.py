@@ -84,6 +84,40 @@ def test_a_partial_batch_waits_for_the_delay_then_goes() -> None:
     assert 0.05 <= timing.queue_s < 10  # waited for company, no longer than the delay (+ scheduling)
 
 
+class _Clock:
+    """``time`` for the batcher, with a jump forward on demand (a gap between arrivals, without waiting it out)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.offset
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
+def test_a_request_after_a_gap_longer_than_the_delay_goes_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = _Clock()
+    monkeypatch.setattr("edgeflow.agent.compute.time", clock)
+    unit = BatchingComputeUnit(16, max_batch_size=2, max_queue_delay_s=FOREVER_S)
+    rec = _Recorder()
+
+    def send(i: int) -> tuple[threading.Thread, list]:
+        return _in_thread(lambda: unit.run_job(rec.job(i), clock.monotonic() + 30))
+
+    _join(*(t for t, _ in (send(0), send(1))))  # dense: a full batch
+    clock.offset += 2 * FOREVER_S  # the next request comes after a gap longer than the delay
+    t, out = send(2)
+    _join(t)  # alone, at once: waiting for company would have taken FOREVER_S
+    assert out[0][0] == 4 and out[0][1].batch_size == 1
+    t3, _ = send(3)  # right after it: dense again, so it waits for company ...
+    _until(lambda: unit.queued == 1)
+    t4, _ = send(4)  # ... and goes with it
+    _join(t3, t4)
+    assert [sorted(b) for b in rec.batches] == [[0, 1], [2], [3, 4]]
+
+
 def test_requests_queued_while_busy_go_together_when_the_unit_frees() -> None:
     unit = BatchingComputeUnit(16, max_batch_size=8, max_queue_delay_s=0.0)
     rec = _Recorder()
