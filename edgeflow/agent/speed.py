@@ -45,7 +45,7 @@ class SpeedResolution:
 
     def describe(self) -> str:
         note = " (the stated machine is not slower than this host: not emulated)" if self.target_ms <= self.host_ms else ""
-        return f"device_speed {self.stated}, host {self.host_ms:.1f} ms: slowdown_factor {self.slowdown_factor:.2f}{note}"
+        return f"device_speed {self.stated}, host {self.host_ms:.2f} ms: slowdown_factor {self.slowdown_factor:.2f}{note}"
 
 
 def _batch1(runtime: ModelRuntime) -> tuple[torch.Tensor, ...]:

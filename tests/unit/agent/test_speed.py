@@ -34,7 +34,7 @@ def test_ms_per_model_and_gflops_give_the_slowdown() -> None:
     cfg, res = resolve_device_speed(_node(device_speed={"ms_per_model": 5.0}), rt, host_ms=0.5)
     assert res is not None and res.slowdown_factor == pytest.approx(10.0)
     assert cfg.compute.slowdown_factor == pytest.approx(10.0) and cfg.compute.device_speed is None
-    assert res.describe() == "device_speed 5.0 ms per model, host 0.5 ms: slowdown_factor 10.00"
+    assert res.describe() == "device_speed 5.0 ms per model, host 0.50 ms: slowdown_factor 10.00"
     flops = 2 * (64 * 32 + 32 * 10)
     cfg, res = resolve_device_speed(_node(device_speed={"gflops": flops / 1e9 / 4e-3}), rt, host_ms=0.5)  # 4 ms
     assert res is not None and res.target_ms == pytest.approx(4.0) and cfg.compute.slowdown_factor == pytest.approx(8.0)
