@@ -141,10 +141,19 @@ class ModelConfig(_Section):
 
 
 class DeviceSpeedConfig(_Section):
-    """A measured speed of the emulated machine: ``ms_per_model`` is one whole-model forward pass (batch 1) on it.
-    The scenario runner turns it into ``slowdown_factor`` = ms_per_model / this host's measured ms per model."""
+    """A measured speed of the emulated machine, exactly one of: ``ms_per_model``, one whole-model forward pass
+    (batch 1) on it; ``gflops``, its sustained GFLOP/s, so one pass takes the model's FLOPs (as the planner counts
+    them) / that. The agent (``edgeflow agent``, ``edgeflow run``) turns it into ``slowdown_factor`` = that time /
+    this host's measured ms per model at start-up (``edgeflow.agent.speed``)."""
 
-    ms_per_model: float = Field(..., gt=0, le=1e6)
+    ms_per_model: float | None = Field(None, gt=0, le=1e6)
+    gflops: float | None = Field(None, gt=0, le=1e9)
+
+    @model_validator(mode="after")
+    def _one(self) -> "DeviceSpeedConfig":
+        if (self.ms_per_model is None) == (self.gflops is None):
+            raise ValueError("give exactly one of ms_per_model or gflops")
+        return self
 
 
 class ComputeConfig(_Section):

@@ -11,12 +11,14 @@ objects here and nowhere else, so the agent process (:mod:`edgeflow.agent.serve`
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from edgeflow.agent.agent import Agent, wire_limits
 from edgeflow.agent.endpoints import agent_metrics, agent_tracer, kserve_model
 from edgeflow.agent.loader import load_runtime
 from edgeflow.agent.runtime import ModelRuntime
+from edgeflow.agent.speed import resolve_device_speed
 from edgeflow.agent.upstream import Upstream
 from edgeflow.config import NodeConfig, PlannerConfig, TlsConfig
 from edgeflow.transport import AgentServer, Keepalive, PeerClient, TlsFiles
@@ -24,6 +26,8 @@ from edgeflow.transport.auth import load_token
 
 __all__ = ["keepalive_of", "tls_files", "peer_client", "build_upstream", "build_agent", "build_server",
            "start_live_planning"]
+
+_log = logging.getLogger(__name__)
 
 
 def keepalive_of(config: NodeConfig) -> Keepalive:
@@ -63,7 +67,9 @@ def build_upstream(config: NodeConfig, fingerprint: str) -> Upstream | None:
 
 
 def build_agent(config: NodeConfig, *, runtime: ModelRuntime | None = None, profile_repeats: int = 0) -> Agent:
-    """The node's agent: its model (``runtime``, else loaded as ``config.model`` says) and its upstream link.
+    """The node's agent: its model (``runtime``, else loaded as ``config.model`` says) and its upstream link. A
+    ``compute.device_speed`` is resolved here into the emulated ``slowdown_factor`` (:mod:`edgeflow.agent.speed`,
+    logged); the agent's ``config`` and its Describe carry the factor.
 
     Args:
         config: the node.
@@ -74,6 +80,9 @@ def build_agent(config: NodeConfig, *, runtime: ModelRuntime | None = None, prof
         ArtifactError, ConfigError, PlanError: the node cannot be set up.
     """
     runtime = runtime if runtime is not None else load_runtime(config)
+    config, speed = resolve_device_speed(config, runtime)  # a stated compute.device_speed becomes its slowdown
+    if speed is not None:
+        _log.info("%s: %s", config.role, speed.describe())
     upstream = build_upstream(config, runtime.fingerprint)
     try:
         agent = Agent(config, runtime, upstream=upstream, profile_repeats=profile_repeats)

@@ -176,8 +176,9 @@ def agent(
     print(f"edgeflow agent {cfg.role} listening on {served.address}", flush=True)
     if served.metrics_address is not None:
         print(f"edgeflow agent {cfg.role} metrics on http://{served.metrics_address}/metrics", flush=True)
-    log.info("%s agent: plan %s, model %s, upstream %s", cfg.role, served.agent.plan, served.agent.fingerprint,
-             cfg.upstream.address if cfg.upstream else "none")
+    log.info("%s agent: plan %s, model %s, upstream %s, slowdown_factor %.2f", cfg.role, served.agent.plan,
+             served.agent.fingerprint, cfg.upstream.address if cfg.upstream else "none",
+             served.agent.config.compute.slowdown_factor)  # device_speed resolved (edgeflow.agent.speed)
     served.handshake_in_background()
     while not stop.wait(0.5):  # wake up regularly so signals are handled promptly
         pass
@@ -280,7 +281,7 @@ def describe(
         _fail(f"{type(e).__name__}: {e}")
         return
     data = {"address": address, "role": d.role, "plan": d.plan, "fingerprint": d.fingerprint, "version": d.version,
-            "upstream": d.upstream, "counters": d.counters.to_json(),
+            "upstream": d.upstream, "slowdown_factor": d.slowdown_factor, "counters": d.counters.to_json(),
             "live": d.live.to_json() if d.live is not None else None}  # fmt: skip
     if json_out:
         print(json.dumps(data, indent=1))
@@ -290,6 +291,8 @@ def describe(
     _out.print(f"plan: {d.plan}", highlight=False)
     _out.print(f"model: {d.fingerprint}", highlight=False)
     _out.print(f"upstream: {d.upstream or 'none'}", highlight=False)
+    if d.slowdown_factor != 1.0:
+        _out.print(f"compute: emulated slowdown x{d.slowdown_factor:.2f}", highlight=False)
     _out.print(f"requests: {c.requests}  fallbacks: {c.fallbacks}  duplicates served: {c.duplicates_served}  "
                f"shed: {c.shed}", highlight=False)  # fmt: skip
     if c.last_fallback:

@@ -116,6 +116,20 @@ def read_scenario(path: Path, **overrides: Any) -> tuple[Any, dict[str, Any]]:
     return scenario, nodes
 
 
+def _check_workload(sc: Any, device: Any, scenario_dir: Path) -> str:
+    """``--check``: the workload fits the scenario's model (loaded for its inputs; not for ``synthetic``, which
+    generates whatever the model takes); its data is listed, not read. Returns a description of the data."""
+    from edgeflow.scenario.workload import check_workload, expected_inputs
+
+    if sc.workload.source == "synthetic":
+        return "synthetic: inputs generated to match the model's (no labels: fidelity is agreement)"
+    from edgeflow.agent.loader import load_runtime
+
+    cfg = device if device.model.artifact == sc.model.artifact else device.with_overrides(
+        **{"model.artifact": sc.model.artifact, "model.fingerprint": None})  # fmt: skip
+    return check_workload(sc.workload, expected_inputs(load_runtime(cfg)), base_dir=scenario_dir)
+
+
 def _parse_baselines(text: str) -> list[str]:
     from edgeflow.scenario.schema import BASELINES
 
@@ -169,7 +183,10 @@ class _Progress:
 
 
 def _summary_table(summary: dict[str, Any]) -> Table:
-    table = Table(title=f"{summary['scenario']}: edgeflow vs baselines ({summary['adaptation']['mode']} plan)")
+    fidelity = summary.get("fidelity") or {}
+    table = Table(title=f"{summary['scenario']}: edgeflow vs baselines ({summary['adaptation']['mode']} plan)",
+                  caption="no labels: accuracy not measured; agreement = top-1 agreement with the unsplit model"
+                  if fidelity.get("metric") == "agreement" else None)  # fmt: skip
     for col in ("run", "plan", "answered", "p50 ms", "p95 ms", "p99 ms", "accuracy", "agreement", "kB/req", "p50 ratio", "p95 ratio"):
         table.add_column(col, justify="left" if col in ("run", "plan") else "right", overflow="fold")
 
@@ -224,9 +241,14 @@ def run(
         except ConfigError as e:
             _err.print(f"[bold red]error:[/] {path}: {e}", highlight=False)
             raise typer.Exit(2)
+        try:
+            data = _check_workload(sc, nodes["device"], path.resolve().parent)
+        except EdgeflowError as e:  # the message names the field (workload.source: x.npy: shape ...)
+            _err.print(f"[bold red]error:[/] {path}: {e}", highlight=False)
+            raise typer.Exit(2)
         faults = [f"faults: {', '.join(f.describe() for f in sc.faults)}"] if sc.faults else []
-        _out.print(f"{path}: scenario {sc.name!r} is valid; " + "; ".join([*(f"{p.name}: {p.describe()}" for p in plans), *faults]),
-                   highlight=False)
+        _out.print(f"{path}: scenario {sc.name!r} is valid; " + "; ".join([*(f"{p.name}: {p.describe()}" for p in plans), *faults,
+                   f"workload: {data}"]), highlight=False)  # fmt: skip
         return
     out_dir = out if out is not None else Path("reports") / f"{sc.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     show = progress and not json_out

@@ -44,6 +44,7 @@ from edgeflow.agent.agent import Agent
 from edgeflow.agent.gcfreeze import freeze_startup_objects, thaw
 from edgeflow.agent.loader import load_runtime
 from edgeflow.agent.runtime import ModelRuntime
+from edgeflow.agent.speed import resolve_device_speeds
 from edgeflow.agent.wiring import build_agent, start_live_planning
 from edgeflow.config import AUTO_PLAN, NodeConfig
 from edgeflow.core.plan import Plan
@@ -54,7 +55,7 @@ from edgeflow.scenario.links import LinkPlan, RunLink, link_plan, swap_all
 from edgeflow.scenario.planning import PlanningModel, build_planning_model, link_conditions
 from edgeflow.scenario.faults import FaultInjector, link_outage_records
 from edgeflow.scenario.schema import LINK_NAMES, Scenario
-from edgeflow.scenario.workload import Workload, build_workload, reference_predictions
+from edgeflow.scenario.workload import Workload, build_workload, expected_inputs, reference_predictions
 from edgeflow.scenario.procs import AgentProcess, stop_all, wait_all
 from edgeflow.transport.tracing import Tracer
 
@@ -226,7 +227,7 @@ class ScenarioRunner:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         runtime = load_runtime(self._node("device", None))
         self.nodes = resolve_device_speeds(self.nodes, runtime)
-        workload = build_workload(sc.workload, tuple(runtime.example_input[0].shape))
+        workload = build_workload(sc.workload, expected_inputs(runtime), base_dir=self.scenario_dir)
         reference = reference_predictions(runtime.model, workload.inputs)
         links = {name: link_plan(name, getattr(sc.links, name), self.scenario_dir, seed=sc.workload.seed + 10 * i)
                  for i, name in enumerate(LINK_NAMES)}  # fmt: skip
@@ -537,42 +538,6 @@ def _reused(spec: bl.RunSpec, measured: RunResult) -> RunResult:
     outcomes = [replace(o, request_id=f"{spec.name}-{o.index}") for o in measured.outcomes]
     note = f"same plan as run {measured.spec.name!r}: its measurement is reported for this run too"
     return RunResult(spec, outcomes, measured.duration_s, measured.link_stats, [note], faults=measured.faults)
-
-
-def host_ms_per_model(runtime: ModelRuntime, repeats: int = 7) -> float:
-    """This host's fastest whole-model forward time (batch 1, one torch thread, as the agents run), in ms."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        x = tuple(a[:1] for a in runtime.example_input)
-        times = []
-        with torch.inference_mode():
-            runtime.model(*x)  # warm-up
-            for _ in range(repeats):
-                t = time.perf_counter()
-                runtime.model(*x)
-                times.append(time.perf_counter() - t)
-    finally:
-        torch.set_num_threads(threads)
-    return 1e3 * min(times)  # the uncontended speed: a shared host only ever adds time
-
-
-def resolve_device_speeds(nodes: Mapping[str, NodeConfig], runtime: ModelRuntime) -> dict[str, NodeConfig]:
-    """Nodes whose ``compute.device_speed`` states a measured ms per model get the emulated
-    ``slowdown_factor`` = that / this host's measured ms per model (at least 1: a faster machine is not emulated)."""
-    out = dict(nodes)
-    host_ms: float | None = None
-    for tier, cfg in nodes.items():
-        speed = cfg.compute.device_speed
-        if speed is None:
-            continue
-        host_ms = host_ms_per_model(runtime) if host_ms is None else host_ms
-        factor = min(1000.0, max(1.0, speed.ms_per_model / host_ms))
-        log.info("%s: device_speed %.1f ms per model, host %.1f ms: slowdown_factor %.2f",
-                 tier, speed.ms_per_model, host_ms, factor)
-        compute = cfg.compute.model_copy(update={"slowdown_factor": factor, "device_speed": None})
-        out[tier] = cfg.model_copy(update={"compute": compute})
-    return out
 
 
 def run_scenario(scenario: Scenario, nodes: Mapping[str, NodeConfig], *, scenario_dir: Path, out_dir: Path,

@@ -15,7 +15,7 @@ choice, the allowed values::
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Annotated, Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -33,6 +33,7 @@ __all__ = [
     "NodeRef",
     "NodesConfig",
     "ModelSpec",
+    "NormalizeSpec",
     "WorkloadSpec",
     "BestFixedSpec",
     "Scenario",
@@ -192,11 +193,21 @@ class ModelSpec(_Strict):
     artifact: str = "builtin:demo"
 
 
+class NormalizeSpec(_Strict):
+    """Per-channel ``(x - mean) / std`` applied to images in [0, 1] (e.g. ImageNet's mean 0.485, 0.456, 0.406 and
+    std 0.229, 0.224, 0.225)."""
+
+    mean: list[float] = Field(min_length=1, max_length=4)
+    std: list[Annotated[float, Field(gt=0)]] = Field(min_length=1, max_length=4)
+
+
 class WorkloadSpec(_Strict):
     """What the device sends.
 
-    ``source``: ``demo-test`` (the demo model's labelled test split, shuffled by ``seed``) or ``synthetic``
-    (photo crops, unlabelled: accuracy is not measured, agreement still is). ``arrival``: open loop with
+    ``source``: ``demo-test`` (the demo model's labelled test split, shuffled by ``seed``), ``synthetic`` (inputs
+    matching the model's: photo crops for an image model; unlabelled: accuracy is not measured, agreement still
+    is), or a path relative to the scenario file: a folder of images, a ``.npy`` or a ``.safetensors`` file
+    (:mod:`edgeflow.scenario.sources`; ``labels``, ``normalize`` and ``max_file_mb`` apply to these). ``arrival``: open loop with
     ``poisson`` or ``fixed`` inter-arrival times at ``rate_hz``, or ``closed`` loop with ``concurrency``
     requests outstanding. ``devices`` spreads the requests round-robin over that many devices, each with its
     own device-edge link. A request not answered within ``timeout_s`` of its send time is lost. ``distinct``:
@@ -204,7 +215,10 @@ class WorkloadSpec(_Strict):
     camera on the same scenes); with the device's ``memory`` on, repeats are answered from it.
     """
 
-    source: Literal["demo-test", "synthetic"] = "demo-test"
+    source: str = Field("demo-test", min_length=1, max_length=4096)  # demo-test | synthetic | a folder or file
+    labels: str | None = Field(None, min_length=1, max_length=4096)  # folders | a labels file (see sources.py)
+    normalize: NormalizeSpec | None = None  # image folders: per-channel (x - mean) / std after scaling to [0, 1]
+    max_file_mb: float = Field(1024.0, gt=0, le=65536)  # a tensor or image file larger than this is refused
     arrival: Literal["poisson", "fixed", "closed"] = "poisson"
     rate_hz: float = Field(10.0, gt=0, le=10000)
     concurrency: int = Field(1, ge=1, le=256)
@@ -213,6 +227,12 @@ class WorkloadSpec(_Strict):
     timeout_s: float = Field(10.0, gt=0, le=3600)
     devices: int = Field(1, ge=1, le=64)
     distinct: int | None = Field(None, ge=1, le=1_000_000)  # draw the requests from only this many inputs (repeats)
+
+    @model_validator(mode="after")
+    def _file_options(self) -> "WorkloadSpec":
+        if self.source in ("demo-test", "synthetic") and (self.labels is not None or self.normalize is not None):
+            raise ValueError(f"labels and normalize apply to a folder or file source, not {self.source!r}")
+        return self
 
 
 class BestFixedSpec(_Strict):

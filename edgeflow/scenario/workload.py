@@ -7,14 +7,17 @@ the same offsets from its start. Pure: torch + numpy, no clocks.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from edgeflow.errors import ScenarioError
 from edgeflow.scenario.schema import WorkloadSpec
+from edgeflow.scenario.sources import MAX_WORKLOAD_BYTES, ExpectedInput, open_source
 
-__all__ = ["Workload", "build_workload", "reference_predictions"]
+__all__ = ["Workload", "ExpectedInput", "expected_inputs", "check_workload", "build_workload", "reference_predictions"]
 
 
 @dataclass(frozen=True)
@@ -22,12 +25,13 @@ class Workload:
     """Requests of one scenario, indexed 0..R-1.
 
     Attributes:
-        inputs: (R, C, H, W) float32 model inputs, one per request.
-        labels: (R,) int64 ground truth, or None for unlabelled (synthetic) data.
+        inputs: (R, *input shape) model inputs, one per request (e.g. (R, C, H, W) float32 images).
+        labels: (R,) int64 ground truth, or None for unlabelled data (the report then gives agreement only).
         send_s: (R,) open loop: send time of each request after the run starts; None for a closed loop.
         device_of: (R,) index of the device that sends each request.
         sample_index: (R,) index of each input in its data set.
         spec: what it was built from.
+        labels_from: where the labels come from, in words; None without labels.
     """
 
     inputs: torch.Tensor
@@ -36,6 +40,7 @@ class Workload:
     device_of: np.ndarray
     sample_index: np.ndarray
     spec: WorkloadSpec
+    labels_from: str | None = None
 
     def __len__(self) -> int:
         return int(self.inputs.shape[0])
@@ -46,51 +51,152 @@ class Workload:
         return None if self.send_s is None else float(self.send_s[-1]) if len(self.send_s) else 0.0
 
 
-def _demo_test(image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def expected_inputs(runtime: Any) -> list[ExpectedInput]:
+    """The model inputs a workload must feed: what crosses position 0 of ``runtime`` (a ``ModelRuntime``), one
+    sample each (the example input's batch dim dropped)."""
+    infos = runtime.cut_info(0).tensors
+    examples = runtime.example_input
+    return [ExpectedInput(t.name, tuple(t.shape[1:]), getattr(torch, t.dtype), ex[:1])
+            for t, ex in zip(infos, examples)]  # fmt: skip
+
+
+def _as_expected(inputs: tuple[int, ...] | Sequence[ExpectedInput]) -> list[ExpectedInput]:
+    if all(isinstance(d, int) for d in inputs):  # a batch-1 float image shape, e.g. (1, 3, 64, 64)
+        return [ExpectedInput("input", tuple(int(d) for d in inputs[1:]), torch.float32)]  # type: ignore[arg-type]
+    return list(inputs)  # type: ignore[arg-type]
+
+
+def _check_workload_size(spec: WorkloadSpec, expected: Sequence[ExpectedInput]) -> None:
+    per = sum(e.sample_nbytes for e in expected)
+    if spec.requests * per > MAX_WORKLOAD_BYTES:
+        raise ScenarioError(f"workload.requests: {spec.requests} requests x {per / 1e3:.1f} kB per input = "
+                            f"{spec.requests * per / 1e9:.2f} GB of inputs, over the {MAX_WORKLOAD_BYTES >> 30} GiB a "
+                            f"workload may hold; lower workload.requests")  # fmt: skip
+
+
+def check_workload(spec: WorkloadSpec, inputs: tuple[int, ...] | Sequence[ExpectedInput], *,
+                   base_dir: Path | None = None) -> str:  # fmt: skip
+    """Check, without reading the samples, that ``spec`` can feed a model taking ``inputs`` (``edgeflow run
+    --check``); returns a one-line description of the data.
+
+    Raises:
+        ScenarioError: the data does not fit the model, or cannot be read (naming the field).
+    """
+    expected = _as_expected(inputs)
+    _check_workload_size(spec, expected)
+    if spec.source == "demo-test":
+        from edgeflow.core.data import DEMO_IMAGE_SIZE
+
+        _check_demo(expected, DEMO_IMAGE_SIZE)
+        return "demo-test: the demo's labelled test split"
+    if spec.source == "synthetic":
+        _synthetic_kind(expected)
+        return "synthetic: " + ", ".join(f"{e.name} {tuple(e.shape)} {str(e.dtype).removeprefix('torch.')}"
+                                         for e in expected) + " (no labels: fidelity is agreement)"  # fmt: skip
+    return open_source(spec, expected, base_dir or Path.cwd()).describe()
+
+
+def _check_demo(expected: Sequence[ExpectedInput], size: int) -> None:
+    e = expected[0]
+    if len(expected) != 1 or e.shape != (3, size, size) or e.dtype != torch.float32:
+        want = ", ".join(f"{x.name} {tuple(x.shape)} {str(x.dtype).removeprefix('torch.')}" for x in expected)
+        raise ScenarioError(f"workload.source: demo-test images are (3, {size}, {size}) float32, the model takes {want}; "
+                            "use source: synthetic")  # fmt: skip
+
+
+def _demo_test(expected: Sequence[ExpectedInput]) -> tuple[torch.Tensor, torch.Tensor]:
     from edgeflow.core.data import DEMO_IMAGE_SIZE, load_demo_dataset
 
-    if image_size != DEMO_IMAGE_SIZE:
-        raise ScenarioError(
-            f"workload.source: demo-test images are {DEMO_IMAGE_SIZE}x{DEMO_IMAGE_SIZE}, the model takes {image_size}; "
-            "use source: synthetic"
-        )
+    _check_demo(expected, DEMO_IMAGE_SIZE)
     return load_demo_dataset("test")
 
 
-def build_workload(spec: WorkloadSpec, input_shape: tuple[int, ...]) -> Workload:
-    """Draw the requests of ``spec`` for a model taking ``input_shape`` (batch 1, e.g. (1, 3, 64, 64)).
-
-    Raises:
-        ScenarioError: the data does not fit the model (a demo-test workload for a model of another size, or a
-            model that does not take images).
-    """
-    if len(input_shape) != 4 or input_shape[1] != 3 or input_shape[2] != input_shape[3]:
-        raise ScenarioError(f"workload: the model takes {list(input_shape)}; only square RGB image models are supported")
-    rng = np.random.default_rng(spec.seed)
+def _order(spec: WorkloadSpec, rng: np.random.Generator, count: int) -> np.ndarray:
+    """Which sample each request carries: shuffled passes over the data (or draws from ``distinct`` of them)."""
     n = spec.requests
-    if spec.source == "demo-test":
-        images, labels = _demo_test(input_shape[2])
-        if spec.distinct is not None:
-            pool = rng.permutation(len(images))[: spec.distinct]
-            order = pool[rng.integers(0, len(pool), n)]
-        else:
-            order = np.concatenate([rng.permutation(len(images)) for _ in range(-(-n // len(images)))])[:n]
-        inputs = images[torch.from_numpy(order)].contiguous()  # (R, 3, S, S)
-        y: np.ndarray | None = labels.numpy()[order]
-    else:
+    if spec.distinct is not None:
+        pool = rng.permutation(count)[: spec.distinct]
+        return pool[rng.integers(0, len(pool), n)]
+    return np.concatenate([rng.permutation(count) for _ in range(-(-n // count))])[:n]
+
+
+def _synthetic_kind(expected: Sequence[ExpectedInput]) -> str:
+    if len(expected) != 1:
+        raise ScenarioError(f"workload: the model takes {len(expected)} inputs; workloads feed one-input models so far")
+    e = expected[0]
+    if e.dtype.is_floating_point and len(e.shape) == 3 and e.shape[0] in (1, 3):
+        return "photo"
+    if e.dtype.is_floating_point or e.dtype == torch.bool or not e.dtype.is_complex:
+        return "random"
+    raise ScenarioError(f"workload.source: synthetic: cannot generate {e.dtype} inputs")
+
+
+def _synthetic(expected: Sequence[ExpectedInput], count: int, seed: int) -> torch.Tensor:
+    """``count`` inputs matching the model's (one input): photo crops for a (C, H, W) float image (C 1 or 3),
+    standard normal values for other float inputs, and for integer inputs uniform integers over the example
+    input's range (token ids, masks: values the model has seen)."""
+    e = expected[0]
+    if _synthetic_kind(expected) == "photo":
         from edgeflow.core.data import photo_batch
 
+        c, h, w = e.shape
+        x = photo_batch(count, max(h, w), seed=seed)[:, :, :h, :w]  # (R, 3, H, W) in [0, 1]
+        return (x.mean(dim=1, keepdim=True) if c == 1 else x).to(e.dtype).contiguous()
+    g = torch.Generator().manual_seed(seed)
+    if e.dtype.is_floating_point:
+        return torch.randn((count, *e.shape), generator=g).to(e.dtype)
+    if e.dtype == torch.bool:
+        return torch.rand((count, *e.shape), generator=g) < 0.5
+    lo, hi = (int(e.example.min()), int(e.example.max())) if e.example is not None and e.example.numel() else (0, 1)
+    return torch.randint(lo, hi + 1, (count, *e.shape), generator=g).to(e.dtype)
+
+
+def build_workload(spec: WorkloadSpec, inputs: tuple[int, ...] | Sequence[ExpectedInput], *,
+                   base_dir: Path | None = None) -> Workload:  # fmt: skip
+    """Draw the requests of ``spec`` for a model taking ``inputs``: its :func:`expected_inputs`, or the batch-1
+    shape of a float image model (e.g. (1, 3, 64, 64)).
+
+    Args:
+        spec: the scenario's workload.
+        inputs: the model's inputs.
+        base_dir: the scenario file's folder (a file or folder source is relative to it; default: the current one).
+
+    Raises:
+        ScenarioError: the data does not fit the model (naming the field), cannot be read, or would hold more than
+            :data:`~edgeflow.scenario.sources.MAX_WORKLOAD_BYTES` of inputs.
+    """
+    expected = _as_expected(inputs)
+    _check_workload_size(spec, expected)
+    rng = np.random.default_rng(spec.seed)
+    n = spec.requests
+    labels_from: str | None = None
+    if spec.source == "demo-test":
+        images, labels = _demo_test(expected)
+        order = _order(spec, rng, len(images))
+        inputs_t = images[torch.from_numpy(order)].contiguous()  # (R, 3, S, S)
+        y: np.ndarray | None = labels.numpy()[order]
+        labels_from = "the demo's test split"
+    elif spec.source == "synthetic":
         if spec.distinct is not None:
             d = min(spec.distinct, n)
             order = rng.integers(0, d, n)
-            inputs = photo_batch(d, input_shape[2], seed=spec.seed)[torch.from_numpy(order)].contiguous()
+            inputs_t = _synthetic(expected, d, spec.seed)[torch.from_numpy(order)].contiguous()
         else:
             order = np.arange(n)
-            inputs = photo_batch(n, input_shape[2], seed=spec.seed)
+            inputs_t = _synthetic(expected, n, spec.seed)
         y = None
+    else:
+        src = open_source(spec, expected, base_dir or Path.cwd())
+        if len(expected) != 1:
+            raise ScenarioError(f"workload: the model takes {len(expected)} inputs; workloads feed one-input models so far")
+        order = _order(spec, rng, src.count)
+        used, back = np.unique(order, return_inverse=True)  # at most `requests` distinct samples are read
+        inputs_t = src.load(used)[torch.from_numpy(back.reshape(-1))].contiguous()
+        y = None if src.labels is None else src.labels[order]
+        labels_from = src.labels_from
     send_s = _send_times(spec, rng)
     device_of = np.arange(n) % spec.devices
-    return Workload(inputs, y, send_s, device_of, order, spec)
+    return Workload(inputs_t, y, send_s, device_of, order, spec, labels_from)
 
 
 def _send_times(spec: WorkloadSpec, rng: np.random.Generator) -> np.ndarray | None:
