@@ -31,7 +31,8 @@ import json
 import os
 import struct
 import tempfile
-from dataclasses import dataclass
+import inspect
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -42,6 +43,7 @@ from torch import nn
 
 from ..errors import ArtifactError, ConfigError
 from .exits import CalibrationTable, ExitHead, ExitSpec
+from .inputs import InputSpec, example_inputs
 from .registry import config_to_json, get_architecture, make_config
 
 __all__ = ["FORMAT_VERSION", "Artifact", "save_artifact", "load_artifact", "fingerprint"]
@@ -67,6 +69,8 @@ class Artifact:
         calibration: the calibration table, or None.
         fingerprint: content fingerprint (sha256 hex).
         path: file it was read from.
+        inputs: the model's inputs (names, shapes at batch 1, dtypes), in ``forward``'s order. A registered
+            architecture takes one float32 image batch (1, 3, S, S) at the config's ``image_size``.
     """
 
     model: nn.Module
@@ -76,6 +80,17 @@ class Artifact:
     calibration: CalibrationTable | None
     fingerprint: str
     path: Path | None = None
+    inputs: list[InputSpec] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.inputs:
+            side = int(getattr(self.config, "image_size", 224))
+            self.inputs = [InputSpec(_first_arg_name(self.model), (1, 3, side, side), torch.float32)]
+
+    def example_inputs(self, batch_size: int = 1) -> dict[str, torch.Tensor]:
+        """name -> an example input at ``batch_size`` for every model input, in ``forward``'s order
+        (floats zeros, integers ones; see :meth:`~edgeflow.core.inputs.InputSpec.example`)."""
+        return example_inputs(self.inputs, batch_size)
 
     @property
     def exit_positions(self) -> list[int]:
@@ -88,10 +103,20 @@ class Artifact:
                 return h
         raise KeyError(f"no exit head at position {position}; exits at {self.exit_positions}")
 
-    def example_input(self, batch_size: int = 1) -> torch.Tensor:
-        """A zero image batch (B, 3, S, S) at the config's ``image_size`` (224 when it has none)."""
-        side = int(getattr(self.config, "image_size", 224))
-        return torch.zeros(batch_size, 3, side, side)
+    def example_input(self, batch_size: int = 1) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """The example inputs as ``model(*args)`` takes them: one tensor bare (a zero image batch (B, 3, S, S)
+        for a registered architecture), several as a tuple."""
+        values = tuple(self.example_inputs(batch_size).values())
+        return values[0] if len(values) == 1 else values
+
+
+def _first_arg_name(model: nn.Module) -> str:
+    """Name of ``model.forward``'s first parameter: what a traced graph calls the input."""
+    try:
+        params = list(inspect.signature(model.forward).parameters)
+    except (TypeError, ValueError):
+        params = []
+    return params[0] if params and params[0].isidentifier() else "x"
 
 
 def _tensors_of(model: nn.Module, exits: Sequence[ExitHead]) -> dict[str, torch.Tensor]:
