@@ -276,6 +276,9 @@ def _install(root: nn.Module, target: str, value: torch.Tensor, parameter: bool)
             mod.add_module(p, child)
         mod = child
     leaf = parts[-1]
+    # A fresh, aligned copy: safetensors hands out tensors at any offset of its buffer, and kernels take other
+    # code paths (other rounding) on unaligned memory -- the copy is what makes results bit-exact with the model.
+    value = value.detach().clone(memory_format=torch.contiguous_format)
     if leaf in mod._modules or leaf in mod._parameters or leaf in mod._buffers:
         raise ValueError(f"weight name {target[:80]!r} clashes with another weight")
     if parameter:
