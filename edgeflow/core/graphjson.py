@@ -1,8 +1,8 @@
 """An exported model's graph as JSON: a list of ATen op calls, rebuilt without the model's Python code.
 
 Why not ``torch.export.save``/``load``: its ``.pt2`` archive (torch 2.13, ``torch/export/pt2_archive/_package.py``)
-marks each weight or constant with ``use_pickle`` and, for those marked, ``torch.load(..., weights_only=False)`` /
-``pickle.loads`` them on load — a crafted archive runs code. edgeflow's artifacts are never unpickled, so the
+flags each weight or constant with ``use_pickle`` and loads the flagged ones through Python's unpickler with
+``weights_only=False`` -- a crafted archive runs code. edgeflow's artifacts are never unpickled, so the
 graph travels as the JSON below and the weights as safetensors tensors beside it.
 
 Format (``to_json``): ``{"nodes": [...], "params": {target: "parameter" | "buffer"}}``; a node is
@@ -117,6 +117,13 @@ def graph_to_json(gm: fx.GraphModule) -> dict[str, Any]:
     nodes: list[dict[str, Any]] = []
     params: dict[str, str] = {}
     named_params = dict(gm.named_parameters())
+    # Calls first: a higher-order op (cond, map...) is the node to name, not the subgraph attribute it reads.
+    for n in gm.graph.nodes:
+        if n.op == "call_function":
+            try:
+                check_target(target_name(n.target))
+            except ValueError as e:
+                raise ValueError(f"node {n.name!r} ({target_name(n.target)}): {e}") from None
     for n in gm.graph.nodes:
         where = f"node {n.name!r} ({n.op} {target_name(n.target) if n.op == 'call_function' else n.target})"
         if n.op == "call_module":
