@@ -90,6 +90,12 @@ def load_source(source: str) -> Any:
         model = _from_module(source, kind, rest)
     if not isinstance(model, nn.Module):
         raise ConfigError(f"SOURCE {source!r}: gave a {type(model).__name__}, not a torch.nn.Module")
+    # Weights loaded from a safetensors file (from_pretrained) may sit at unaligned offsets of its buffer, where
+    # kernels round differently (a tiny BERT's pooler differed by 2e-8 from the same weights in fresh memory).
+    # Agents load fresh, aligned copies; give the model the same, so the export check compares like with like.
+    with torch.no_grad():
+        for t in [*model.parameters(), *model.buffers()]:
+            t.data = t.data.clone()
     return model.eval()
 
 

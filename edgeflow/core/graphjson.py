@@ -236,7 +236,7 @@ def graph_from_json(data: Any, weights: Mapping[str, torch.Tensor]) -> tuple[fx.
             args, kwargs = decode(d["args"]), decode(d["kwargs"])
             if not isinstance(args, list) or not isinstance(kwargs, list):
                 raise ValueError("args and kwargs must be lists")
-            if not all(isinstance(kv, list) and len(kv) == 2 and isinstance(kv[0], str) for kv in kwargs):
+            if not all(isinstance(kv, tuple) and len(kv) == 2 and isinstance(kv[0], str) for kv in kwargs):
                 raise ValueError("kwargs must be [name, value] pairs")
             if op == "placeholder":
                 if args or kwargs:

@@ -118,3 +118,26 @@ def test_torchvision_missing_says_what_to_install(tmp_path: Path) -> None:
 def test_hf_without_transformers_names_the_extra(tmp_path: Path) -> None:
     r = runner.invoke(app, ["export", f"hf:{tmp_path}", "--out", str(tmp_path / "x.ef")])
     assert r.exit_code == 2 and "edgeflow[text]" in " ".join(r.stderr.split())
+
+
+def test_hf_folder_exports_with_token_inputs(tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers", reason="the text extra (transformers) is not installed")
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=32, max_position_embeddings=32)  # fmt: skip
+    transformers.BertModel(cfg).eval().save_pretrained(tmp_path / "tiny-bert")
+    out = tmp_path / "bert.ef"
+    r = runner.invoke(app, ["export", f"hf:{tmp_path / 'tiny-bert'}", "--input", "input_ids:1,8:int64",
+                            "--input", "attention_mask:1,8:int64", "--out", str(out)])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "warning" not in r.stderr, r.stderr
+    art = load_artifact(out)
+    model = transformers.AutoModel.from_pretrained(tmp_path / "tiny-bert", local_files_only=True).eval()
+    for t in [*model.parameters(), *model.buffers()]:
+        t.data = t.data.clone()  # aligned, as an agent's copies are (see load_source)
+    ids = torch.randint(0, 50, (2, 8))
+    mask = torch.tensor([[1] * 8, [1] * 3 + [0] * 5])
+    with torch.no_grad():
+        want = model(input_ids=ids, attention_mask=mask, return_dict=False)
+        got = art.model(ids, mask)
+    assert len(got) == 2 and all(torch.equal(g, w) for g, w in zip(got, want))
