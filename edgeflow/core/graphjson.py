@@ -27,7 +27,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-__all__ = ["MAX_NODES", "graph_to_json", "graph_from_json", "check_target", "target_name"]
+__all__ = ["MAX_NODES", "graph_to_json", "graph_from_json", "check_target", "retarget_devices", "target_name"]
 
 MAX_NODES = 200_000
 MAX_ARGS_DEPTH = 8
@@ -292,3 +292,27 @@ def _install(root: nn.Module, target: str, value: torch.Tensor, parameter: bool)
         mod.register_parameter(leaf, nn.Parameter(value, requires_grad=False))
     else:
         mod.register_buffer(leaf, value)
+
+
+def retarget_devices(gm: fx.GraphModule, device: torch.device | str) -> int:
+    """Point every ``device=`` argument of the graph (e.g. ``aten.arange(..., device=cpu)``, baked in by the
+    export on the exporting machine) at ``device``, so the graph runs where its weights are. Returns how many
+    arguments changed."""
+    device = torch.device(device)
+    changed = 0
+
+    def swap(a: Any) -> Any:
+        nonlocal changed
+        if isinstance(a, torch.device) and a != device:
+            changed += 1
+            return device
+        if isinstance(a, (list, tuple)):
+            return type(a)(swap(x) for x in a)
+        return a
+
+    for n in gm.graph.nodes:
+        n.args = swap(n.args)
+        n.kwargs = {k: swap(v) for k, v in n.kwargs.items()}
+    if changed:
+        gm.recompile()
+    return changed

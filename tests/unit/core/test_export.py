@@ -246,3 +246,18 @@ def test_a_non_tensor_output_is_refused() -> None:
 def test_duplicate_input_names_are_refused() -> None:
     with pytest.raises(ArtifactError, match="given twice"):
         export_model(_conv(), CONV_INPUTS * 2)
+
+
+def test_device_arguments_follow_the_runtime_device() -> None:
+    from edgeflow.core.graphjson import retarget_devices
+
+    class Positions(nn.Module):
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return ids + torch.arange(ids.shape[1], device=ids.device)  # device=cpu baked into the graph
+
+    gm = export_model(Positions(), [parse_input("ids:1,4:int64")]).build()
+    devices = [a for n in gm.graph.nodes for a in n.kwargs.values() if isinstance(a, torch.device)]
+    assert devices == [torch.device("cpu")]
+    assert retarget_devices(gm, "meta") == 1
+    assert [a for n in gm.graph.nodes for a in n.kwargs.values() if isinstance(a, torch.device)] == [torch.device("meta")]
+    assert retarget_devices(gm, "meta") == 0
