@@ -134,3 +134,29 @@ def test_an_agent_refuses_a_tampered_exported_artifact(served_image: tuple[str, 
                        capture_output=True, text=True, timeout=120, env=tools.env())  # fmt: skip
     err = " ".join(r.stderr.split())
     assert r.returncode != 0 and "tampered or corrupt" in err and "Traceback" not in r.stderr, r.stderr
+
+
+def test_infer_cli_sends_a_file_of_named_inputs(served_text: tuple[str, Path, Any], tools: Any, tmp_path: Path) -> None:
+    import json
+
+    from safetensors.torch import save_file
+
+    _, _, client = served_text
+    ids, mask = text_batch(3, seed=9)
+    save_file({"input_ids": ids, "attention_mask": mask}, str(tmp_path / "in.safetensors"))
+    save_file({"input_ids": ids}, str(tmp_path / "short.safetensors"))
+    address = client.peer.address
+
+    def infer(name: str) -> subprocess.CompletedProcess[str]:
+        cmd = tools.edgeflow_cmd("infer", "--via", address, "--input", str(tmp_path / name), "--json")
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=tools.env())
+
+    r = infer("in.safetensors")
+    assert r.returncode == 0, r.stderr
+    with torch.no_grad():
+        want = tiny_encoder()(ids, mask)
+    data = json.loads(r.stdout)
+    assert data["output_shape"] == [3, 4] and data["prediction"] == want.argmax(-1).tolist()
+    r = infer("short.safetensors")
+    err = " ".join(r.stderr.split())
+    assert r.returncode == 2 and "missing ['attention_mask']" in err, r.stderr
