@@ -92,9 +92,10 @@ def read_scenario(path: Path, **overrides: Any) -> tuple[Any, dict[str, Any]]:
     except RecursionError:  # PyYAML composes nested collections recursively
         raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
     scenario = Scenario.from_mapping(data, source=str(path))
+    base = path.resolve().parent
+    scenario = _resolve_artifact(path, base, scenario)  # the file's own path; an override's is the caller's
     if overrides:
         scenario = scenario.with_overrides(**overrides)
-    base = path.resolve().parent
     nodes = {}
     for tier in ("device", "edge", "cloud"):
         ref = getattr(scenario.nodes, tier)
@@ -128,6 +129,19 @@ def _check_workload(sc: Any, device: Any, scenario_dir: Path) -> str:
     cfg = device if device.model.artifact == sc.model.artifact else device.with_overrides(
         **{"model.artifact": sc.model.artifact, "model.fingerprint": None})  # fmt: skip
     return check_workload(sc.workload, expected_inputs(load_runtime(cfg)), base_dir=scenario_dir)
+
+
+def _resolve_artifact(path: Path, base: Path, scenario: Any) -> Any:
+    """``model.artifact`` as a file: relative to the scenario's folder, and it must exist."""
+    from edgeflow.config import BUILTIN_PREFIX, ZOO_PREFIX
+
+    artifact = scenario.model.artifact
+    if artifact.startswith((BUILTIN_PREFIX, ZOO_PREFIX)):
+        return scenario
+    file = Path(artifact) if Path(artifact).is_absolute() else (base / artifact).resolve()
+    if not file.is_file():
+        raise ConfigError(f"{path}: model.artifact: no file {artifact!r} (a path is relative to the scenario's folder)")
+    return scenario.with_overrides(**{"model.artifact": str(file)})
 
 
 def _parse_baselines(text: str) -> list[str]:
