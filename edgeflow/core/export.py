@@ -43,7 +43,7 @@ from torch import nn
 
 from ..errors import ArtifactError
 from .exits import CalibrationTable, ExitHead
-from .graphjson import DROPPED_TARGETS, graph_from_json, graph_to_json, target_name
+from .graphjson import DROPPED_TARGETS, check_sizes, graph_from_json, graph_to_json, target_name
 from .inputs import InputSpec, check_names, inputs_from_json, inputs_to_json
 
 __all__ = ["GRAPH_FORMAT_VERSION", "ExportedModel", "export_model", "save_graph_artifact"]
@@ -447,4 +447,6 @@ def load_graph_artifact(
         gm, placeholders = graph_from_json(graph, weights)
     if placeholders != [s.name for s in inputs]:
         raise ArtifactError(f"{where}: the graph takes inputs {placeholders}, the input spec names {[s.name for s in inputs]}")
+    with _untrusted(where, "graph refused"):
+        check_sizes(gm, [s.example(1) for s in inputs])
     return gm, inputs, model_json, specs, calibration, fp

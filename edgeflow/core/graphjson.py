@@ -27,9 +27,11 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-__all__ = ["MAX_NODES", "graph_to_json", "graph_from_json", "check_target", "retarget_devices", "target_name"]
+__all__ = ["MAX_NODES", "MAX_VALUE_NBYTES", "graph_to_json", "graph_from_json", "check_sizes", "check_target",
+           "retarget_devices", "target_name"]
 
 MAX_NODES = 200_000
+MAX_VALUE_NBYTES = 1 << 30  # the largest value a graph may compute for one sample (see check_sizes)
 MAX_ARGS_DEPTH = 8
 MAX_ARGS_ITEMS = 100_000
 
@@ -267,6 +269,44 @@ def graph_from_json(data: Any, weights: Mapping[str, torch.Tensor]) -> tuple[fx.
     except Exception as e:  # lint/codegen refuse graphs that are inconsistent in ways the checks above missed
         raise ValueError(f"graph does not build: {type(e).__name__}: {str(e)[:200]}") from None
     return gm.eval(), placeholders
+
+
+def check_sizes(gm: fx.GraphModule, examples: list[torch.Tensor], limit_nbytes: int = MAX_VALUE_NBYTES) -> None:
+    """Run the graph on fake tensors (shapes only, no storage) and refuse a value larger than ``limit_nbytes``.
+
+    The whitelist keeps a graph from running code; it does not keep an allowed op from asking for a huge tensor
+    (``aten.zeros([100000, 100000, 100])`` is 4 TB). Propagating shapes on ``examples`` (one sample) costs no
+    memory and finds it at load time, by name, instead of on the first request. A data-dependent op (whose
+    output shape depends on values, e.g. ``nonzero``) ends the check there: what follows cannot be bounded ahead.
+
+    Raises:
+        ValueError: a value over the limit, or the graph does not run on the examples; the message names the node.
+    """
+    from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException, FakeTensorMode
+    from torch.fx.passes.fake_tensor_prop import FakeTensorProp
+
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+
+    class _Checked(FakeTensorProp):
+        def run_node(self, n: fx.Node) -> Any:
+            try:
+                out = super().run_node(n)
+            except (DataDependentOutputException, DynamicOutputShapeException):
+                raise
+            except Exception as e:
+                raise ValueError(f"node {n.name!r} ({target_name(n.target)[:80]}) does not run on the input spec: "
+                                 f"{type(e).__name__}: {str(e)[:200]}") from None  # fmt: skip
+            for v in out if isinstance(out, (tuple, list)) else (out,):
+                if isinstance(v, torch.Tensor) and v.numel() * v.element_size() > limit_nbytes:
+                    raise ValueError(f"node {n.name!r} ({target_name(n.target)[:80]}) computes a {tuple(v.shape)} "
+                                     f"{v.dtype} value of {v.numel() * v.element_size() / 2**20:.0f} MiB for one sample, "
+                                     f"over the {limit_nbytes >> 20} MiB limit")  # fmt: skip
+            return out
+
+    try:
+        _Checked(gm, mode).propagate(*(mode.from_tensor(x) for x in examples))
+    except (DataDependentOutputException, DynamicOutputShapeException):
+        return
 
 
 def _install(root: nn.Module, target: str, value: torch.Tensor, parameter: bool) -> None:

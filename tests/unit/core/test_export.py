@@ -152,7 +152,16 @@ def _deep(parts: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
     _node(parts, "call_function")["args"]["list"].append(arg)
 
 
+def _huge(parts: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    nodes = parts["graph"]["nodes"]  # an allowed op asking for 4 TB, before the output node
+    nodes.insert(len(nodes) - 1, {"name": "huge", "op": "call_function", "target": "aten.zeros.default",
+                                  "args": {"list": [{"list": [100000, 100000, 100]}]}, "kwargs": {"list": []}})
+
+
 FORGED = {
+    "huge allocation": (_huge, "node 'huge' (aten.zeros.default) computes a (100000, 100000, 100)"),
+    "input spec the graph cannot run": (lambda p, t: p["inputs"][0].__setitem__("shape", [1, 5, 8, 8]),
+                                        "does not run on the input spec"),
     "python builtin": (_set_target("builtins.eval"), "is not an ATen op"),
     "file reading op": (_set_target("aten.from_file.default"), "reads files"),
     "custom namespace": (_set_target("myops.evil.default"), "is not an ATen op"),
