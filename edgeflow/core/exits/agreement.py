@@ -37,6 +37,8 @@ import torch
 
 from edgeflow.core.exits.heads import ExitHead, FeatureTap, head_logits
 
+_MIN_FORWARDED = 50  # calibration samples a plan's check needs among those that go upstream (see plan_check)
+
 __all__ = ["AgreementSamples", "AgreementTest", "PlanCheck", "measure_agreement", "plan_answers", "plan_check"]
 
 
@@ -138,14 +140,20 @@ class PlanCheck:
 
 
 def plan_check(samples: AgreementSamples, head: int, upstream_exits: Sequence[tuple[int, float]],
-               false_alarm: float) -> PlanCheck:  # fmt: skip
+               false_alarm: float, *, local_exits: Sequence[tuple[int, float]] = ()) -> PlanCheck:  # fmt: skip
     """Calibrate the per-request threshold and the agreement rate of ``head`` under a plan.
+
+    Only the samples that would go upstream count: a sample one of the device's own exits (``local_exits``) is
+    confident about never reaches the upstream, and those are the easy ones (calibrating on every sample would
+    understate the false alarms among the answers actually checked). With fewer than ``_MIN_FORWARDED`` such
+    samples, every sample counts.
 
     Args:
         samples: per-sample calibration data.
         head: the device's head position.
         upstream_exits: the plan's exits past the device's slice, (position, threshold).
         false_alarm: the target rate of honest answers flagged, in (0, 0.5).
+        local_exits: the plan's exits on the device's slice, (position, threshold).
 
     Raises:
         KeyError: no head at ``head``.
@@ -155,6 +163,12 @@ def plan_check(samples: AgreementSamples, head: int, upstream_exits: Sequence[tu
         raise ValueError(f"false_alarm {false_alarm} must be in (0, 0.5)")
     probs = samples.head(head)  # (S, C)
     answers = plan_answers(samples, upstream_exits)
+    forwarded = np.ones(samples.num_samples, dtype=bool)
+    for position, threshold in local_exits:
+        if position in samples.positions:
+            forwarded &= samples.head(position).max(1) < threshold
+    if forwarded.sum() >= _MIN_FORWARDED:
+        probs, answers = probs[forwarded], answers[forwarded]
     p_answer = probs[np.arange(len(answers)), answers]  # (S,)
     threshold = float(np.quantile(p_answer, false_alarm))
     return PlanCheck(
@@ -162,7 +176,7 @@ def plan_check(samples: AgreementSamples, head: int, upstream_exits: Sequence[tu
         agreement=float((probs.argmax(1) == answers).mean()),
         threshold=threshold,
         false_alarm=float((p_answer < threshold).mean()),
-        num_samples=samples.num_samples,
+        num_samples=len(answers),
     )
 
 
