@@ -191,7 +191,9 @@ class AgreementTest:
     """
 
     def __init__(self, rate: float, *, drop: float, alpha: float, beta: float):
-        r0 = min(max(rate, 1e-3), 1 - 1e-3)  # a head that always (or never) agreed on calibration: stay finite
+        # a few hundred calibration samples cannot tell 99.9% from 99%: a rate beyond [0.01, 0.99] is taken as the
+        # bound (else one honest disagreement would be proof of lying against a head that never disagreed)
+        r0 = min(max(rate, 0.01), 0.99)
         r1 = min(max(r0 - drop, 1e-3), r0 - 1e-3)
         self.rate, self.alternative = r0, r1
         self.llr_agree = math.log(r1 / r0)  # < 0
