@@ -399,12 +399,13 @@ class Agent:
         ``recompute-locally`` a flagged one is replaced by the device finishing the model itself."""
         assert self.validator is not None and answer.values is not None
         b = answer.breakdown
-        was_suspect = self.validator.suspect(b.answered_by)
+        suspects = len(self.validator.stats().suspect)
         verdict = self.validator.check(plan, answer.heads or {}, answer.values, b.answered_by, b.exit_position,
                                        b.exit_confidence)  # fmt: skip
         b.validation, b.validation_reason, b.upstream_classes = verdict.status, verdict.reason, verdict.classes
-        if self.result_memory is not None and not was_suspect and self.validator.suspect(b.answered_by):
-            self.result_memory.forget(b.answered_by)  # its earlier answers are doubted too
+        if self.result_memory is not None and len(self.validator.stats().suspect) > suspects:
+            for tier in TIERS[1:]:  # answers that came through a suspect upstream are doubted too
+                self.result_memory.forget(tier)
         if verdict.status != "flagged":
             return
         _log.warning("validate: flagged: %s", verdict.reason)

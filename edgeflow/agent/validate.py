@@ -161,8 +161,13 @@ class Validator:
 
     def check(self, plan: Plan, heads: dict[int, torch.Tensor], values: list[torch.Tensor], tier: str,
               exit_position: int, exit_confidence_: float) -> Verdict:  # fmt: skip
-        """Check an upstream answer: ``values`` (the reply's logits, (B, C)) from ``tier`` under ``plan``, with the
-        logits of the device heads evaluated for this request (``heads``) and the reply's exit and confidence."""
+        """Check an upstream answer: ``values`` (the reply's logits, (B, C)) answered by ``tier`` under ``plan``, with
+        the logits of the device heads evaluated for this request (``heads``) and the reply's exit and confidence.
+
+        A running test that fails makes the device's *upstream* suspect (the plan's next tier: the one it sent the
+        request to and took the answer from; whether that tier or one behind it lied, the device cannot tell)."""
+        nxt = plan.upstream_of(TIERS[0]) if plan.stage(TIERS[0]) is not None else (plan.stages[0] if plan.stages else None)
+        upstream = nxt.tier if nxt is not None else tier
         logits = values[0].detach().float() if values else torch.empty(0)
         classes = tuple(int(c) for c in logits.argmax(-1).reshape(-1)) if logits.dim() == 2 and logits.numel() else ()
         reason = self._inconsistent(plan, logits, exit_position, exit_confidence_)
@@ -184,7 +189,7 @@ class Validator:
                 flagged_by_head = bool(check.suspicious(probs, answer, strict=strict).any())
                 for agreed in (probs.argmax(1) == answer).tolist():
                     test.observe(bool(agreed))
-            self._note_suspect(tier, str(plan), test)
+            self._note_suspect(upstream, str(plan), test)
             s = self._stats
             s.checked += 1
             s.by_head += flagged_by_head
@@ -214,7 +219,7 @@ class Validator:
         """Under the lock: keep the suspect set in step with ``plan``'s running test."""
         if test.suspect and tier not in self._suspect:
             self._suspect[tier] = plan
-            _log.warning("validate: upstream %s is suspect: its answers agree with the device's head %d of %d times "
+            _log.warning("validate: upstream %s is suspect: the answers through it agree with the device's head %d of %d times "
                          "under %s, calibrated rate %.3f", tier, test.observed - test.disagreed, test.observed, plan,
                          test.rate)  # fmt: skip
         elif not test.suspect and self._suspect.get(tier) == plan:
