@@ -316,6 +316,16 @@ class ValidateConfig(_Section):
     calibration: Literal["demo"] = "demo"  # the held-out inputs: the demo's calibration split (never its test split)
 
 
+class ChaosConfig(_Section):
+    """Chaos for testing the device's ``validate`` (``edgeflow.agent.chaos``): this edge or cloud answers a well-formed
+    wrong class for ``wrong_class`` of its requests (0: never, the default), chosen by request id and ``seed``;
+    ``choice``: ``uniform`` (any other class) or ``runner-up`` (the most plausible one). Never in production."""
+
+    wrong_class: float = Field(0.0, ge=0, le=1)
+    choice: Literal["uniform", "runner-up"] = "uniform"
+    seed: int = Field(0, ge=0, le=2**31)
+
+
 class TracingConfig(_Section):
     """OpenTelemetry spans per request (``edgeflow.transport.tracing``); off by default. Off, an agent still passes a
     caller's trace context on upstream. ``exporter``: none (ids only), console, jsonl (``path``: one JSON line per
@@ -382,7 +392,8 @@ class NodeConfig(_Section):
     tracing: TracingConfig = TracingConfig()
     ray: RayConfig = RayConfig()
     memory: MemoryConfig = MemoryConfig()
-    validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")  # (``validate`` is a BaseModel method)
+    validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
+    chaos: ChaosConfig = ChaosConfig()  # (``validate`` is a BaseModel method)
 
     @field_validator("validate_", mode="before")
     @classmethod
@@ -409,6 +420,8 @@ class NodeConfig(_Section):
         if self.validate_.mode != "off" and self.role != "device":
             raise ValueError(f"validate: upstream answers are checked by the device (its own exit head), not the "
                              f"{self.role}")  # fmt: skip
+        if self.chaos.wrong_class > 0 and self.role == "device":
+            raise ValueError("chaos: wrong_class makes an edge or a cloud lie to the device below it; a device has none")
         if self.plan == AUTO_PLAN:
             return self  # any chain: the device's live planner decides, over whatever upstream there is
         plan = Plan.parse(self.plan)

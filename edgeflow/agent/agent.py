@@ -40,6 +40,7 @@ from typing import Sequence
 import torch
 
 from edgeflow.agent.admission import Admission, CodecCache
+from edgeflow.agent.chaos import flip_classes, lies_about
 from edgeflow.agent.compute import BatchingComputeUnit, BatchJob, ComputeUnit, JobTiming, MemoryBudget
 from edgeflow.agent.failover import failure_kind, fallback_reason, reserve_s, upstream_deadline
 from edgeflow.agent.gate import RequestGate
@@ -301,6 +302,11 @@ class Agent:
                     answer = self._run(call.request_id, start, stop, forward, got.values, timing, deadline, plan,
                                        call.plan)  # fmt: skip
         tensors = answer.wire
+        chaos = self.config.chaos
+        if chaos.wrong_class > 0 and answer.position == self.runtime.num_positions and self.source is None \
+                and lies_about(call.request_id, chaos.wrong_class, chaos.seed):  # fmt: skip
+            answer = self._lie(answer, call.request_id)
+            tensors = None
         if tensors is None:
             t = time.monotonic()
             names = self._names(answer.position, len(answer.values or []))
@@ -309,6 +315,17 @@ class Agent:
         self._finish(timing, t0)
         return InferReply(call.request_id, self.fingerprint, answer.position, tensors, answer.breakdown, plan=said[0],
                           predicted_latency_s=said[1], predicted_outcome_s=said[2])  # fmt: skip
+
+    def _lie(self, answer: _Answer, request_id: str) -> _Answer:
+        """Chaos (node section ``chaos``): the answer's top class swapped for a wrong one (:mod:`edgeflow.agent.chaos`)."""
+        values = answer.values
+        if values is None and answer.wire is not None:
+            values = self.admission.decode_reply(answer.wire)
+        if values is None or len(values) != 1 or values[0].dim() != 2 or values[0].shape[1] < 2:
+            return answer
+        c = self.config.chaos
+        told = flip_classes(values[0], request_id, seed=c.seed, choice=c.choice)
+        return _Answer(answer.position, answer.breakdown, values=[told])
 
     def submit_local(
         self,

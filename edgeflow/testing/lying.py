@@ -24,7 +24,6 @@ other class) or ``runner-up`` (the honest logits' second class: the most plausib
 
 from __future__ import annotations
 
-import hashlib
 import struct
 import threading
 from concurrent import futures
@@ -33,8 +32,8 @@ from typing import Any, Callable, Iterator
 
 import grpc
 
-import torch
-
+from edgeflow.agent.chaos import CHOICES as WRONG_CLASS_CHOICES
+from edgeflow.agent.chaos import flip_classes, lies_about
 from edgeflow.core.codecs import codec_from_spec, decode
 from edgeflow.testing.hostile import _header, _zstd_declaring
 from edgeflow.transport import InferReply, TierTiming, WireTensor
@@ -44,8 +43,6 @@ from edgeflow.transport.service import SERVICE_NAME
 from edgeflow.transport.wire import frame
 
 __all__ = ["LIES", "DESCRIBE_LIES", "LyingUpstream", "WrongClass", "WRONG_CLASS_CHOICES"]
-
-WRONG_CLASS_CHOICES = ("uniform", "runner-up")
 
 Lie = Callable[[InferReply, str], bytes]  # (honest reply, request id) -> the bytes sent instead
 
@@ -111,7 +108,8 @@ DESCRIBE_LIES: dict[str, Callable[[pb.DescribeResponse], None]] = {
 
 
 class WrongClass:
-    """Flip the answer of a ``fraction`` of the requests to a wrong class, well-formed (see the module doc).
+    """Flip the answer of a ``fraction`` of the requests to a wrong class, well-formed (see the module doc; the lie is
+    :func:`edgeflow.agent.chaos.flip_classes`, the one an agent with a ``chaos`` section tells).
 
     Args:
         fraction: share of requests lied about, in [0, 1] (decided per request id, reproducibly).
@@ -126,35 +124,20 @@ class WrongClass:
         self.fraction, self.seed, self.choice, self.careless = fraction, seed, choice, careless
         self.flipped: set[str] = set()  # request ids lied about (bounded by the requests a test sends)
 
-    def _draw(self, request_id: str, what: str) -> float:
-        h = hashlib.sha256(f"{self.seed}|{what}|{request_id}".encode()).digest()
-        return int.from_bytes(h[:8], "little") / 2**64
-
     def lies_about(self, request_id: str) -> bool:
-        return self._draw(request_id, "lie") < self.fraction
+        return lies_about(request_id, self.fraction, self.seed)
 
     def __call__(self, reply: InferReply, request_id: str) -> bytes | None:
         """The lying reply's bytes, or None to pass the honest one (not chosen, or nothing to flip)."""
         if not self.lies_about(request_id) or len(reply.tensors) != 1 or len(reply.tensors[0].shape) != 2:
             return None
         t = reply.tensors[0]
-        logits = decode(t.payload, t.decode_limits()).clone()  # (B, C)
+        logits = decode(t.payload, t.decode_limits())  # (B, C)
         if logits.shape[1] < 2:
             return None
-        for b in range(logits.shape[0]):
-            row = logits[b]
-            honest = int(row.argmax())
-            if self.choice == "runner-up":
-                told = int(row.clone().index_fill_(0, torch.tensor([honest]), float("-inf")).argmax())
-            else:
-                told = (honest + 1 + int(self._draw(f"{request_id}/{b}", "class") * (row.numel() - 1))) % row.numel()
-            if self.careless:
-                row[told] = row[honest] + 1.0
-            else:
-                row[[honest, told]] = row[[told, honest]]
+        told = flip_classes(logits, request_id, seed=self.seed, choice=self.choice, careless=self.careless)
         self.flipped.add(request_id)
-        payload = codec_from_spec(t.codec).encode(logits)
-        return _with(reply, tensors=[replace(t, payload=payload)])
+        return _with(reply, tensors=[replace(t, payload=codec_from_spec(t.codec).encode(told))])
 
 
 class LyingUpstream:
