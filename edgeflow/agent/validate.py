@@ -14,8 +14,8 @@ An upstream that answers in the right shape but with the wrong class passes repl
 Each request's breakdown says ``validation``: ``ok``, ``flagged`` (with the reason), ``recomputed`` (the device
 finished the model itself, ``recompute-locally``) or ``unchecked`` (the device's slice holds no exit head, e.g. a
 plan that sends the raw input). The calibration runs once per model at start-up, on the demo's calibration
-(validation) split: the agreement data is not in the artifact because the artifact's fingerprint covers its
-calibration table, and every tier's pin would change; ~0.5 s of forward passes on 359 images.
+(validation) split, before the agent serves (once per model and process): the agreement data is not in the
+artifact because the artifact's fingerprint covers its calibration table, and every tier's pin would change.
 """
 
 from __future__ import annotations
@@ -35,13 +35,24 @@ from edgeflow.core.exits.agreement import AgreementSamples, AgreementTest, PlanC
 from edgeflow.core.plan import TIERS, ExitPoint, Plan
 from edgeflow.errors import ConfigError
 
-__all__ = ["Verdict", "ValidationStats", "Validator", "calibration_samples"]
+__all__ = ["Verdict", "ValidationStats", "Validator", "calibration_samples", "check_calibration_source"]
 
 _log = logging.getLogger(__name__)
 _PLANS = 64  # per-plan checks and running tests kept (a live planner uses a handful of plans)
 _CONFIDENCE_TOLERANCE = 1e-3  # an exit's reported confidence vs its logits' (float32 softmax, one rounding)
 _SAMPLES: dict[str, AgreementSamples] = {}  # model fingerprint -> calibration data (one per process per model)
 _SAMPLES_LOCK = threading.Lock()
+
+
+def check_calibration_source(runtime: ModelRuntime, source: str = "demo") -> None:
+    """Raises ConfigError unless ``runtime`` has exit heads and takes the calibration inputs (cheap: at start-up)."""
+    if not runtime.exits:
+        raise ConfigError("validate: the model has no exit heads for the device to check answers with")
+    infos = runtime.cut_info(0).tensors
+    shape = tuple(infos[0].shape)
+    if len(infos) != 1 or len(shape) != 4 or shape[1] != 3 or shape[2] != shape[3]:
+        raise ConfigError(f"validate.calibration: {source}: the demo's calibration images do not fit the model's "
+                          f"input {list(shape)}")  # fmt: skip
 
 
 def calibration_samples(runtime: ModelRuntime, source: str = "demo") -> AgreementSamples:
@@ -54,16 +65,11 @@ def calibration_samples(runtime: ModelRuntime, source: str = "demo") -> Agreemen
         got = _SAMPLES.get(runtime.fingerprint)
         if got is not None:
             return got
-        if not runtime.exits:
-            raise ConfigError("validate: the model has no exit heads for the device to check answers with")
+        check_calibration_source(runtime, source)
         from edgeflow.core.data import load_demo_dataset
         from edgeflow.core.exits.heads import partition_tap
 
-        shape = tuple(runtime.cut_info(0).tensors[0].shape)
-        if len(runtime.cut_info(0).tensors) != 1 or len(shape) != 4 or shape[1] != 3 or shape[2] != shape[3]:
-            raise ConfigError(f"validate.calibration: {source}: the demo's calibration images do not fit the model's "
-                              f"input {list(shape)}")  # fmt: skip
-        images, _ = load_demo_dataset("calibration", size=int(shape[2]))
+        images, _ = load_demo_dataset("calibration", size=int(runtime.cut_info(0).tensors[0].shape[2]))
         positions = sorted(runtime.exits)
         tap = partition_tap(runtime.partition, positions)
         with torch.inference_mode():
@@ -108,7 +114,11 @@ class Validator:
     def __init__(self, config: ValidateConfig, runtime: ModelRuntime):
         self.config = config
         self.runtime = runtime
-        self.samples = calibration_samples(runtime, config.calibration)
+        check_calibration_source(runtime, config.calibration)
+        # The calibration passes (rendering 359 images, a forward pass over them: ~2 s on one idle core here, far
+        # more on a busy one) run now, before the agent serves: beside the live planner's start-up measurements
+        # they would inflate the device's measured compute for the whole run.
+        self.samples: AgreementSamples = calibration_samples(runtime, config.calibration)
         self._checks: OrderedDict[str, tuple[PlanCheck, AgreementTest] | None] = OrderedDict()
         self._lock = threading.Lock()
         self._stats = ValidationStats()

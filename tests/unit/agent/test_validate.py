@@ -165,3 +165,15 @@ def test_a_careless_liar_is_caught_by_its_own_confidence(chain: Any, test_images
     exited = [r for r in got if r.breakdown.exit_position == 36]
     assert exited and all(r.breakdown.validation == "flagged" for r in exited)
     assert all("exit_confidence" in r.breakdown.validation_reason for r in exited)
+
+
+def test_a_model_the_check_cannot_be_calibrated_for_is_a_config_error() -> None:
+    from edgeflow.core.zoo import build_model
+
+    torch.manual_seed(0)
+    bare = ModelRuntime(build_model("resnet18", width=4, num_classes=10, image_size=16), torch.rand(1, 3, 16, 16))
+    with pytest.raises(ConfigError, match="^validate: the model has no exit heads"):
+        Validator(ValidateConfig(mode="flag"), bare)
+    node = {"role": "device", "plan": "device[0:]", "validate": "flag"}
+    with pytest.raises(ConfigError, match="^validate: the model has no exit heads"):
+        Agent(NodeConfig.from_mapping(node), bare, profile_repeats=0)
