@@ -176,7 +176,8 @@ class Validator:
 
         A running test that fails makes the device's *upstream* suspect (the plan's next tier: the one it sent the
         request to and took the answer from; whether that tier or one behind it lied, the device cannot tell)."""
-        nxt = plan.upstream_of(TIERS[0]) if plan.stage(TIERS[0]) is not None else (plan.stages[0] if plan.stages else None)
+        mine = plan.stage(TIERS[0])
+        nxt = plan.upstream_of(TIERS[0]) if mine is not None else (plan.stages[0] if plan.stages else None)
         upstream = nxt.tier if nxt is not None else tier
         logits = values[0].detach().float() if values else torch.empty(0)
         classes = tuple(int(c) for c in logits.argmax(-1).reshape(-1)) if logits.dim() == 2 and logits.numel() else ()
@@ -192,7 +193,9 @@ class Validator:
         check, test = pc
         probs = heads[check.head].detach().float().softmax(-1)  # (B, C)
         with self._lock:
-            strict = test.suspect
+            # strict while this plan's test or any test of the same upstream holds it suspect (a tier caught lying
+            # under one plan is not trusted afresh under the next: its suspicion ends where it began)
+            strict = test.suspect or upstream in self._suspect
             flagged_by_head = False
             if classes and probs.shape[0] == len(classes):
                 answer = torch.tensor(classes)
@@ -207,8 +210,8 @@ class Validator:
             s.flagged += flagged_by_head or reason != ""
         if flagged_by_head and not reason:
             p = float(probs.gather(1, torch.tensor(classes).view(-1, 1)).min())
-            why = "disagrees with the device's head while the tier is suspect" if strict and p >= check.threshold \
-                else f"p_head {p:.4f} < {check.threshold:.4f}"  # fmt: skip
+            why = (f"disagrees with the device's head while {upstream} is suspect" if strict and p >= check.threshold
+                   else f"p_head {p:.4f} < {check.threshold:.4f}")  # fmt: skip
             reason = f"{tier} answered class {list(classes)}; device head @{check.head} {why}"
         return Verdict("flagged" if reason else "ok", reason, classes)
 
@@ -229,9 +232,9 @@ class Validator:
         """Under the lock: keep the suspect set in step with ``plan``'s running test."""
         if test.suspect and tier not in self._suspect:
             self._suspect[tier] = plan
-            _log.warning("validate: upstream %s is suspect: the answers through it agree with the device's head %d of %d times "
-                         "under %s, calibrated rate %.3f", tier, test.observed - test.disagreed, test.observed, plan,
-                         test.rate)  # fmt: skip
+            _log.warning("validate: upstream %s is suspect: the answers through it agree with the device's head "
+                         "%d of %d times under %s, calibrated rate %.3f", tier, test.observed - test.disagreed,
+                         test.observed, plan, test.rate)  # fmt: skip
         elif not test.suspect and self._suspect.get(tier) == plan:
             del self._suspect[tier]
             _log.warning("validate: upstream %s is trusted again under %s", tier, plan)
