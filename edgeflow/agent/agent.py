@@ -425,7 +425,7 @@ class Agent:
                 self.result_memory.forget(tier)
         if verdict.status != "flagged":
             return
-        _log.warning("validate: flagged: %s", verdict.reason)
+        _log.info("validate: flagged: %s", verdict.reason)  # a suspicion is the warning (agent/validate.py)
         if not self.validator.recompute or answer.local is None:
             return
         position, values = answer.local
