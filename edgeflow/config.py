@@ -307,6 +307,34 @@ class MemoryConfig(_Section):
     max_mb: float = Field(64.0, gt=0, le=65536)
 
 
+VALIDATE_MODES = ("off", "flag", "recompute-locally")
+
+
+class ValidateConfig(_Section):
+    """The device's check of upstream answers (``edgeflow.agent.validate``): its own exit head against the answer,
+    calibrated on the demo's calibration (validation) split at start-up. ``mode``: ``off``; ``flag`` (answer, and mark
+    a suspicious answer in the breakdown); ``recompute-locally`` (the device finishes the model itself for a
+    flagged request, answers that, and holds the upstream suspect). ``validate: flag`` is short for ``{mode: flag}``.
+    A device only."""
+
+    mode: Literal["off", "flag", "recompute-locally"] = "off"
+    false_alarm: float = Field(0.005, gt=0, lt=0.5)  # per request: honest answers flagged, on the calibration split
+    drop: float = Field(0.1, gt=0, lt=1)  # running test: agreement-rate drop it looks for (H1: calibrated - drop)
+    alpha: float = Field(0.001, gt=0, lt=0.5)  # running test: false-suspicion probability per decision
+    beta: float = Field(0.01, gt=0, lt=0.5)  # running test: miss probability (ends a suspicion)
+    calibration: Literal["demo"] = "demo"  # the held-out inputs: the demo's calibration split (never its test split)
+
+
+class ChaosConfig(_Section):
+    """Chaos for testing the device's ``validate`` (``edgeflow.agent.chaos``): this edge or cloud answers a well-formed
+    wrong class for ``wrong_class`` of its requests (0: never, the default), chosen by request id and ``seed``;
+    ``choice``: ``uniform`` (any other class) or ``runner-up`` (the most plausible one). Never in production."""
+
+    wrong_class: float = Field(0.0, ge=0, le=1)
+    choice: Literal["uniform", "runner-up"] = "uniform"
+    seed: int = Field(0, ge=0, le=2**31)
+
+
 class TracingConfig(_Section):
     """OpenTelemetry spans per request (``edgeflow.transport.tracing``); off by default. Off, an agent still passes a
     caller's trace context on upstream. ``exporter``: none (ids only), console, jsonl (``path``: one JSON line per
@@ -350,6 +378,9 @@ class RayConfig(_Section):
 class NodeConfig(_Section):
     """One node file. Build with :meth:`from_mapping` to get field-path errors."""
 
+    # ``validate`` is spelled ``validate_`` in Python (BaseModel has a ``validate``); files and dumps say ``validate``
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, validate_by_name=True,
+                              validate_by_alias=True, serialize_by_alias=True)  # fmt: skip
     role: Literal["device", "edge", "cloud"]
     listen: ListenConfig = ListenConfig()
     upstream: UpstreamConfig | None = None
@@ -370,6 +401,13 @@ class NodeConfig(_Section):
     tracing: TracingConfig = TracingConfig()
     ray: RayConfig = RayConfig()
     memory: MemoryConfig = MemoryConfig()
+    validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
+    chaos: ChaosConfig = ChaosConfig()  # (``validate`` is a BaseModel method)
+
+    @field_validator("validate_", mode="before")
+    @classmethod
+    def _validate_short(cls, v: Any) -> Any:
+        return {"mode": v} if isinstance(v, str) else v
 
     @field_validator("plan")
     @classmethod
@@ -388,6 +426,11 @@ class NodeConfig(_Section):
         if self.memory.enabled and self.role != "device":
             raise ValueError(f"memory: the result memory is the device's (inputs enter the chain there), not the "
                              f"{self.role}'s")  # fmt: skip
+        if self.validate_.mode != "off" and self.role != "device":
+            raise ValueError(f"validate: upstream answers are checked by the device (its own exit head), not the "
+                             f"{self.role}")  # fmt: skip
+        if self.chaos.wrong_class > 0 and self.role == "device":
+            raise ValueError("chaos: wrong_class makes an edge or a cloud lie to the device below it; a device has none")
         if self.plan == AUTO_PLAN:
             return self  # any chain: the device's live planner decides, over whatever upstream there is
         plan = Plan.parse(self.plan)
@@ -460,12 +503,15 @@ class NodeConfig(_Section):
         return NodeConfig.from_mapping(data, source=str(base))
 
 
+_FIELD_NAMES = {f.alias or name for name, f in NodeConfig.model_fields.items()}
+
+
 def _describe(e: ValidationError, source: str) -> list[str]:
     lines = []
     for err in e.errors(include_url=False):
         loc = ".".join(str(p) for p in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
-        if msg.split(":", 1)[0] in NodeConfig.model_fields and not loc:
+        if msg.split(":", 1)[0] in _FIELD_NAMES and not loc:
             lines.append(f"{source}: {msg}")  # a cross-field check that names its own field
         else:
             given = err.get("input")

@@ -40,6 +40,7 @@ from typing import Sequence
 import torch
 
 from edgeflow.agent.admission import Admission, CodecCache
+from edgeflow.agent.chaos import flip_classes, lies_about
 from edgeflow.agent.compute import BatchingComputeUnit, BatchJob, ComputeUnit, JobTiming, MemoryBudget
 from edgeflow.agent.failover import failure_kind, fallback_reason, reserve_s, upstream_deadline
 from edgeflow.agent.gate import RequestGate
@@ -48,6 +49,7 @@ from edgeflow.agent.runtime import ModelRuntime, RunOutcome
 from edgeflow.agent.memory import Remembered, ResultMemory
 from edgeflow.agent.source import Source, Ticket
 from edgeflow.agent.upstream import Upstream
+from edgeflow.agent.validate import Validator
 from edgeflow.config import NodeConfig
 from edgeflow.core.codecs import CODEC_NAMES, Codec
 from edgeflow.core.plan import TIERS, ExitPoint, Plan
@@ -102,6 +104,8 @@ class _Answer:
     breakdown: Breakdown
     values: list[torch.Tensor] | None = None
     wire: list[WireTensor] | None = None
+    heads: dict[int, torch.Tensor] | None = None  # the device's exit heads evaluated on the way (validate)
+    local: tuple[int, list[torch.Tensor]] | None = None  # the device's values it sent up, and their position
 
 
 class Agent:
@@ -155,6 +159,9 @@ class Agent:
             self.source = Source(config, config.parsed_plan, idle=lambda: self.compute.idle)
         # identical inputs answered again without compute or transfer (a device, ``memory.enabled``)
         self.result_memory = ResultMemory(config.memory, self.fingerprint) if config.memory.enabled else None
+        # upstream answers checked against the device's own exit head (a device, ``validate``)
+        self.validator = (Validator(config.validate_, runtime)
+                          if self.role == TIERS[0] and config.validate_.mode != "off" else None)  # fmt: skip
 
     # ------------------------------------------------------------------------------------ handshake
     def describe(self, caller_fingerprint: str = "", caller_role: str = "") -> Description:
@@ -295,6 +302,11 @@ class Agent:
                     answer = self._run(call.request_id, start, stop, forward, got.values, timing, deadline, plan,
                                        call.plan)  # fmt: skip
         tensors = answer.wire
+        chaos = self.config.chaos
+        if chaos.wrong_class > 0 and answer.position == self.runtime.num_positions and self.source is None \
+                and lies_about(call.request_id, chaos.wrong_class, chaos.seed):  # fmt: skip
+            answer = self._lie(answer, call.request_id)
+            tensors = None
         if tensors is None:
             t = time.monotonic()
             names = self._names(answer.position, len(answer.values or []))
@@ -303,6 +315,17 @@ class Agent:
         self._finish(timing, t0)
         return InferReply(call.request_id, self.fingerprint, answer.position, tensors, answer.breakdown, plan=said[0],
                           predicted_latency_s=said[1], predicted_outcome_s=said[2])  # fmt: skip
+
+    def _lie(self, answer: _Answer, request_id: str) -> _Answer:
+        """Chaos (node section ``chaos``): the answer's top class swapped for a wrong one (:mod:`edgeflow.agent.chaos`)."""
+        values = answer.values
+        if values is None and answer.wire is not None:
+            values = self.admission.decode_reply(answer.wire)
+        if values is None or len(values) != 1 or values[0].dim() != 2 or values[0].shape[1] < 2:
+            return answer
+        c = self.config.chaos
+        told = flip_classes(values[0], request_id, seed=c.seed, choice=c.choice)
+        return _Answer(answer.position, answer.breakdown, values=[told])
 
     def submit_local(
         self,
@@ -364,13 +387,16 @@ class Agent:
             if source is not None:
                 source.release(ticket)
             raise
+        if self.validator is not None and answer.breakdown.answered_by != self.role:
+            self._validate(answer, timing, self.plan_of(str(ticket.plan)), deadline)
         out = answer.values
         assert out is not None, "every path decodes: call_upstream decodes the reply it admits"
         self._finish(timing, t0)
         if memory is not None:
             b = answer.breakdown
             b.memory = "miss"
-            if not b.fallback:  # only what went by its plan: a fallback's answer is another path's
+            if not b.fallback and b.validation != "flagged":  # only what went by its plan (a fallback's answer is
+                # another path's), and nothing the validator doubts
                 if str(ticket.plan) != now_plan:  # the plan switched between the look-up and the ticket
                     key = memory.key(values, str(ticket.plan))
                 memory.put(key, out, position=answer.position, answered_by=b.answered_by,
@@ -384,6 +410,35 @@ class Agent:
                 source.release(ticket)
         return LocalAnswer(request_id, out, answer.position, answer.breakdown, str(ticket.plan), ticket.predicted_s,
                            ticket.predicted_outcome_s(answer.breakdown.exit_position))  # fmt: skip
+
+    def _validate(self, answer: _Answer, timing: TierTiming, plan: Plan, deadline: float) -> None:
+        """Check an upstream's answer with the device's own head (see :mod:`edgeflow.agent.validate`); under
+        ``recompute-locally`` a flagged one is replaced by the device finishing the model itself."""
+        assert self.validator is not None and answer.values is not None
+        b = answer.breakdown
+        suspects = len(self.validator.stats().suspect)
+        verdict = self.validator.check(plan, answer.heads or {}, answer.values, b.answered_by, b.exit_position,
+                                       b.exit_confidence)  # fmt: skip
+        b.validation, b.validation_reason, b.upstream_classes = verdict.status, verdict.reason, verdict.classes
+        if self.result_memory is not None and len(self.validator.stats().suspect) > suspects:
+            for tier in TIERS[1:]:  # answers that came through a suspect upstream are doubted too
+                self.result_memory.forget(tier)
+        if verdict.status != "flagged":
+            return
+        _log.info("validate: flagged: %s", verdict.reason)  # a suspicion is the warning (agent/validate.py)
+        if not self.validator.recompute or answer.local is None:
+            return
+        position, values = answer.local
+        n = self.runtime.num_positions
+        if self.source is not None:
+            self.source.local_work(position, n)
+        outcome, job = self._run_here(position, values, (), deadline)  # no exits: the model's own answer
+        timing.queue_s += job.queue_s
+        timing.compute_s += job.compute_s
+        timing.stop = n
+        answer.values, answer.position = outcome.values, outcome.position
+        b.answered_by, b.exit_position, b.exit_confidence, b.validation = self.role, -1, 0.0, "recomputed"
+        self.validator.recomputed()
 
     def _remembered(self, request_id: str, hit: Remembered, plan: str, t0: float, decode_s: float,
                     bytes_in: int) -> LocalAnswer:  # fmt: skip
@@ -469,6 +524,9 @@ class Agent:
         ticket: Ticket | None = None,
     ) -> _Answer:
         exits = plan.exits_in(start, stop) if forward or stop == self.runtime.num_positions else ()
+        watch = self.validator.watch(plan, start, stop) if self.validator is not None and ticket is not None else None
+        if watch is not None and forward:  # the device's head runs even where the plan does not exit (validate)
+            exits = (*exits, watch)
         key = self.runtime.batch_key(start, stop, values, exits)
         size = int(values[0].shape[0]) if values and values[0].dim() else 1
         job = BatchJob(values, lambda batch: self.runtime.run_batch(start, stop, batch, exits), key, size)
@@ -486,7 +544,10 @@ class Agent:
         hop = self._codec(stage.codec if stage is not None and stage.codec else "lossless")
         wire = [self.wire_tensor(name, v, hop) for name, v in zip(names, outcome.values)]
         timing.encode_s = time.monotonic() - t
-        return self._forward(request_id, stop, wire, outcome.values, timing, deadline, plan, plan_text, ticket=ticket)
+        answer = self._forward(request_id, stop, wire, outcome.values, timing, deadline, plan, plan_text, ticket=ticket)
+        if self.validator is not None and ticket is not None:
+            answer.heads, answer.local = outcome.heads, (stop, outcome.values)
+        return answer
 
     def _forward(
         self,

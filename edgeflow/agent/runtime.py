@@ -15,7 +15,7 @@ are concatenated along dim 0, run once and split back; early exits stay per requ
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Hashable, Mapping, Sequence
 
 import torch
@@ -49,6 +49,7 @@ class RunOutcome:
     position: int
     exit_position: int = -1
     exit_confidence: float = 0.0
+    heads: dict[int, torch.Tensor] = field(default_factory=dict)  # logits of every exit evaluated on the way (B, C)
 
 
 class ModelRuntime:
@@ -166,6 +167,7 @@ class ModelRuntime:
         """
         current = [v.to(self.device) for v in values]
         pos = start
+        heads: dict[int, torch.Tensor] = {}
         with torch.inference_mode():
             for e in sorted(exits, key=lambda e: e.position):
                 if not start < e.position <= stop or e.position not in self.exits:
@@ -174,12 +176,13 @@ class ModelRuntime:
                 pos = e.position
                 primary = current[self.cut_info(pos).primary]
                 logits = self.exits[pos](primary)
+                heads[pos] = logits
                 confidence = float(exit_confidence(logits).min())  # (B,) -> the least confident sample
                 if confidence >= e.threshold:
-                    return RunOutcome([logits], self.num_positions, e.position, confidence)
+                    return RunOutcome([logits], self.num_positions, e.position, confidence, heads)
             if pos < stop:
                 current = self._run_range(pos, stop, current)
-        return RunOutcome(current, stop)
+        return RunOutcome(current, stop, heads=heads)
 
     def batch_key(
         self, start: int, stop: int, values: Sequence[torch.Tensor], exits: Sequence[ExitPoint] = ()
@@ -220,6 +223,7 @@ class ModelRuntime:
         current = [torch.cat([values[i] for values in batch]).to(self.device) for i in range(len(batch[0]))]
         live = list(range(len(batch)))  # requests still computing, in batch order
         out: list[RunOutcome | None] = [None] * len(batch)
+        heads: list[dict[int, torch.Tensor]] = [{} for _ in batch]  # each request's rows of every head evaluated
         pos = start
         with torch.inference_mode():
             for e in sorted(exits, key=lambda e: e.position):
@@ -235,9 +239,10 @@ class ModelRuntime:
                 staying, keep, offset = [], [], 0
                 for r in live:
                     n = sizes[r]
+                    heads[r][pos] = logits[offset : offset + n]
                     c = float(confidence[offset : offset + n].min())  # the request's least confident sample
                     if c >= e.threshold:
-                        out[r] = RunOutcome([logits[offset : offset + n]], self.num_positions, e.position, c)
+                        out[r] = RunOutcome([logits[offset : offset + n]], self.num_positions, e.position, c, heads[r])
                     else:
                         staying.append(r)
                         keep.append(torch.arange(offset, offset + n))
@@ -255,7 +260,7 @@ class ModelRuntime:
             return [self.run(start, stop, values, exits) for values in batch]
         parts = [torch.split(v, [sizes[r] for r in live]) for v in current]
         for j, r in enumerate(live):
-            out[r] = RunOutcome([p[j] for p in parts], stop)
+            out[r] = RunOutcome([p[j] for p in parts], stop, heads=heads[r])
         return out  # type: ignore[return-value]
 
     def _run_range(self, a: int, b: int, values: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -288,6 +288,15 @@ def run(
         print(json.dumps(summary, indent=1))
         return
     _out.print(_summary_table(summary))
+    for name, m in [("edgeflow", summary), *summary["baselines"].items()]:
+        v = m.get("validation")
+        if v:  # the device's check of upstream answers (validate)
+            rate = "–" if v["detection_rate"] is None else f"{v['detection_rate']:.3f}"
+            fa = "–" if v["false_alarm_rate"] is None else f"{v['false_alarm_rate']:.3f}"
+            _out.print(f"validation ({name}): {v['checked']} upstream answers checked, {v['flipped']} flipped, "
+                       f"detection {rate}, false alarms {fa} ({v['not_flipped_flagged']} of "
+                       f"{v['checked'] - v['flipped']}), recomputed {v['recomputed']}, unchecked {v['unchecked']}",
+                       highlight=False)  # fmt: skip
     _out.print(f"adaptation: {summary['adaptation']['detail']}", highlight=False)
     _out.print(f"report: {out_dir}/report.md  ({summary['timings_s'].get('total_s', 0):.1f} s)", highlight=False)
 

@@ -9,6 +9,11 @@ Metrics per run (edgeflow's and each baseline's, computed the same way):
   ``agreement``: top-1 agreement with the unsplit fp32 model over answered requests.
 - ``memory`` (None unless the device's result memory is on): ``hits``, ``misses``, ``hit_rate``, ``bytes_saved``
   (what the hits' first requests moved over every hop), ``bytes_moved`` and ``bytes_without_memory``.
+- ``validation`` (None unless the device checks upstream answers, ``validate``): ``checked`` (upstream answers),
+  ``flagged`` (flagged or recomputed), ``recomputed``, ``unchecked``; ``flipped``: answers whose upstream class is
+  not the unsplit model's (the runner knows it, the device does not; with a lossy plan an honest answer can differ
+  too); ``detection_rate`` = flipped answers flagged / flipped; ``false_alarm_rate`` = answers not flipped that were
+  flagged / answers not flipped.
 - ``bytes_per_request``: mean bytes on the links per answered request, both directions, all hops
   (``bytes_per_hop`` splits it: ``device_edge`` / ``edge_cloud``, request up + reply down).
 - ``plan_switches``: changes of plan between consecutive requests (by send time).
@@ -78,6 +83,10 @@ def request_records(result: ScenarioResult, run: RunResult) -> list[dict[str, An
                 fallback=b.fallback,
                 memory=b.memory,
                 memory_saved_bytes=b.memory_saved_bytes,
+                validation=b.validation,
+                validation_reason=b.validation_reason,
+                upstream_class=b.upstream_classes[0] if b.upstream_classes else None,
+                flipped=None if not b.upstream_classes else b.upstream_classes[0] != int(result.reference[o.index]),
                 prediction=pred,
                 label=label,
                 correct=None if label is None else pred == label,
@@ -144,7 +153,27 @@ def run_metrics(records: list[dict[str, Any]], slo_ms: float | None) -> dict[str
         "plans": dict(sorted(plans.items(), key=lambda kv: -kv[1])),
         "prediction": _prediction_error(ok),
         "memory": _memory(ok),
+        "validation": _validation(ok),
     }
+
+
+def _validation(ok: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The device's check of upstream answers over a run (None when it was off): see the module doc."""
+    seen = [r for r in ok if r.get("validation")]
+    if not seen:
+        return None
+    checked = [r for r in seen if r["validation"] != "unchecked" and r.get("flipped") is not None]
+    flagged = [r for r in checked if r["validation"] in ("flagged", "recomputed")]
+    flipped = [r for r in checked if r["flipped"]]
+    honest = [r for r in checked if not r["flipped"]]
+    caught = sum(1 for r in flipped if r["validation"] in ("flagged", "recomputed"))
+    alarms = sum(1 for r in honest if r["validation"] in ("flagged", "recomputed"))
+    return {"checked": len(checked), "flagged": len(flagged),
+            "recomputed": sum(1 for r in checked if r["validation"] == "recomputed"),
+            "unchecked": sum(1 for r in seen if r["validation"] == "unchecked"), "flipped": len(flipped),
+            "flipped_flagged": caught, "not_flipped_flagged": alarms,
+            "detection_rate": caught / len(flipped) if flipped else None,
+            "false_alarm_rate": alarms / len(honest) if honest else None}  # fmt: skip
 
 
 def _memory(ok: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -398,6 +427,18 @@ def markdown(s: dict[str, Any]) -> str:
             lines += ["", "| t (s) | after request | switch to | why |", "|---|---|---|---|"]
             lines += [f"| {sw['t_s']:.2f} | {sw['request_index']} | `{sw['new']}` | {sw['reason']} |"
                       for sw in s["adaptation"]["switches"]]
+    if s.get("validation"):
+        lines += ["", "## Validated upstream answers", "",
+                  "The device checked each upstream answer with its own exit head (`validate`); *flipped*: the upstream's "
+                  "class is not the unsplit model's (known to the runner, not to the device).", "",
+                  "| run | checked | flipped | flipped flagged | detection | not flipped flagged | false alarms | "
+                  "recomputed | unchecked |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for name, m in [("edgeflow", s)] + list(s["baselines"].items()):
+            v = m.get("validation")
+            if v:
+                lines.append(f"| {name} | {v['checked']} | {v['flipped']} | {v['flipped_flagged']} | "
+                             f"{_f(v['detection_rate'], '.3f')} | {v['not_flipped_flagged']} | "
+                             f"{_f(v['false_alarm_rate'], '.3f')} | {v['recomputed']} | {v['unchecked']} |")  # fmt: skip
     if s.get("faults"):
         others = ", ".join(f"{n}: {m['fallbacks']} fallbacks" for n, m in s["baselines"].items()) or "no baselines"
         lines += ["", "## Faults", "",

@@ -365,6 +365,9 @@ class ScenarioRunner:
         data["compute"].pop("device_speed", None)  # resolved into slowdown_factor at start-up
         data["deadlines"]["shutdown_grace_s"] = min(float(data["deadlines"]["shutdown_grace_s"]), 1.0)
         data["tracing"] = {"enabled": True, "exporter": "jsonl", "path": str(self._spans_path)}
+        lie = next((f for f in self.scenario.faults if f.lie == tier), None)
+        if lie is not None:  # a lying tier (faults: lie): for the device's validate, every run
+            data["chaos"] = {"wrong_class": lie.fraction, "choice": lie.choice, "seed": lie.seed}
         if upstream is None:
             data.pop("upstream", None)
         else:
@@ -458,8 +461,9 @@ class ScenarioRunner:
             # on a 16x device reads as 160 ms): collect now, and keep what exists out of later collections.
             freeze_startup_objects()
             t0 = swap_all(live, live=True)
-            if sc.faults:
-                self._injector = FaultInjector(sc.faults, self._agents, start=t0, restart_timeout_s=AGENT_START_TIMEOUT_S)
+            done_to = [f for f in sc.faults if f.lie is None]  # a lie is the tier's node file (chaos), not an event
+            if done_to:
+                self._injector = FaultInjector(done_to, self._agents, start=t0, restart_timeout_s=AGENT_START_TIMEOUT_S)
                 self._injector.start()
             self.events.on_run_start(spec.name, len(workload))
             if self._tracer is None:

@@ -99,20 +99,35 @@ class FaultSpec(_Strict):
     ``kill: edge`` sends ``signal`` (``KILL``: a crash; ``TERM``: a clean shutdown that drains for the node's
     grace period) to the tier's agent; it is started again, on the same port, ``restart_after_s`` later (default:
     when the run ends, before the next one). ``stall: cloud`` freezes the agent (SIGSTOP: its sockets stay open,
-    nothing is answered) for ``for_s``. Link outages are ``links.<name>.outages``.
+    nothing is answered) for ``for_s``. Link outages are ``links.<name>.outages``. ``lie: edge`` (``at_s: 0``: for
+    the whole of every run) starts the tier with the node section ``chaos``: it answers a well-formed wrong class for
+    ``fraction`` of the requests (``choice``: ``uniform`` or ``runner-up``; ``seed``), for the device's ``validate``.
     """
 
     at_s: float = Field(ge=0, le=86400)
     kill: Literal["edge", "cloud"] | None = None
     stall: Literal["edge", "cloud"] | None = None
+    lie: Literal["edge", "cloud"] | None = None
     signal: Literal["KILL", "TERM"] = "KILL"
     restart_after_s: float | None = Field(None, gt=0, le=86400)
     for_s: float | None = Field(None, gt=0, le=86400)
+    fraction: float | None = Field(None, gt=0, le=1)
+    choice: Literal["uniform", "runner-up"] = "uniform"
+    seed: int = Field(0, ge=0, le=2**31)
 
     @model_validator(mode="after")
     def _one_action(self) -> "FaultSpec":
-        if (self.kill is None) == (self.stall is None):
-            raise ValueError("give exactly one of 'kill' or 'stall'")
+        if sum(x is not None for x in (self.kill, self.stall, self.lie)) != 1:
+            raise ValueError("give exactly one of 'kill', 'stall' or 'lie'")
+        if self.lie is not None:
+            if self.fraction is None:
+                raise ValueError("'lie' needs fraction (of the requests answered with a wrong class)")
+            # (values, not the fields given: a scenario re-validated from its own dump has every field set)
+            if self.at_s != 0 or self.for_s is not None or self.restart_after_s is not None or self.signal != "KILL":
+                raise ValueError("'lie' lasts every whole run: at_s 0, and no for_s, restart_after_s or signal")
+            return self
+        if self.fraction is not None or self.choice != "uniform" or self.seed != 0:
+            raise ValueError("fraction, choice and seed go with 'lie'")
         if self.stall is not None:
             if self.for_s is None:
                 raise ValueError("'stall' needs for_s")
@@ -124,7 +139,7 @@ class FaultSpec(_Strict):
 
     @property
     def tier(self) -> str:
-        return self.kill or self.stall or ""
+        return self.kill or self.stall or self.lie or ""
 
     @property
     def end_s(self) -> float | None:
@@ -133,6 +148,8 @@ class FaultSpec(_Strict):
         return None if length is None else self.at_s + length
 
     def describe(self) -> str:
+        if self.lie is not None:
+            return f"{self.lie} answers a wrong class ({self.choice}) for {self.fraction:g} of the requests, seed {self.seed}"
         if self.stall is not None:
             return f"stall {self.stall} at {self.at_s:g} s for {self.for_s:g} s"
         back = f"restart after {self.restart_after_s:g} s" if self.restart_after_s else "restart at the run's end"
@@ -274,7 +291,9 @@ class Scenario(_Strict):
         if len(set(self.baselines)) != len(self.baselines):
             raise ValueError("baselines: listed twice")
         for tier in ("edge", "cloud"):
-            mine = sorted((f for f in self.faults if f.tier == tier), key=lambda f: f.at_s)
+            if len([f for f in self.faults if f.lie == tier]) > 1:
+                raise ValueError(f"faults: {tier}: one 'lie' per tier")
+            mine = sorted((f for f in self.faults if f.tier == tier and f.lie is None), key=lambda f: f.at_s)
             for a, b in zip(mine, mine[1:]):
                 if a.end_s is None or b.at_s <= a.end_s:
                     raise ValueError(f"faults: {tier}: {b.describe()} starts before {a.describe()} is over")

@@ -11,6 +11,15 @@ lie as a bad reply — fall back, or answer a clear error — and never hand a l
         r = device.infer(x)        # answered by the device itself, r.breakdown.fallback says "sent a bad reply"
 
 Each lie is a function of the honest reply (decoded) and the request, returning the bytes to send instead.
+
+Those lies are malformed; :class:`WrongClass` is the lie admission cannot see: a *well-formed* reply whose top
+class is not the honest one, for a fraction of the requests (chosen by a hash of the request id and a seed, so a
+run is reproducible whatever the timing). The logits of the honest class and the told one are swapped, so the
+reply stays self-consistent (its exit confidence is still its logits' top probability); ``careless`` raises the
+told class above the rest instead, so an exit reply's confidence no longer matches. ``choice``: ``uniform`` (any
+other class) or ``runner-up`` (the honest logits' second class: the most plausible lie)::
+
+    with LyingUpstream(edge.address, wrong_class=WrongClass(0.2, seed=1)) as liar: ...
 """
 
 from __future__ import annotations
@@ -23,6 +32,9 @@ from typing import Any, Callable, Iterator
 
 import grpc
 
+from edgeflow.agent.chaos import CHOICES as WRONG_CLASS_CHOICES
+from edgeflow.agent.chaos import flip_classes, lies_about
+from edgeflow.core.codecs import codec_from_spec, decode
 from edgeflow.testing.hostile import _header, _zstd_declaring
 from edgeflow.transport import InferReply, TierTiming, WireTensor
 from edgeflow.transport._gen import agent_pb2 as pb
@@ -30,7 +42,7 @@ from edgeflow.transport.messages import WireLimits, decode_reply, decode_request
 from edgeflow.transport.service import SERVICE_NAME
 from edgeflow.transport.wire import frame
 
-__all__ = ["LIES", "DESCRIBE_LIES", "LyingUpstream"]
+__all__ = ["LIES", "DESCRIBE_LIES", "LyingUpstream", "WrongClass", "WRONG_CLASS_CHOICES"]
 
 Lie = Callable[[InferReply, str], bytes]  # (honest reply, request id) -> the bytes sent instead
 
@@ -95,6 +107,39 @@ DESCRIBE_LIES: dict[str, Callable[[pb.DescribeResponse], None]] = {
 }
 
 
+class WrongClass:
+    """Flip the answer of a ``fraction`` of the requests to a wrong class, well-formed (see the module doc; the lie is
+    :func:`edgeflow.agent.chaos.flip_classes`, the one an agent with a ``chaos`` section tells).
+
+    Args:
+        fraction: share of requests lied about, in [0, 1] (decided per request id, reproducibly).
+        seed: varies which requests and which classes.
+        choice: ``uniform`` or ``runner-up``.
+        careless: change the logits without keeping an exit's reported confidence consistent.
+    """
+
+    def __init__(self, fraction: float, *, seed: int = 0, choice: str = "uniform", careless: bool = False):
+        if not 0 <= fraction <= 1 or choice not in WRONG_CLASS_CHOICES:
+            raise ValueError(f"fraction {fraction} must be in [0, 1], choice one of {WRONG_CLASS_CHOICES}")
+        self.fraction, self.seed, self.choice, self.careless = fraction, seed, choice, careless
+        self.flipped: set[str] = set()  # request ids lied about (bounded by the requests a test sends)
+
+    def lies_about(self, request_id: str) -> bool:
+        return lies_about(request_id, self.fraction, self.seed)
+
+    def __call__(self, reply: InferReply, request_id: str) -> bytes | None:
+        """The lying reply's bytes, or None to pass the honest one (not chosen, or nothing to flip)."""
+        if not self.lies_about(request_id) or len(reply.tensors) != 1 or len(reply.tensors[0].shape) != 2:
+            return None
+        t = reply.tensors[0]
+        logits = decode(t.payload, t.decode_limits())  # (B, C)
+        if logits.shape[1] < 2:
+            return None
+        told = flip_classes(logits, request_id, seed=self.seed, choice=self.choice, careless=self.careless)
+        self.flipped.add(request_id)
+        return _with(reply, tensors=[replace(t, payload=codec_from_spec(t.codec).encode(told))])
+
+
 class LyingUpstream:
     """A gRPC server on loopback relaying every call to the real agent at ``target`` and lying in its replies.
 
@@ -105,8 +150,12 @@ class LyingUpstream:
         stream_extra: on ``InferStream``, replies for ids never requested sent before each honest one.
     """
 
-    def __init__(self, target: str, lie: str | None = None, *, describe_lie: str | None = None, stream_extra: int = 0):
+    def __init__(self, target: str, lie: str | None = None, *, describe_lie: str | None = None, stream_extra: int = 0,
+                 wrong_class: WrongClass | None = None):  # fmt: skip
+        if lie is not None and wrong_class is not None:
+            raise ValueError("give a malformed lie or wrong_class, not both")
         self.lie = LIES[lie] if lie is not None else None
+        self.wrong_class = wrong_class
         self.describe_lie = DESCRIBE_LIES[describe_lie] if describe_lie is not None else None
         self.stream_extra = stream_extra
         self.lies_told = 0
@@ -142,6 +191,12 @@ class LyingUpstream:
 
     def _infer(self, data: bytes, ctx: grpc.ServicerContext) -> bytes:
         out = self._up["Infer"](data)
+        if self.wrong_class is not None:
+            lied = self.wrong_class(decode_reply(out, WireLimits()), decode_request(data, WireLimits()).request_id)
+            if lied is None:
+                return out
+            self._told()
+            return lied
         if self.lie is None:
             return out
         rid = decode_request(data, WireLimits()).request_id

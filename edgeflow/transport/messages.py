@@ -193,6 +193,11 @@ class Breakdown:
     fallback: str = ""
     memory: str = ""  # the device's result memory: "hit" (answered from it), "miss", "" (off, or not an input)
     memory_saved_bytes: int = 0  # on a hit: the bytes the original request moved over every hop
+    # the device's check of an upstream answer (node section validate): "ok", "flagged", "recomputed", "unchecked",
+    # "" (off, or the device answered); why it was flagged; the classes the upstream answered (one per sample)
+    validation: str = ""
+    validation_reason: str = ""
+    upstream_classes: tuple[int, ...] = ()
 
     @property
     def fallback_tier(self) -> str:
@@ -207,6 +212,9 @@ class Breakdown:
             "fallback": self.fallback,
             "memory": self.memory,
             "memory_saved_bytes": self.memory_saved_bytes,
+            "validation": self.validation,
+            "validation_reason": self.validation_reason,
+            "upstream_classes": list(self.upstream_classes),
             "tiers": [t.to_json() for t in self.tiers],
         }
 
@@ -360,6 +368,8 @@ MAX_REPLY_META_BYTES = 256 * 1024  # a reply's fields but its payloads (a few na
 MAX_BREAKDOWN_TIERS = 16  # tier timings in a reply's breakdown (a chain has three tiers; relays add none)
 MAX_REASON_CHARS = 4096  # a reply's fallback reason or error message
 _MEMORY_OUTCOMES = ("hit", "miss")  # Breakdown.memory on the wire; anything else is dropped
+_VALIDATIONS = ("ok", "flagged", "recomputed", "unchecked")  # Breakdown.validation on the wire; else dropped
+_MAX_CLASSES_CHARS = 4096  # Breakdown.upstream_classes on the wire ("3,7,1")
 
 # ------------------------------------------------------------------------------------------- encoding
 def _tensor_meta(t: WireTensor, into: Any) -> None:
@@ -411,6 +421,10 @@ def encode_reply(reply: InferReply) -> bytes:
     if reply.breakdown.memory:  # a device's result memory (a reply to an input it took over gRPC)
         msg.parameters["memory"].string_param = reply.breakdown.memory
         msg.parameters["memory_saved_bytes"].int64_param = reply.breakdown.memory_saved_bytes
+    if reply.breakdown.validation:  # a device's check of its upstream's answer (a reply to an input it took)
+        msg.parameters["validation"].string_param = reply.breakdown.validation
+        msg.parameters["validation_reason"].string_param = reply.breakdown.validation_reason[:MAX_REASON_CHARS]
+        msg.parameters["upstream_classes"].string_param = ",".join(map(str, reply.breakdown.upstream_classes))
     return frame(msg.SerializeToString(), _RAW_FIELD, [t.payload for t in reply.tensors])
 
 
@@ -525,6 +539,13 @@ def decode_reply(data: bytes | memoryview, limits: WireLimits) -> InferReply:
     if memory in _MEMORY_OUTCOMES:
         breakdown.memory = memory
         breakdown.memory_saved_bytes = max(0, msg.parameters["memory_saved_bytes"].int64_param) if memory == "hit" else 0
+    validation = msg.parameters["validation"].string_param if "validation" in msg.parameters else ""
+    if validation in _VALIDATIONS:
+        breakdown.validation = validation
+        reason = msg.parameters["validation_reason"].string_param if "validation_reason" in msg.parameters else ""
+        breakdown.validation_reason = reason[:MAX_REASON_CHARS]
+        breakdown.upstream_classes = _classes(msg.parameters["upstream_classes"].string_param
+                                              if "upstream_classes" in msg.parameters else "")  # fmt: skip
     return InferReply(
         request_id=msg.id,
         fingerprint=msg.model_fingerprint,
@@ -538,6 +559,16 @@ def decode_reply(data: bytes | memoryview, limits: WireLimits) -> InferReply:
         predicted_latency_s=predicted if math.isfinite(predicted) and predicted > 0 else 0.0,
         predicted_outcome_s=outcome if math.isfinite(outcome) and outcome > 0 else 0.0,
     )
+
+
+def _classes(text: str) -> tuple[int, ...]:
+    """``"3,7,1"`` -> (3, 7, 1); anything malformed or over the bound -> () (it is a report, not an answer)."""
+    if not text or len(text) > _MAX_CLASSES_CHARS:
+        return ()
+    parts = text.split(",")
+    if not all(p.isdigit() and len(p) <= 9 for p in parts):
+        return ()
+    return tuple(int(p) for p in parts)
 
 
 def encode_description(d: Description) -> bytes:

@@ -31,11 +31,29 @@ def test_faults_parse() -> None:
     assert [f.tier for f in sc.faults] == ["edge", "cloud", "edge"] and sc.faults[0].end_s == 7
 
 
+def test_a_lie_fault_parses_and_survives_a_re_validation() -> None:
+    sc = _scenario([{"at_s": 0, "lie": "edge", "fraction": 0.2, "choice": "runner-up", "seed": 3},
+                    {"at_s": 2, "kill": "edge", "restart_after_s": 1}])  # fmt: skip
+    assert sc.faults[0].tier == "edge" and sc.faults[0].describe() == (
+        "edge answers a wrong class (runner-up) for 0.2 of the requests, seed 3")
+    again = sc.with_overrides(**{"workload.requests": 5})  # a dump has every field set: still valid
+    assert again.faults == sc.faults
+
+
 @pytest.mark.parametrize(
     "faults, message",
     [
         ([{"at_s": 1, "kill": "device"}], "x.yaml: faults.0.kill: 'device' is not one of edge, cloud"),
-        ([{"at_s": 1}], "x.yaml: faults.0: give exactly one of 'kill' or 'stall'"),
+        ([{"at_s": 1}], "x.yaml: faults.0: give exactly one of 'kill', 'stall' or 'lie'"),
+        ([{"at_s": 0, "lie": "edge"}], "x.yaml: faults.0: 'lie' needs fraction"),
+        ([{"at_s": 2, "lie": "edge", "fraction": 0.2}], "x.yaml: faults.0: 'lie' lasts every whole run: at_s 0"),
+        ([{"at_s": 0, "lie": "cloud", "fraction": 0.2, "for_s": 3}], "x.yaml: faults.0: 'lie' lasts every whole run"),
+        ([{"at_s": 0, "lie": "edge", "fraction": 1.5}], "x.yaml: faults.0.fraction: Input should be less than or equal to 1"),
+        ([{"at_s": 0, "lie": "edge", "fraction": 0.2, "choice": "worst"}],
+         "x.yaml: faults.0.choice: 'worst' is not one of uniform, runner-up"),
+        ([{"at_s": 1, "kill": "edge", "fraction": 0.2}], "x.yaml: faults.0: fraction, choice and seed go with 'lie'"),
+        ([{"at_s": 0, "lie": "edge", "fraction": 0.2}, {"at_s": 0, "lie": "edge", "fraction": 0.1}],
+         "x.yaml: faults: edge: one 'lie' per tier"),
         ([{"at_s": 1, "stall": "edge"}], "x.yaml: faults.0: 'stall' needs for_s"),
         ([{"at_s": 1, "kill": "edge", "for_s": 2}], "x.yaml: faults.0: 'kill' takes restart_after_s, not for_s"),
         ([{"at_s": 1, "kill": "edge", "signal": "HUP"}], "x.yaml: faults.0.signal: 'HUP' is not one of KILL, TERM"),

@@ -138,3 +138,25 @@ def test_invalid_utf8_in_a_string_field_is_invalid_argument() -> None:
     bad = b"\x0a\x02\xff\xfe"  # field 1 (id), 2 bytes, not UTF-8
     with pytest.raises(InvalidRequest, match="malformed InferRequest"):
         decode_request(bad, LIMITS)
+
+
+def test_a_device_check_of_its_upstream_travels_in_the_reply_parameters() -> None:
+    b = Breakdown([TierTiming("device")], "device", validation="recomputed", validation_reason="edge answered 3",
+                  upstream_classes=(3, 7))  # fmt: skip
+    got = decode_reply(encode_reply(InferReply("r", "fp", 70, [], b)), LIMITS).breakdown
+    assert (got.validation, got.validation_reason, got.upstream_classes) == ("recomputed", "edge answered 3", (3, 7))
+    assert got.to_json()["upstream_classes"] == [3, 7]
+    plain = decode_reply(encode_reply(InferReply("r", "fp", 70, [], Breakdown())), LIMITS).breakdown
+    assert (plain.validation, plain.upstream_classes) == ("", ())
+
+
+@pytest.mark.parametrize("status, classes, want", [("lied", "3", ("", ())), ("ok", "3,-1", ("ok", ())),
+                                                   ("ok", "1" * 5000, ("ok", ())), ("ok", "x", ("ok", ()))])
+def test_a_malformed_validation_report_is_dropped(status: str, classes: str, want: tuple) -> None:
+    msg = pb.InferResponse(id="r", model_fingerprint="fp", position=70)
+    msg.parameters["validation"].string_param = status
+    msg.parameters["upstream_classes"].string_param = classes
+    from edgeflow.transport.wire import frame
+
+    got = decode_reply(frame(msg.SerializeToString(), 15, []), LIMITS).breakdown
+    assert (got.validation, got.upstream_classes) == want
