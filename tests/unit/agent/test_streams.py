@@ -1,0 +1,181 @@
+"""Stream mode through in-process agents (agent/streams.py): residual hops, key frames, resync, isolation."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from edgeflow.agent import Agent, ModelRuntime
+from edgeflow.agent.streams import StreamRef, StreamSender
+from edgeflow.config import StreamsConfig
+from edgeflow.core.codecs import get_codec
+from edgeflow.errors import InvalidRequest, StreamRejected
+from edgeflow.transport import InferCall
+
+# the tiny test model's activations are a few hundred bytes: a residual's own header then costs more than half a key
+# frame, so these chains send residuals whenever they are no bigger than a key frame
+STREAMS = {"key_ratio": 1.0}
+LOSSLESS = "device[0:20]|lossless > edge[20:40]|lossless > cloud[40:]"
+INT8 = "device[0:20]|int8 > edge[20:40]|int8 > cloud[40:]"
+
+
+def _video(n: int, seed: int = 0) -> list[torch.Tensor]:
+    """A static background with a small bright square that moves one pixel every third frame (the tiny test model's
+    cut is 4x4: a frame that moves changes most of it, one that does not changes nothing)."""
+    bg = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(seed))
+    frames = []
+    for k in range(n):
+        x = bg.clone()
+        x[:, :, 2:5, (k // 3) % 10 : (k // 3) % 10 + 3] = 1.0
+        frames.append(x)
+    return frames
+
+
+def _send(device: Agent, x: torch.Tensor, frame: int, stream: str = "cam", **kw):  # type: ignore[no-untyped-def]
+    return device.submit_local([x], request_id=f"{stream}-{frame}-{time.monotonic_ns()}", deadline=time.monotonic() + 10,
+                               stream=stream, frame=frame, **kw)  # fmt: skip
+
+
+def _reference(runtime: ModelRuntime, x: torch.Tensor) -> torch.Tensor:
+    return runtime.run(0, runtime.num_positions, [x]).values[0]
+
+
+def test_a_lossless_stream_is_bit_exact_and_sends_residuals_after_its_key_frame(chain, runtime) -> None:  # type: ignore[no-untyped-def]
+    device, edge, cloud = chain(LOSSLESS, streams=STREAMS)
+    sent_bytes = []
+    for k, x in enumerate(_video(6)):
+        r = _send(device, x, k)
+        assert torch.equal(r.values[0], _reference(runtime, x))  # bit-exact through two residual hops
+        b = r.breakdown
+        assert b.answered_by == "cloud" and not b.fallback
+        if k % 3:  # the scene stood still: both hops send a residual, and save bytes
+            assert b.stream_delta_hops == 2 and b.stream_saved_bytes > 0
+        elif k == 0:
+            assert b.stream_delta_hops == 0 and b.stream_saved_bytes == 0
+        sent_bytes.append(sum(t.bytes_out for t in b.tiers))
+    assert max(sent_bytes[1:3]) < sent_bytes[0]
+    assert edge.stream_receiver.resyncs == cloud.stream_receiver.resyncs == 0
+
+
+def test_an_int8_stream_keeps_the_answers_and_a_key_frame_comes_every_key_interval(chain, runtime) -> None:  # type: ignore[no-untyped-def]
+    device, _, _ = chain(INT8, streams={**STREAMS, "key_interval": 3})
+    hops = []
+    for k, x in enumerate(_video(7)):
+        r = _send(device, x, k)
+        ref = _reference(runtime, x)
+        assert torch.allclose(r.values[0], ref, atol=0.05 * float(ref.abs().max()) + 1e-3)
+        hops.append(r.breakdown.stream_delta_hops)
+    # a key frame every third frame; between them at least the first hop's residual pays (the edge's cut is 2 x 16
+    # values, where an int8 residual's header outweighs an int8 payload)
+    assert hops[::3] == [0, 0, 0] and all(h >= 1 for i, h in enumerate(hops) if i % 3)
+
+
+def _coded(runtime: ModelRuntime, frames: list[torch.Tensor], position: int = 20, first: int = 0):  # type: ignore[no-untyped-def]
+    """Frames ``first``, ``first + 1``, ... coded for the hop into the edge by a sender of our own (what a device
+    would send)."""
+    sender = StreamSender(StreamsConfig(**STREAMS))
+    names = [i.name for i in runtime.cut_info(position).tensors]
+    out = []
+    for k, x in enumerate(frames, start=first):
+        values = runtime.run(0, position, [x]).values
+        out.append(sender.encode(StreamRef("me", "s", k), position, LOSSLESS, names, values, get_codec("lossless")))
+    return out
+
+
+def _call(coded, frame: int, caller: str = "peer:a", stream: str = "s") -> InferCall:  # type: ignore[no-untyped-def]
+    return InferCall(f"r{frame}-{time.monotonic_ns()}", "", 20, coded.wire, plan=LOSSLESS, stream=stream, frame=frame,
+                     caller=caller)  # fmt: skip
+
+
+def test_a_lost_frame_a_duplicate_and_a_changed_shape_get_clear_statuses(chain, runtime) -> None:  # type: ignore[no-untyped-def]
+    _, edge, _ = chain(LOSSLESS, streams=STREAMS)
+    frames = _video(4)
+    coded = _coded(runtime, frames)
+    fp = runtime.fingerprint
+
+    def call(c, k, **kw):  # type: ignore[no-untyped-def]
+        ic = _call(c, k, **kw)
+        ic.fingerprint = fp
+        return edge.infer(ic, time.monotonic() + 10)
+
+    assert not coded[0].delta and coded[1].delta and coded[2].delta
+    call(coded[0], 0)
+    with pytest.raises(StreamRejected, match=r"expected a residual against frame 0, got frame 2 against frame 1.*send a "
+                                             r"key frame") as e:  # fmt: skip
+        call(coded[2], 2)  # frame 1 was lost
+    assert e.value.resync
+    reply = call(coded[2].as_key(), 2)  # the sender's answer: the same frame as a key frame
+    assert reply.position == runtime.num_positions
+    with pytest.raises(StreamRejected, match="already received") as e:
+        call(coded[2].as_key(), 2)
+    assert not e.value.resync
+    with pytest.raises(StreamRejected, match="holds no state"):
+        call(coded[1], 1, caller="peer:b")  # another caller: the same stream id names nothing of the first's
+    # a residual declaring another batch size than the reference
+    bigger = _coded(runtime, [torch.cat([f, f]) for f in frames[2:4]], first=2)
+    assert bigger[1].delta
+    with pytest.raises(StreamRejected, match="shape changed"):
+        call(bigger[1], 3)
+    before = edge.stream_receiver.resyncs
+    assert before >= 3
+
+
+def test_another_callers_residual_cannot_touch_a_stream_of_the_same_name(chain, runtime) -> None:  # type: ignore[no-untyped-def]
+    device, edge, _ = chain(LOSSLESS, streams=STREAMS)
+    frames = _video(5)
+    for k in range(3):
+        _send(device, frames[k], k)
+    # a stranger replays what it would send for "cam": refused, and the device's stream goes on unharmed
+    forged = _coded(runtime, frames)
+    assert forged[3].delta
+    ic = _call(forged[3], 3, caller="peer:stranger", stream=StreamRef("local", "cam", 0).upstream_id)
+    ic.fingerprint = runtime.fingerprint
+    with pytest.raises(StreamRejected, match="holds no state"):
+        edge.infer(ic, time.monotonic() + 10)
+    for k in (3, 4):  # the scene stands still
+        r = _send(device, frames[2], k)
+        assert r.breakdown.stream_delta_hops == 2 and torch.equal(r.values[0], _reference(runtime, frames[2]))
+
+
+def test_evicted_streams_resync_and_answer_right(chain, runtime) -> None:  # type: ignore[no-untyped-def]
+    device, edge, cloud = chain(LOSSLESS, streams=STREAMS)
+    edge.stream_receiver.table.max_entries = 1  # the edge keeps one stream: two interleaved evict each other
+    a, b = _video(4, seed=1), _video(4, seed=2)
+    for k in range(4):
+        for name, frames in (("a", a), ("b", b)):
+            r = _send(device, frames[k], k, stream=name)
+            assert torch.equal(r.values[0], _reference(runtime, frames[k]))
+    assert edge.stream_receiver.resyncs >= 4 and edge.stream_receiver.table.evictions >= 6
+    assert cloud.stream_receiver.resyncs == 0  # the edge kept its own hop in step
+
+
+def test_a_duplicate_input_frame_is_refused_at_the_device(chain) -> None:  # type: ignore[no-untyped-def]
+    device, _, _ = chain(LOSSLESS, streams=STREAMS)
+    x = _video(1)[0]
+    _send(device, x, 0)
+    with pytest.raises(StreamRejected, match="frame 0 was already received"):
+        _send(device, x, 0)
+    with pytest.raises(InvalidRequest, match="stream id and a frame number"):
+        device.submit_local([x], request_id="z", deadline=time.monotonic() + 5, stream="cam")
+
+
+def test_a_plan_switch_sends_a_key_frame(chain, runtime) -> None:  # type: ignore[no-untyped-def]
+    device, _, _ = chain(LOSSLESS, streams=STREAMS)
+    x = _video(1)[0]  # a still scene
+    other = "device[0:20]|lossless > edge[20:52]|lossless > cloud[52:]"
+    hops = [_send(device, x, k, plan=p).breakdown.stream_delta_hops
+            for k, p in enumerate([LOSSLESS, LOSSLESS, other, other])]  # fmt: skip
+    assert hops == [0, 2, 0, 2]  # a plan switch starts every hop again from a key frame
+
+
+def test_a_failed_hop_makes_the_next_frame_a_key_frame(chain, runtime) -> None:  # type: ignore[no-untyped-def]
+    device, cloud = chain("device[0:20]|lossless > cloud[20:]", roles=("device", "cloud"), streams=STREAMS)
+    frames = _video(4)
+    assert _send(device, frames[0], 0).breakdown.stream_delta_hops == 0
+    assert _send(device, frames[1], 1).breakdown.stream_delta_hops == 1
+    assert cloud.drain(0.1)  # the cloud refuses: the device falls back, and no longer knows the cloud's state
+    r = _send(device, frames[2], 2)
+    assert r.breakdown.fallback and torch.equal(r.values[0], _reference(runtime, frames[2]))
+    assert device.stream_sender is not None and len(device.stream_sender.table) == 0
