@@ -645,6 +645,7 @@ class Agent:
         timing.bytes_back = reply.wire_nbytes
         b = Breakdown([timing, *up.tiers], up.answered_by, up.exit_position, up.exit_confidence, up.fallback)
         if stream is not None:
+            b.stream_frame = True
             b.stream_delta_hops = up.stream_delta_hops + int(stream.delta)
             b.stream_saved_bytes = up.stream_saved_bytes + saved
         return _Answer(reply.position, b, values=values, wire=reply.tensors)

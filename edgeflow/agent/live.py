@@ -84,6 +84,7 @@ class LivePlanner:
         self._switches: deque[PlanSwitch] = deque(maxlen=_SWITCHES_KEPT)
         self.last_reason = "start"
         self.requests = 0
+        self.stream_share: float | None = None  # stream frames' bytes over coding each on its own (moving average)
         self._lock = threading.Lock()
         self._probe: threading.Thread | None = None
         self._closed = False
@@ -170,6 +171,8 @@ class LivePlanner:
                 rp.observe_queue(t.tier, t.queue_s)
             if not breakdown.fallback:
                 self._observe_codecs(breakdown, plan)
+                if breakdown.stream_frame:
+                    self._observe_stream(breakdown, plan)
             if breakdown.fallback:
                 sent_s = now - (breakdown.tiers[0].total_s if breakdown.tiers else 0.0)
                 self._mark_down(breakdown.fallback_tier, breakdown.fallback, sent_s, now)
@@ -194,6 +197,23 @@ class LivePlanner:
             codecs.observe(sender, encode=(out.encode_s, predicted[0]))
             if into is not None and into.start == position:
                 codecs.observe(receiver, decode=(into.decode_s, predicted[1]))
+
+    def _observe_stream(self, breakdown: Breakdown, plan: Plan) -> None:
+        """A stream frame: its hops are priced at the stream's measured bytes per frame over coding each frame on
+        its own (a moving average over frames; the share is the chain's, put on each of the plan's hops), so the
+        planner plans with what the stream costs (lock held)."""
+        moved = sum(t.bytes_out for t in breakdown.tiers)
+        alone = moved + breakdown.stream_saved_bytes
+        if moved <= 0 or alone <= 0:
+            return
+        share = min(1.0, moved / alone)  # a refused residual may cost more than a key frame: never priced above it
+        self.stream_share = share if self.stream_share is None else 0.8 * self.stream_share + 0.2 * share
+        resolved = plan.resolved(self.model.num_positions)
+        hops = [(st.stop or 0, st.codec or "lossless") for st in resolved.stages[:-1]]
+        if resolved.sends_input:
+            hops.insert(0, (0, resolved.input_codec or "lossless"))
+        if any([self.model.scale_hop_nbytes(pos, codec, self.stream_share) for pos, codec in hops]):
+            self.replanner.planner._tput = None  # the throughput search's tables hold the bytes
 
     def down_tiers(self) -> frozenset[str]:
         """The tiers found down (a reply fell back at the tier before) and not answering probes since."""

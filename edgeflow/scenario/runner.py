@@ -226,7 +226,7 @@ class ScenarioRunner:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         runtime = load_runtime(self._node("device", None))
         self.nodes = resolve_device_speeds(self.nodes, runtime)
-        workload = build_workload(sc.workload, tuple(runtime.example_input[0].shape))
+        workload = build_workload(sc.workload, tuple(runtime.example_input[0].shape), self.scenario_dir)
         reference = reference_predictions(runtime.model, workload.inputs)
         links = {name: link_plan(name, getattr(sc.links, name), self.scenario_dir, seed=sc.workload.seed + 10 * i)
                  for i, name in enumerate(LINK_NAMES)}  # fmt: skip
@@ -466,6 +466,7 @@ class ScenarioRunner:
             _, outcomes = drive(
                 workload.inputs, workload.send_s, workload.device_of, senders, run_name=spec.name,
                 timeout_s=sc.workload.timeout_s, concurrency=sc.workload.concurrency, start=t0,
+                streamed=sc.workload.streamed,
                 on_done=lambda o: self.events.on_request(spec.name, o), tracer=self._tracer,
             )  # fmt: skip
             duration = time.monotonic() - t0

@@ -201,10 +201,16 @@ class WorkloadSpec(_Strict):
     requests outstanding. ``devices`` spreads the requests round-robin over that many devices, each with its
     own device-edge link. A request not answered within ``timeout_s`` of its send time is lost. ``distinct``:
     the requests are drawn (uniformly, by ``seed``) from only that many different inputs, so inputs repeat (a
-    camera on the same scenes); with the device's ``memory`` on, repeats are answered from it.
+    camera on the same scenes); with the device's ``memory`` on, repeats are answered from it. Streams: ``video``
+    (a demo image with a demo object moving over it, ``motion: static`` or ``moving``; unlabelled) or ``frames``
+    (the images of ``frames_dir`` in name order, relative to the scenario file); their requests are frames of one
+    stream per device (``stream``: each hop delta codes them; false: every frame coded on its own).
     """
 
-    source: Literal["demo-test", "synthetic"] = "demo-test"
+    source: Literal["demo-test", "synthetic", "video", "frames"] = "demo-test"
+    motion: Literal["static", "moving"] = "static"  # source: video
+    frames_dir: str | None = Field(None, min_length=1, max_length=4096)  # source: frames
+    stream: bool | None = None  # None: true for video and frames
     arrival: Literal["poisson", "fixed", "closed"] = "poisson"
     rate_hz: float = Field(10.0, gt=0, le=10000)
     concurrency: int = Field(1, ge=1, le=256)
@@ -213,6 +219,19 @@ class WorkloadSpec(_Strict):
     timeout_s: float = Field(10.0, gt=0, le=3600)
     devices: int = Field(1, ge=1, le=64)
     distinct: int | None = Field(None, ge=1, le=1_000_000)  # draw the requests from only this many inputs (repeats)
+
+    @model_validator(mode="after")
+    def _frames(self) -> "WorkloadSpec":
+        if self.source == "frames" and self.frames_dir is None:
+            raise ValueError("frames_dir: required by source: frames")
+        if self.stream and self.source not in ("video", "frames"):
+            raise ValueError(f"stream: needs a video or frames source, not {self.source}")
+        return self
+
+    @property
+    def streamed(self) -> bool:
+        """Whether requests are frames of a stream."""
+        return self.source in ("video", "frames") if self.stream is None else self.stream
 
 
 class BestFixedSpec(_Strict):

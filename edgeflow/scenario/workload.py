@@ -7,6 +7,7 @@ the same offsets from its start. Pure: torch + numpy, no clocks.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -57,7 +58,7 @@ def _demo_test(image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     return load_demo_dataset("test")
 
 
-def build_workload(spec: WorkloadSpec, input_shape: tuple[int, ...]) -> Workload:
+def build_workload(spec: WorkloadSpec, input_shape: tuple[int, ...], base_dir: Path | None = None) -> Workload:
     """Draw the requests of ``spec`` for a model taking ``input_shape`` (batch 1, e.g. (1, 3, 64, 64)).
 
     Raises:
@@ -68,6 +69,16 @@ def build_workload(spec: WorkloadSpec, input_shape: tuple[int, ...]) -> Workload
         raise ScenarioError(f"workload: the model takes {list(input_shape)}; only square RGB image models are supported")
     rng = np.random.default_rng(spec.seed)
     n = spec.requests
+    if spec.source in ("video", "frames"):  # a stream: frames in order, never shuffled
+        from edgeflow.scenario.frames import folder_frames, moving_object_video
+
+        if spec.source == "video":
+            inputs = moving_object_video(n, input_shape[2], spec.motion, seed=spec.seed)
+        else:
+            folder = Path(spec.frames_dir or "")
+            inputs = folder_frames(folder if folder.is_absolute() or base_dir is None else base_dir / folder, n,
+                                   input_shape[2])  # fmt: skip
+        return Workload(inputs, None, _send_times(spec, rng), np.arange(n) % spec.devices, np.arange(n), spec)
     if spec.source == "demo-test":
         images, labels = _demo_test(input_shape[2])
         if spec.distinct is not None:

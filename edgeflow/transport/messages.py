@@ -201,6 +201,7 @@ class Breakdown:
     fallback: str = ""
     memory: str = ""  # the device's result memory: "hit" (answered from it), "miss", "" (off, or not an input)
     memory_saved_bytes: int = 0  # on a hit: the bytes the original request moved over every hop
+    stream_frame: bool = False  # a frame of a stream, sent up by at least one hop
     stream_delta_hops: int = 0  # a stream frame: hops that sent it delta coded (the rest sent a key frame)
     stream_saved_bytes: int = 0  # a stream frame: bytes its hops saved over coding each frame on its own
 
@@ -217,6 +218,7 @@ class Breakdown:
             "fallback": self.fallback,
             "memory": self.memory,
             "memory_saved_bytes": self.memory_saved_bytes,
+            "stream_frame": self.stream_frame,
             "stream_delta_hops": self.stream_delta_hops,
             "stream_saved_bytes": self.stream_saved_bytes,
             "tiers": [t.to_json() for t in self.tiers],
@@ -426,7 +428,7 @@ def encode_reply(reply: InferReply) -> bytes:
     if reply.breakdown.memory:  # a device's result memory (a reply to an input it took over gRPC)
         msg.parameters["memory"].string_param = reply.breakdown.memory
         msg.parameters["memory_saved_bytes"].int64_param = reply.breakdown.memory_saved_bytes
-    if reply.breakdown.stream_delta_hops or reply.breakdown.stream_saved_bytes:
+    if reply.breakdown.stream_frame:
         msg.parameters["stream_delta_hops"].int64_param = reply.breakdown.stream_delta_hops
         msg.parameters["stream_saved_bytes"].int64_param = reply.breakdown.stream_saved_bytes
     return frame(msg.SerializeToString(), _RAW_FIELD, [t.payload for t in reply.tensors])
@@ -570,6 +572,7 @@ def decode_reply(data: bytes | memoryview, limits: WireLimits) -> InferReply:
         breakdown.memory = memory
         breakdown.memory_saved_bytes = max(0, msg.parameters["memory_saved_bytes"].int64_param) if memory == "hit" else 0
     if "stream_delta_hops" in msg.parameters:  # reported figures only: clamped, never trusted for decoding
+        breakdown.stream_frame = True
         breakdown.stream_delta_hops = min(max(0, msg.parameters["stream_delta_hops"].int64_param), MAX_BREAKDOWN_TIERS)
         breakdown.stream_saved_bytes = max(-limits.max_message_bytes * MAX_BREAKDOWN_TIERS,
                                            min(msg.parameters["stream_saved_bytes"].int64_param,

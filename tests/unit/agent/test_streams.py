@@ -179,3 +179,28 @@ def test_a_failed_hop_makes_the_next_frame_a_key_frame(chain, runtime) -> None: 
     r = _send(device, frames[2], 2)
     assert r.breakdown.fallback and torch.equal(r.values[0], _reference(runtime, frames[2]))
     assert device.stream_sender is not None and len(device.stream_sender.table) == 0
+
+
+def test_the_live_planner_prices_a_streams_hops_at_its_measured_bytes(chain) -> None:  # type: ignore[no-untyped-def]
+    from edgeflow.agent.live import LivePlanner
+    from edgeflow.config import PlannerConfig
+    from edgeflow.core.plan import Plan
+    from edgeflow.transport import Breakdown, TierTiming
+
+    agents = chain("auto", roles=("device", "cloud"))
+    live = LivePlanner.start(agents[0], PlannerConfig(), descriptions=[agents[1].describe()], profile_repeats=1)
+    try:
+        plan, other = Plan.parse("device[0:13]|lossless > cloud[13:]"), Plan.parse("device[0:20]|lossless > cloud[20:]")
+        before, untouched = live.predict(plan), live.predict(other)
+        assert before is not None and untouched is not None
+        for _ in range(30):  # frames that each moved 1 kB where coding them on their own takes 10 kB
+            tiers = [TierTiming("device", 0, 13, compute_s=1e-3, network_s=0.01, bytes_out=1000, bytes_back=100),
+                     TierTiming("cloud", 13, 70, compute_s=1e-3)]  # fmt: skip
+            live.observe(Breakdown(tiers, "cloud", stream_frame=True, stream_delta_hops=1, stream_saved_bytes=9000),
+                         plan, decide=False)  # fmt: skip
+        assert live.stream_share == pytest.approx(0.1, rel=0.01)
+        after = live.predict(plan)
+        assert after is not None and after.uplink_nbytes == pytest.approx(before.uplink_nbytes * live.stream_share)
+        assert live.predict(other).uplink_nbytes == untouched.uplink_nbytes  # a hop it has not measured: as profiled
+    finally:
+        live.close()
