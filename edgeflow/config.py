@@ -307,7 +307,7 @@ class StreamsConfig(_Section):
     its own, and residuals sent here are refused with a resync status."""
 
     enabled: bool = True
-    key_interval: int = Field(32, ge=1, le=100_000)
+    key_interval: int = Field(64, ge=1, le=100_000)
     key_ratio: float = Field(0.5, gt=0, le=1)
     max_streams: int = Field(256, ge=1, le=100_000)
     max_mb: float = Field(64.0, gt=0, le=65536)

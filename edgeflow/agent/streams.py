@@ -47,6 +47,9 @@ __all__ = ["RESYNC_HINT", "StreamRef", "StreamReceiver", "StreamSender", "Coded"
 
 RESYNC_HINT = "send a key frame"
 _RECENT = 64  # frame numbers remembered per stream to tell a duplicate
+# a residual keeps the key frame's step; a frame whose own step would be finer than this share of it (its range
+# shrank) goes as a key frame: every frame keeps within 1 / _FIDELITY of the error bound coding it alone gives
+_FIDELITY = 0.9
 
 
 def is_resync(error: BaseException) -> bool:
@@ -352,7 +355,7 @@ class StreamSender:
             entry = self.table.get(ref.key)
         if entry is not None:
             with entry.lock:
-                coded = self._residuals(entry, ref, sig, names, values, key_nbytes)
+                coded = self._residuals(entry, ref, sig, names, values, key_nbytes, codec)
             if coded is not None:
                 self.deltas += 1
                 coded._rekey = keyed
@@ -363,11 +366,15 @@ class StreamSender:
         return out
 
     def _residuals(self, e: _Sent, ref: StreamRef, sig: tuple, names: Sequence[str], values: list[torch.Tensor],
-                   key_nbytes: int) -> Coded | None:  # fmt: skip
+                   key_nbytes: int, codec: Codec) -> Coded | None:  # fmt: skip
         if e.signature != sig or ref.frame <= e.frame or e.since_key + 1 >= self.config.key_interval:
             return None
         payloads, recon = [], []
         for v, r, (steps, axis) in zip(values, e.values, e.steps):
+            if steps is not None:  # the key frame's resolution must stay close to what this frame gets on its own
+                own, _ = residual_steps(codec, v)
+                if own is not None and (own < _FIDELITY * steps).any():
+                    return None
             out = encode_residual(v, r, steps=steps, axis=axis, frame=ref.frame, base=e.frame)
             if out is None:
                 return None  # a residual beyond int16 steps: the scene changed

@@ -55,7 +55,7 @@ def moving_object_video(n: int, size: int, motion: str, *, seed: int = 0) -> tor
         frame = scene.clone()
         frame[:, y : y + s, x : x + s] = obj[:, : size - y, : size - x]
         frames[k] = frame
-    return frames
+    return frames.mul_(255).round_().div_(255)  # 8-bit frames, as a camera gives them
 
 
 def _resized(image: torch.Tensor, size: int) -> torch.Tensor:
