@@ -224,9 +224,12 @@ def drive(
             o.plan = sender.plan_text()
             with tracer.span("edgeflow request", {"edgeflow.request_id": o.request_id}) if tracer else nullcontext():
                 o.trace_id = current_trace_id()
-                stream = f"{run_name}-device{o.device}" if streamed else None
-                ans = sender.send(o.request_id, inputs[i : i + 1], t0 + o.send_s + timeout_s, stream=stream,
-                                  frame=i if streamed else None)  # fmt: skip
+                deadline = t0 + o.send_s + timeout_s
+                if streamed:  # frame i of this device's stream
+                    ans = sender.send(o.request_id, inputs[i : i + 1], deadline, stream=f"{run_name}-device{o.device}",
+                                      frame=i)  # fmt: skip
+                else:
+                    ans = sender.send(o.request_id, inputs[i : i + 1], deadline)
         except EdgeflowError as e:
             o.error = f"{type(e).__name__}: {e}"
         except Exception as e:  # noqa: BLE001 - a bug in a sender must not hang the run; it is recorded
