@@ -204,3 +204,67 @@ def test_the_live_planner_prices_a_streams_hops_at_its_measured_bytes(chain) -> 
         assert live.predict(other).uplink_nbytes == untouched.uplink_nbytes  # a hop it has not measured: as profiled
     finally:
         live.close()
+
+
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        ({"frame": 3}, "needs a non-empty string parameter 'stream'"),
+        ({"stream": "", "frame": 3}, "needs a non-empty string parameter 'stream'"),
+        ({"stream": "cam"}, "'frame' \\(int64\\) is required"),
+        ({"stream": "cam", "frame": "3"}, "'frame' \\(int64\\) is required"),
+        ({"stream": "cam", "frame": -1}, "outside 0.."),
+        ({"stream": "c\x00m", "frame": 1}, "non-printable"),
+        ({"stream": "x" * 300, "frame": 1}, "stream id is 300 characters"),
+    ],
+)
+def test_bad_stream_parameters_are_invalid_argument(params: dict, match: str) -> None:
+    from edgeflow.transport import WireLimits
+    from edgeflow.transport._gen import agent_pb2 as pb
+    from edgeflow.transport.messages import decode_request
+
+    msg = pb.InferRequest(id="r", model_fingerprint="f")
+    for k, v in params.items():
+        if isinstance(v, str):
+            msg.parameters[k].string_param = v
+        else:
+            msg.parameters[k].int64_param = v
+    with pytest.raises(InvalidRequest, match=match):
+        decode_request(msg.SerializeToString(), WireLimits())
+
+
+def test_a_stream_frame_round_trips_on_the_wire() -> None:
+    from edgeflow.transport import WireLimits
+    from edgeflow.transport.messages import decode_request, encode_request
+
+    got = decode_request(encode_request(InferCall("r", "f", 0, [], stream="cam/1", frame=2**40)), WireLimits())
+    assert (got.stream, got.frame, got.caller) == ("cam/1", 2**40, "")  # the caller is the server's to say
+    plain = decode_request(encode_request(InferCall("r", "f", 0, [])), WireLimits())
+    assert (plain.stream, plain.frame) == ("", -1)
+
+
+def test_stream_state_is_bounded_in_bytes_per_stream_and_in_total(runtime) -> None:  # type: ignore[no-untyped-def]
+    from edgeflow.agent.streams import StreamReceiver
+
+    frames = _video(3)
+    coded = _coded(runtime, frames)
+    nbytes = sum(v.numel() * v.element_size() for v in runtime.run(0, 20, [frames[0]]).values)
+
+    def plain(i, t):  # type: ignore[no-untyped-def]
+        from edgeflow.core.codecs import decode
+
+        return decode(t.payload)
+
+    small = StreamReceiver(StreamsConfig(max_stream_mb=(nbytes - 1) / 2**20), "edge")  # one stream's frame is too big
+    small.decode(StreamRef("a", "s", 0), 20, coded[0].wire, plain)
+    assert len(small.table) == 0
+    with pytest.raises(StreamRejected, match="holds no state"):
+        small.decode(StreamRef("a", "s", 1), 20, coded[1].wire, plain)
+    total = StreamReceiver(StreamsConfig(max_mb=2.5 * nbytes / 2**20), "edge")  # two streams' references fit
+    for name in ("s1", "s2", "s3"):
+        total.decode(StreamRef("a", name, 0), 20, coded[0].wire, plain)
+    assert len(total.table) == 2 and total.table.nbytes <= 2.5 * nbytes and total.table.evictions == 1
+    with pytest.raises(StreamRejected, match="evicted"):
+        total.decode(StreamRef("a", "s1", 1), 20, coded[1].wire, plain)  # the least recently used went first
+    assert torch.equal(total.decode(StreamRef("a", "s3", 1), 20, coded[1].wire, plain)[0],
+                       runtime.run(0, 20, [frames[1]]).values[0])  # fmt: skip
