@@ -268,3 +268,15 @@ def test_stream_state_is_bounded_in_bytes_per_stream_and_in_total(runtime) -> No
         total.decode(StreamRef("a", "s1", 1), 20, coded[1].wire, plain)  # the least recently used went first
     assert torch.equal(total.decode(StreamRef("a", "s3", 1), 20, coded[1].wire, plain)[0],
                        runtime.run(0, 20, [frames[1]]).values[0])  # fmt: skip
+
+
+def test_a_relaying_edge_is_a_hop_of_its_own(chain, runtime) -> None:  # type: ignore[no-untyped-def]
+    device, edge, cloud = chain("device[0:20]|lossless > cloud[20:]", roles=("device", "edge", "cloud"), streams=STREAMS)
+    x = _video(1)[0]
+    hops = []
+    for k in range(3):
+        r = _send(device, x, k)
+        assert torch.equal(r.values[0], _reference(runtime, x)) and r.breakdown.answered_by == "cloud"
+        hops.append(r.breakdown.stream_delta_hops)
+    assert hops == [0, 2, 2]  # device>edge and edge>cloud each send residuals of the values at 20
+    assert edge.stream_receiver.resyncs == cloud.stream_receiver.resyncs == 0
