@@ -648,6 +648,7 @@ class Agent:
             b.stream_frame = True
             b.stream_delta_hops = up.stream_delta_hops + int(stream.delta)
             b.stream_saved_bytes = up.stream_saved_bytes + saved
+            b.stream_own_saved_bytes = saved
         return _Answer(reply.position, b, values=values, wire=reply.tensors)
 
     def _bad_reply(self, e: BadReply) -> None:

@@ -84,7 +84,8 @@ class LivePlanner:
         self._switches: deque[PlanSwitch] = deque(maxlen=_SWITCHES_KEPT)
         self.last_reason = "start"
         self.requests = 0
-        self.stream_share: float | None = None  # stream frames' bytes over coding each on its own (moving average)
+        # per hop (position, codec): stream frames' bytes over coding each on its own (moving average)
+        self.stream_share: dict[tuple[int, str], float] = {}
         self._lock = threading.Lock()
         self._probe: threading.Thread | None = None
         self._closed = False
@@ -199,20 +200,33 @@ class LivePlanner:
                 codecs.observe(receiver, decode=(into.decode_s, predicted[1]))
 
     def _observe_stream(self, breakdown: Breakdown, plan: Plan) -> None:
-        """A stream frame: its hops are priced at the stream's measured bytes per frame over coding each frame on
-        its own (a moving average over frames; the share is the chain's, put on each of the plan's hops), so the
-        planner plans with what the stream costs (lock held)."""
-        moved = sum(t.bytes_out for t in breakdown.tiers)
-        alone = moved + breakdown.stream_saved_bytes
-        if moved <= 0 or alone <= 0:
-            return
-        share = min(1.0, moved / alone)  # a refused residual may cost more than a key frame: never priced above it
-        self.stream_share = share if self.stream_share is None else 0.8 * self.stream_share + 0.2 * share
+        """A stream frame: each hop of the plan is priced at the stream's measured bytes over what coding each frame
+        on its own would take (a moving average over frames per hop), so the planner plans with what the stream
+        costs (lock held). This tier's own hop is measured exactly; the hops beyond it share what they saved
+        together (exact for a chain of two hops)."""
         resolved = plan.resolved(self.model.num_positions)
-        hops = [(st.stop or 0, st.codec or "lossless") for st in resolved.stages[:-1]]
+        hops = [(st.tier, st.stop or 0, st.codec or "lossless") for st in resolved.stages[:-1]]
         if resolved.sends_input:
-            hops.insert(0, (0, resolved.input_codec or "lossless"))
-        if any([self.model.scale_hop_nbytes(pos, codec, self.stream_share) for pos, codec in hops]):
+            hops.insert(0, (self.model.names[0], 0, resolved.input_codec or "lossless"))
+        sent = {t.tier: t.bytes_out for t in breakdown.tiers if t.bytes_out > 0}
+        hops = [h for h in hops if h[0] in sent]
+        if not hops:
+            return
+        own = breakdown.stream_own_saved_bytes
+        first = [hops[0]] if own is not None and hops[0][0] == breakdown.tiers[0].tier else []
+        groups = [(first, own or 0), (hops[len(first):], breakdown.stream_saved_bytes - (own or 0))]
+        changed = False
+        for group, saved in groups:
+            moved = sum(sent[tier] for tier, _, _ in group)
+            if not group or moved <= 0 or moved + saved <= 0:
+                continue
+            share = min(1.0, moved / (moved + saved))  # a refused residual may cost more: never above a key frame
+            for _, pos, codec in group:
+                old = self.stream_share.get((pos, codec))
+                new = share if old is None else 0.8 * old + 0.2 * share
+                self.stream_share[(pos, codec)] = new
+                changed |= self.model.scale_hop_nbytes(pos, codec, new)
+        if changed:
             self.replanner.planner._tput = None  # the throughput search's tables hold the bytes
 
     def down_tiers(self) -> frozenset[str]:

@@ -204,6 +204,8 @@ class Breakdown:
     stream_frame: bool = False  # a frame of a stream, sent up by at least one hop
     stream_delta_hops: int = 0  # a stream frame: hops that sent it delta coded (the rest sent a key frame)
     stream_saved_bytes: int = 0  # a stream frame: bytes its hops saved over coding each frame on its own
+    # a stream frame, at the tier that sent it up (not on the wire): what this tier's own hop saved, and the rest
+    stream_own_saved_bytes: int | None = None
 
     @property
     def fallback_tier(self) -> str:

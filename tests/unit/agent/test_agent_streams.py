@@ -196,11 +196,12 @@ def test_the_live_planner_prices_a_streams_hops_at_its_measured_bytes(chain) -> 
         for _ in range(30):  # frames that each moved 1 kB where coding them on their own takes 10 kB
             tiers = [TierTiming("device", 0, 13, compute_s=1e-3, network_s=0.01, bytes_out=1000, bytes_back=100),
                      TierTiming("cloud", 13, 70, compute_s=1e-3)]  # fmt: skip
-            live.observe(Breakdown(tiers, "cloud", stream_frame=True, stream_delta_hops=1, stream_saved_bytes=9000),
-                         plan, decide=False)  # fmt: skip
-        assert live.stream_share == pytest.approx(0.1, rel=0.01)
+            live.observe(Breakdown(tiers, "cloud", stream_frame=True, stream_delta_hops=1, stream_saved_bytes=9000,
+                                   stream_own_saved_bytes=9000), plan, decide=False)  # fmt: skip
+        share = live.stream_share[(13, "lossless")]
+        assert share == pytest.approx(0.1, rel=0.01) and len(live.stream_share) == 1
         after = live.predict(plan)
-        assert after is not None and after.uplink_nbytes == pytest.approx(before.uplink_nbytes * live.stream_share)
+        assert after is not None and after.uplink_nbytes == pytest.approx(before.uplink_nbytes * share)
         assert live.predict(other).uplink_nbytes == untouched.uplink_nbytes  # a hop it has not measured: as profiled
     finally:
         live.close()
@@ -280,3 +281,26 @@ def test_a_relaying_edge_is_a_hop_of_its_own(chain, runtime) -> None:  # type: i
         hops.append(r.breakdown.stream_delta_hops)
     assert hops == [0, 2, 2]  # device>edge and edge>cloud each send residuals of the values at 20
     assert edge.stream_receiver.resyncs == cloud.stream_receiver.resyncs == 0
+
+
+def test_the_live_planner_prices_each_hop_of_a_stream_on_its_own(chain) -> None:  # type: ignore[no-untyped-def]
+    from edgeflow.agent.live import LivePlanner
+    from edgeflow.config import PlannerConfig
+    from edgeflow.core.plan import Plan
+    from edgeflow.transport import Breakdown, TierTiming
+
+    agents = chain("auto", roles=("device", "edge", "cloud"))
+    live = LivePlanner.start(agents[0], PlannerConfig(), descriptions=[a.describe() for a in agents[1:]],
+                             profile_repeats=1)  # fmt: skip
+    try:
+        plan = Plan.parse("device[0:13]|lossless > edge[13:20]|int8 > cloud[20:]")
+        for _ in range(40):  # the device's hop saved 9 of 10 kB, the edge's 1.5 of 2 kB
+            tiers = [TierTiming("device", 0, 13, compute_s=1e-3, network_s=0.01, bytes_out=1000, bytes_back=100),
+                     TierTiming("edge", 13, 20, compute_s=1e-3, network_s=0.01, bytes_out=500, bytes_back=100),
+                     TierTiming("cloud", 20, 70, compute_s=1e-3)]  # fmt: skip
+            live.observe(Breakdown(tiers, "cloud", stream_frame=True, stream_delta_hops=2, stream_saved_bytes=10_500,
+                                   stream_own_saved_bytes=9000), plan, decide=False)  # fmt: skip
+        assert live.stream_share[(13, "lossless")] == pytest.approx(0.1, rel=0.01)
+        assert live.stream_share[(20, "int8")] == pytest.approx(0.25, rel=0.01)
+    finally:
+        live.close()
