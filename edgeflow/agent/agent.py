@@ -602,7 +602,7 @@ class Agent:
         batch = self.runtime.check_wire_tensors(position, wire)  # (a relay's payloads were not admitted yet)
 
         def request(w: list[WireTensor]) -> bytes:
-            sid, frame = (stream.ref.upstream_id, stream.ref.frame) if stream is not None else ("", -1)
+            sid, frame = (stream.upstream_id, stream.ref.frame) if stream is not None else ("", -1)
             return encode_request(InferCall(request_id, self.fingerprint, position, w, plan=plan_text, stream=sid,
                                             frame=frame))  # fmt: skip
 

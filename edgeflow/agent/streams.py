@@ -15,13 +15,15 @@ received is refused without ``resync`` (a duplicate: the caller's bug).
 
 Stream ids are scoped by the caller (``InferCall.caller``: the TLS identity or the connection), so one caller can
 neither read nor corrupt another's state; the id a tier uses towards its own upstream is derived from
-``(caller, stream)`` (:meth:`StreamRef.upstream_id`). State is bounded per stream and in total, by count and
+``(sender, caller, stream)`` (:meth:`StreamSender.upstream_id`, the sender being a random id each agent draws at
+start, so two devices that share a TLS identity and a stream name never share state upstream). State is bounded per stream and in total, by count and
 bytes, evicting the least recently used stream.
 """
 
 from __future__ import annotations
 
 import hashlib
+import secrets
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -75,13 +77,6 @@ class StreamRef:
     @property
     def key(self) -> tuple[str, str]:
         return self.caller, self.stream
-
-    @property
-    def upstream_id(self) -> str:
-        """The id this tier gives the stream towards its upstream: unique per (caller, stream), so two callers'
-        streams of the same name stay apart at the next tier too."""
-        digest = hashlib.sha256(f"{self.caller}\0{self.stream}".encode()).hexdigest()[:16]
-        return f"{digest}/{self.stream[:200]}"
 
     def label(self) -> str:
         return f"stream {self.stream[:64]!r}"
@@ -304,6 +299,7 @@ class Coded:
     would have cost (``key_nbytes``), for the breakdown."""
 
     ref: StreamRef
+    upstream_id: str  # the stream's id on the hop up
     wire: list[WireTensor]
     delta: bool
     nbytes: int
@@ -331,6 +327,13 @@ class StreamSender:
         self.table: _Lru[_Sent] = _Lru(config.max_streams, int(config.max_mb * 2**20))
         self.max_stream_bytes = int(config.max_stream_mb * 2**20)
         self.keys = self.deltas = 0
+        self._nonce = secrets.token_hex(8)  # this sender's streams are its own at the next tier, even after a restart
+
+    def upstream_id(self, ref: StreamRef) -> str:
+        """The id this tier gives ``ref``'s stream towards its upstream: unique per (this sender, caller, stream),
+        so two callers' streams of the same name — or two devices' sharing a TLS identity — stay apart upstream."""
+        digest = hashlib.sha256(f"{self._nonce}\0{ref.caller}\0{ref.stream}".encode()).hexdigest()[:16]
+        return f"{digest}/{ref.stream[:200]}"
 
     def encode(
         self, ref: StreamRef, position: int, plan: str, names: Sequence[str], values: Sequence[torch.Tensor], codec: Codec
@@ -347,7 +350,7 @@ class StreamSender:
         def keyed() -> Coded:
             if usable:
                 self._store_key(ref, sig, values, key_payloads, codec)
-            return Coded(ref, key_wire, False, key_nbytes, key_nbytes)
+            return Coded(ref, self.upstream_id(ref), key_wire, False, key_nbytes, key_nbytes)
 
         if not usable:
             return keyed()
@@ -385,7 +388,7 @@ class StreamSender:
             return None
         e.frame, e.values, e.since_key = ref.frame, recon, e.since_key + 1
         wire = [_wire(n, v, DELTA, p) for n, v, p in zip(names, values, payloads)]
-        return Coded(ref, wire, True, nbytes, key_nbytes)
+        return Coded(ref, self.upstream_id(ref), wire, True, nbytes, key_nbytes)
 
     def _store_key(self, ref: StreamRef, sig: tuple, values: list[torch.Tensor], payloads: list[bytes],
                    codec: Codec) -> None:  # fmt: skip

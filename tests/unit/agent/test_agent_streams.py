@@ -130,7 +130,8 @@ def test_another_callers_residual_cannot_touch_a_stream_of_the_same_name(chain, 
     # a stranger replays what it would send for "cam": refused, and the device's stream goes on unharmed
     forged = _coded(runtime, frames)
     assert forged[3].delta
-    ic = _call(forged[3], 3, caller="peer:stranger", stream=StreamRef("local", "cam", 0).upstream_id)
+    assert device.stream_sender is not None
+    ic = _call(forged[3], 3, caller="peer:stranger", stream=device.stream_sender.upstream_id(StreamRef("local", "cam", 0)))
     ic.fingerprint = runtime.fingerprint
     with pytest.raises(StreamRejected, match="holds no state"):
         edge.infer(ic, time.monotonic() + 10)
@@ -304,3 +305,28 @@ def test_the_live_planner_prices_each_hop_of_a_stream_on_its_own(chain) -> None:
         assert live.stream_share[(20, "int8")] == pytest.approx(0.25, rel=0.01)
     finally:
         live.close()
+
+
+def test_two_devices_one_identity_one_stream_name_never_share_state(chain, runtime) -> None:  # type: ignore[no-untyped-def]
+    """Both devices reach the edge as the same caller (in process here; a shared TLS certificate in a deployment)
+    and name their stream "cam": each sender's own id keeps their states apart, so every residual applies to the
+    reconstruction it was coded against."""
+    from edgeflow.agent import Agent, Upstream
+    from edgeflow.transport import LoopbackClient
+
+    from conftest import node
+
+    first, edge, _ = chain(LOSSLESS, streams=STREAMS)
+    up = Upstream(LoopbackClient(edge, address="edge-loopback"), fingerprint=runtime.fingerprint, role="device",
+                  connect_s=1.0)  # fmt: skip
+    second = Agent(node("device", LOSSLESS, True, streams=STREAMS), runtime, upstream=up, profile_repeats=0)
+    try:
+        a, b = _video(1, seed=1)[0], _video(1, seed=2)[0]
+        for k in range(4):
+            for device, x in ((first, a), (second, b)):
+                r = _send(device, x, k)
+                assert torch.equal(r.values[0], _reference(runtime, x))
+                assert r.breakdown.stream_delta_hops == (0 if k == 0 else 2)
+        assert edge.stream_receiver.resyncs == 0
+    finally:
+        second.close()
