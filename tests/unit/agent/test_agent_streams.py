@@ -307,19 +307,17 @@ def test_the_live_planner_prices_each_hop_of_a_stream_on_its_own(chain) -> None:
         live.close()
 
 
-def test_two_devices_one_identity_one_stream_name_never_share_state(chain, runtime) -> None:  # type: ignore[no-untyped-def]
+def test_two_devices_one_identity_one_stream_name_never_share_state(chain, runtime, make_node) -> None:  # type: ignore[no-untyped-def]
     """Both devices reach the edge as the same caller (in process here; a shared TLS certificate in a deployment)
     and name their stream "cam": each sender's own id keeps their states apart, so every residual applies to the
     reconstruction it was coded against."""
     from edgeflow.agent import Agent, Upstream
     from edgeflow.transport import LoopbackClient
 
-    from conftest import node
-
     first, edge, _ = chain(LOSSLESS, streams=STREAMS)
     up = Upstream(LoopbackClient(edge, address="edge-loopback"), fingerprint=runtime.fingerprint, role="device",
                   connect_s=1.0)  # fmt: skip
-    second = Agent(node("device", LOSSLESS, True, streams=STREAMS), runtime, upstream=up, profile_repeats=0)
+    second = Agent(make_node("device", LOSSLESS, True, streams=STREAMS), runtime, upstream=up, profile_repeats=0)
     try:
         a, b = _video(1, seed=1)[0], _video(1, seed=2)[0]
         for k in range(4):
