@@ -335,6 +335,22 @@ class ChaosConfig(_Section):
     seed: int = Field(0, ge=0, le=2**31)
 
 
+class StreamsConfig(_Section):
+    """Stream mode (``edgeflow.agent.streams``): frames of a stream (request parameters ``stream`` and ``frame``) are
+    coded on each hop as the residual against the previous frame's reconstruction. ``key_interval``: a key frame
+    (coded on its own) at least every that many frames; ``key_ratio``: also when the residual would take more than
+    that share of a key frame's bytes. State is kept per stream and caller, LRU-bounded by ``max_streams`` and
+    ``max_mb`` (a stream needing more than ``max_stream_mb`` is coded frame by frame). Off: every frame is coded on
+    its own, and residuals sent here are refused with a resync status."""
+
+    enabled: bool = True
+    key_interval: int = Field(64, ge=1, le=100_000)
+    key_ratio: float = Field(0.5, gt=0, le=1)
+    max_streams: int = Field(256, ge=1, le=100_000)
+    max_mb: float = Field(64.0, gt=0, le=65536)
+    max_stream_mb: float = Field(16.0, gt=0, le=65536)
+
+
 class TracingConfig(_Section):
     """OpenTelemetry spans per request (``edgeflow.transport.tracing``); off by default. Off, an agent still passes a
     caller's trace context on upstream. ``exporter``: none (ids only), console, jsonl (``path``: one JSON line per
@@ -403,6 +419,7 @@ class NodeConfig(_Section):
     memory: MemoryConfig = MemoryConfig()
     validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
     chaos: ChaosConfig = ChaosConfig()  # (``validate`` is a BaseModel method)
+    streams: StreamsConfig = StreamsConfig()
 
     @field_validator("validate_", mode="before")
     @classmethod

@@ -12,6 +12,7 @@
     │   ├── RequestTooLarge      the caller's: over this agent's limits (RESOURCE_EXHAUSTED)
     │   ├── FingerprintMismatch  the deployment's: peers run different models (FAILED_PRECONDITION)
     │   ├── NoUpstream           the caller's: it asked for this agent's upstream, and there is none (FAILED_PRECONDITION)
+    │   ├── StreamRejected       a stream frame that cannot be decoded here: out of order, duplicated, changed, evicted (FAILED_PRECONDITION)
     │   ├── ModelNotFound        the caller's: a KServe request names another model or version (NOT_FOUND)
     │   ├── Overloaded           nobody's: the bounded queue is full, retry later (RESOURCE_EXHAUSTED)
     │   └── ShuttingDown         nobody's: the agent is draining after SIGTERM (UNAVAILABLE)
@@ -42,6 +43,7 @@ __all__ = [
     "InvalidRequest",
     "RequestTooLarge",
     "FingerprintMismatch",
+    "StreamRejected",
     "NoUpstream",
     "ModelNotFound",
     "Overloaded",
@@ -114,6 +116,16 @@ class FingerprintMismatch(RequestRejected):
 
 class NoUpstream(RequestRejected):
     """The request needs this agent's upstream, and it has none. gRPC: FAILED_PRECONDITION."""
+
+
+class StreamRejected(RequestRejected):
+    """A stream frame this agent cannot decode against the stream's state: the message names the stream and the
+    frames, and ends with ``send a key frame`` when a key frame resynchronises it (``resync``). gRPC:
+    FAILED_PRECONDITION."""
+
+    def __init__(self, message: str, *, resync: bool):
+        super().__init__(message)
+        self.resync = resync
 
 
 class Overloaded(RequestRejected):

@@ -29,6 +29,7 @@ import torch
 
 from edgeflow.agent.compute import MemoryBudget
 from edgeflow.agent.runtime import ModelRuntime
+from edgeflow.agent.streams import StreamReceiver, StreamRef
 from edgeflow.core.codecs import CODEC_NAMES, Codec, DecodeLimits, codec_from_spec, decode, read_header
 from edgeflow.core.plan import TIERS, Plan
 from edgeflow.errors import BadReply, CodecError
@@ -83,19 +84,22 @@ class Admission:
         codecs: the agent's codec cache.
     """
 
-    def __init__(self, runtime: ModelRuntime, memory: MemoryBudget, codecs: CodecCache):
-        self.runtime, self.memory, self.codecs = runtime, memory, codecs
+    def __init__(self, runtime: ModelRuntime, memory: MemoryBudget, codecs: CodecCache,
+                 streams: StreamReceiver | None = None):  # fmt: skip
+        self.runtime, self.memory, self.codecs, self.streams = runtime, memory, codecs, streams
 
     @contextmanager
-    def admit(self, position: int, tensors: Sequence[WireTensor]) -> Iterator[Admitted]:
+    def admit(self, position: int, tensors: Sequence[WireTensor], stream: StreamRef | None = None) -> Iterator[Admitted]:
         """Check, budget and decode ``tensors``, the live values at ``position``; the budget is released when the
-        block ends.
+        block ends. A stream frame (``stream``) is decoded by the stream receiver: residuals against the stream's
+        reference, a key frame as any payload (and kept as the reference).
 
         Raises:
             InvalidRequest: count, name, datatype or shape does not fit the position, or a payload disagrees with
                 its declaration (codec, datatype, shape).
             RequestTooLarge, Overloaded: the memory budget cannot hold the declared values.
             CodecError: a corrupt or truncated payload.
+            StreamRejected: a stream frame that does not apply to the stream's state here.
         """
         self.runtime.check_wire_tensors(position, tensors)
         infos = self.runtime.cut_info(position).tensors
@@ -103,7 +107,12 @@ class Admission:
         self.memory.acquire(nbytes)
         try:
             t0 = time.monotonic()
-            values = [self._decode(i, t, position) for i, t in enumerate(tensors)]
+            if stream is not None and self.streams is not None:
+                values = self.streams.decode(stream, position, tensors, lambda i, t: self._decode(i, t, position))
+                device = self.runtime.device
+                values = [v.to(device) if device.type != "cpu" else v for v in values]
+            else:
+                values = [self._decode(i, t, position) for i, t in enumerate(tensors)]
             yield Admitted(values, time.monotonic() - t0, nbytes)
         finally:
             self.memory.release(nbytes)

@@ -48,12 +48,13 @@ from edgeflow.agent.replay import ReplyCache, request_key
 from edgeflow.agent.runtime import ModelRuntime, RunOutcome
 from edgeflow.agent.memory import Remembered, ResultMemory
 from edgeflow.agent.source import Source, Ticket
+from edgeflow.agent.streams import Coded, StreamReceiver, StreamRef, StreamSender, is_resync
 from edgeflow.agent.upstream import Upstream
 from edgeflow.agent.validate import Validator
 from edgeflow.config import NodeConfig
 from edgeflow.core.codecs import CODEC_NAMES, Codec
 from edgeflow.core.plan import TIERS, ExitPoint, Plan
-from edgeflow.errors import BadReply, ConfigError, DeadlineExceeded, NoUpstream, PlanError, TransportError
+from edgeflow.errors import BadReply, ConfigError, DeadlineExceeded, NoUpstream, PlanError, RemoteError, TransportError
 from edgeflow.transport import (
     Breakdown,
     Counters,
@@ -143,7 +144,10 @@ class Agent:
         cap = config.compute.memory_cap_mb
         self.memory = MemoryBudget(int(cap * 2**20) if cap else None)
         self.codecs = CodecCache()
-        self.admission = Admission(runtime, self.memory, self.codecs)
+        # stream mode (edgeflow.agent.streams): frames decoded against, and coded for the hop up against, a reference
+        self.stream_receiver = StreamReceiver(config.streams, self.role)
+        self.stream_sender = StreamSender(config.streams) if upstream is not None else None
+        self.admission = Admission(runtime, self.memory, self.codecs, self.stream_receiver)
         self._plans: dict[str, Plan] = {str(plan): self.plan, "": self.plan}
         self._plans_lock = threading.Lock()
         self.gate = RequestGate(self.role)  # in flight, draining, counters
@@ -282,11 +286,12 @@ class Agent:
             )
         plan = self.plan_of(call.plan)  # refuse a bad one before anything else
         out_codec = self._codec(call.output_codec or "lossless")
+        ref = StreamRef(call.caller or "local", call.stream, call.frame) if call.stream else None
         if self.source is not None and call.start == 0 and not call.stop:  # an input entering the chain here
             forced = Plan.parse(call.plan) if call.plan else None
-            with self.admission.admit(0, call.tensors) as got:
+            with self.admission.admit(0, call.tensors, ref) as got:
                 ans = self._enter(call.request_id, got.values, deadline, forced, block=False, decode_s=got.decode_s,
-                                  bytes_in=call.wire_nbytes)  # fmt: skip
+                                  bytes_in=call.wire_nbytes, stream=ref)  # fmt: skip
             answer = _Answer(ans.position, ans.breakdown, values=ans.values)
             timing = ans.breakdown.tiers[0]
             said = (ans.plan, ans.predicted_s or 0.0, ans.predicted_outcome_s or 0.0)
@@ -294,13 +299,22 @@ class Agent:
             said = ("", 0.0, 0.0)
             start, stop, forward = self._local_range(call.start, call.stop, plan)
             timing = TierTiming(self.role, start, stop, bytes_in=call.wire_nbytes)
-            if forward and start == stop:  # not our range: relay the payloads untouched
+            if forward and start == stop and ref is None:  # not our range: relay the payloads untouched
                 answer = self._forward(call.request_id, start, call.tensors, None, timing, deadline, plan, call.plan)
+            elif forward and start == stop:  # a stream frame relayed: a hop of its own, decoded and coded again
+                assert ref is not None
+                with self.admission.admit(start, call.tensors, ref) as got:
+                    timing.decode_s = got.decode_s
+                    t = time.monotonic()
+                    coded = self._stream_code(ref, start, call.plan, got.values, self._codec(_codec_into(plan, start)))
+                    timing.encode_s = time.monotonic() - t
+                    answer = self._forward(call.request_id, start, coded.wire, got.values, timing, deadline, plan,
+                                           call.plan, stream=coded)  # fmt: skip
             else:
-                with self.admission.admit(start, call.tensors) as got:
+                with self.admission.admit(start, call.tensors, ref) as got:
                     timing.decode_s = got.decode_s
                     answer = self._run(call.request_id, start, stop, forward, got.values, timing, deadline, plan,
-                                       call.plan)  # fmt: skip
+                                       call.plan, stream=ref)  # fmt: skip
         tensors = answer.wire
         chaos = self.config.chaos
         if chaos.wrong_class > 0 and answer.position == self.runtime.num_positions and self.source is None \
@@ -336,6 +350,8 @@ class Agent:
         block: bool = True,
         plan: Plan | str | None = None,
         learn: bool = True,
+        stream: str | None = None,
+        frame: int | None = None,
     ) -> LocalAnswer:
         """Serve the device's own input (the model inputs, position 0) without a network hop in.
 
@@ -351,24 +367,36 @@ class Agent:
                 of the current one; the live planner predicts it and learns from its reply but does not re-plan.
             learn: feed the reply to the live planner (False: a warm-up the planner should not see; it neither
                 reads nor fills the result memory).
+            stream, frame: this input is frame ``frame`` of stream ``stream``: its hops are delta coded (see
+                :mod:`edgeflow.agent.streams`).
 
         Raises:
-            InvalidRequest: the input does not fit the model, or the plan does not fit the model or this chain.
+            InvalidRequest: the input does not fit the model, or the plan does not fit the model or this chain, or
+                a stream without a frame number (or the reverse).
+            StreamRejected: a frame number this stream had already.
         """
         with self.gate.request():
             values = list(values)
             self.runtime.check_values(0, values)
+            ref = None
+            if stream is not None or frame is not None:
+                if not stream or frame is None or not 0 <= frame < 2**62:
+                    raise InvalidRequest(f"a stream frame needs a stream id and a frame number >= 0, got stream "
+                                         f"{stream!r}, frame {frame!r}")  # fmt: skip
+                ref = StreamRef("local", stream, frame)
+                self.stream_receiver.note_input(ref)
             forced = None
             if plan is not None:
                 self.plan_of(str(plan))  # checked against the model and chain; stamped as the caller wrote it
                 forced = plan if isinstance(plan, Plan) else Plan.parse(plan)
-            ans = self._enter(request_id, values, deadline, forced, block=block, learn=learn)
+            ans = self._enter(request_id, values, deadline, forced, block=block, learn=learn, stream=ref)
         if self.metrics is not None and learn:
             self.metrics.observe_reply("local", InferReply(ans.request_id, "", ans.position, [], ans.breakdown))
         return ans
 
     def _enter(self, request_id: str, values: list[torch.Tensor], deadline: float, forced: Plan | None, *,
-               block: bool, learn: bool = True, decode_s: float = 0.0, bytes_in: int = 0) -> LocalAnswer:  # fmt: skip
+               block: bool, learn: bool = True, decode_s: float = 0.0, bytes_in: int = 0,
+               stream: StreamRef | None = None) -> LocalAnswer:  # fmt: skip
         """One input entering the chain here, at position 0, by its ticket's plan (see the module doc)."""
         t0 = time.monotonic()
         source = self.source
@@ -382,7 +410,7 @@ class Agent:
         ticket = source.ticket(forced, t0) if source is not None else Ticket(forced or self.plan, forced=forced is not None)
         try:
             answer, timing = self._enter_as(request_id, values, deadline, ticket, block=block, decode_s=decode_s,
-                                            bytes_in=bytes_in)  # fmt: skip
+                                            bytes_in=bytes_in, stream=stream)  # fmt: skip
         except BaseException:
             if source is not None:
                 source.release(ticket)
@@ -450,7 +478,7 @@ class Agent:
         return LocalAnswer(request_id, [v.clone() for v in hit.values], hit.position, b, plan)
 
     def _enter_as(self, request_id: str, values: list[torch.Tensor], deadline: float, ticket: Ticket, *, block: bool,
-                  decode_s: float, bytes_in: int) -> tuple[_Answer, TierTiming]:  # fmt: skip
+                  decode_s: float, bytes_in: int, stream: StreamRef | None = None) -> tuple[_Answer, TierTiming]:  # fmt: skip
         plan = self.plan_of(str(ticket.plan))
         start, stop, forward = self._local_range(0, 0, plan)
         timing = TierTiming(self.role, start, stop, decode_s=decode_s, bytes_in=bytes_in)
@@ -458,12 +486,18 @@ class Agent:
             t = time.monotonic()
             info = self.runtime.cut_info(0).tensors
             codec = self._codec(plan.input_codec or "lossless")
-            wire = [self.wire_tensor(i.name, v, codec) for i, v in zip(info, values)]
+            coded = None
+            if stream is not None and self.stream_sender is not None:
+                coded = self._stream_code(stream, 0, str(ticket.plan), values, codec)
+                wire = coded.wire
+            else:
+                wire = [self.wire_tensor(i.name, v, codec) for i, v in zip(info, values)]
             timing.encode_s = time.monotonic() - t
-            answer = self._forward(request_id, 0, wire, values, timing, deadline, plan, str(ticket.plan), ticket=ticket)
+            answer = self._forward(request_id, 0, wire, values, timing, deadline, plan, str(ticket.plan), ticket=ticket,
+                                   stream=coded)  # fmt: skip
         else:
             answer = self._run(request_id, start, stop, forward, values, timing, deadline, plan, str(ticket.plan),
-                               block=block, ticket=ticket)  # fmt: skip
+                               block=block, ticket=ticket, stream=stream)  # fmt: skip
         return answer, timing
 
     # ------------------------------------------------------------------------------------ plans
@@ -522,6 +556,7 @@ class Agent:
         *,
         block: bool = False,
         ticket: Ticket | None = None,
+        stream: StreamRef | None = None,
     ) -> _Answer:
         exits = plan.exits_in(start, stop) if forward or stop == self.runtime.num_positions else ()
         watch = self.validator.watch(plan, start, stop) if self.validator is not None and ticket is not None else None
@@ -542,12 +577,25 @@ class Agent:
         names = [i.name for i in self.runtime.cut_info(stop).tensors]
         stage = plan.stage(self.role)
         hop = self._codec(stage.codec if stage is not None and stage.codec else "lossless")
-        wire = [self.wire_tensor(name, v, hop) for name, v in zip(names, outcome.values)]
+        coded = None
+        if stream is not None and self.stream_sender is not None:
+            coded = self._stream_code(stream, stop, plan_text, outcome.values, hop)
+            wire = coded.wire
+        else:
+            wire = [self.wire_tensor(name, v, hop) for name, v in zip(names, outcome.values)]
         timing.encode_s = time.monotonic() - t
-        answer = self._forward(request_id, stop, wire, outcome.values, timing, deadline, plan, plan_text, ticket=ticket)
+        answer = self._forward(request_id, stop, wire, outcome.values, timing, deadline, plan, plan_text, ticket=ticket,
+                               stream=coded)  # fmt: skip
         if self.validator is not None and ticket is not None:
             answer.heads, answer.local = outcome.heads, (stop, outcome.values)
         return answer
+
+    def _stream_code(self, ref: StreamRef, position: int, plan_text: str, values: Sequence[torch.Tensor],
+                     codec: Codec) -> Coded:  # fmt: skip
+        """A stream frame's values at ``position`` coded for the hop up (a residual, or a key frame)."""
+        assert self.stream_sender is not None
+        names = [i.name for i in self.runtime.cut_info(position).tensors]
+        return self.stream_sender.encode(ref, position, plan_text, names, values, codec)
 
     def _forward(
         self,
@@ -561,6 +609,7 @@ class Agent:
         plan_text: str,
         *,
         ticket: Ticket | None = None,
+        stream: Coded | None = None,
     ) -> _Answer:
         """Send the values at ``position`` upstream; should that fail for a reason nobody's bug, finish here.
 
@@ -586,8 +635,8 @@ class Agent:
         try:
             if self.source is not None and nxt is not None:
                 with self.source.upstream_call(ticket, nxt.tier):
-                    return self.call_upstream(request_id, position, wire, timing, up_deadline, plan_text)
-            return self.call_upstream(request_id, position, wire, timing, up_deadline, plan_text)
+                    return self.call_upstream(request_id, position, wire, timing, up_deadline, plan_text, stream=stream)
+            return self.call_upstream(request_id, position, wire, timing, up_deadline, plan_text, stream=stream)
         except TransportError as e:
             kind = failure_kind(e)
             if kind is None or not f.enabled or time.monotonic() >= deadline:  # a bug, or an answer nobody awaits
@@ -598,22 +647,42 @@ class Agent:
             return self._finish_here(position, wire, values, timing, deadline, plan, kind, e)
 
     def call_upstream(
-        self, request_id: str, position: int, wire: list[WireTensor], timing: TierTiming, deadline: float, plan_text: str
+        self, request_id: str, position: int, wire: list[WireTensor], timing: TierTiming, deadline: float, plan_text: str,
+        *, stream: Coded | None = None,
     ) -> _Answer:
         """One call to the upstream with the values at ``position`` (no fallback); fills ``timing``'s network time
         and bytes. Also how the live planner measures a real message's overhead at start-up.
+
+        A stream frame (``stream``) the upstream refuses with a resync status is sent once more, as a key frame;
+        any failure makes the stream's next frame a key frame.
 
         Raises:
             TransportError: the call failed.
         """
         assert self.upstream is not None
         batch = self.runtime.check_wire_tensors(position, wire)  # (a relay's payloads were not admitted yet)
-        data = encode_request(InferCall(request_id, self.fingerprint, position, wire, plan=plan_text))
+
+        def request(w: list[WireTensor]) -> bytes:
+            sid, frame = (stream.upstream_id, stream.ref.frame) if stream is not None else ("", -1)
+            return encode_request(InferCall(request_id, self.fingerprint, position, w, plan=plan_text, stream=sid,
+                                            frame=frame))  # fmt: skip
+
+        data = request(wire)
         timing.bytes_out = len(data)
         self.upstream.handshake(deadline)  # once; kept out of the network time
         t = time.monotonic()
+        saved = stream.saved_bytes if stream is not None else 0
         try:
-            reply = self.upstream.infer_bytes(data, deadline)
+            try:
+                reply = self.upstream.infer_bytes(data, deadline)
+            except RemoteError as e:
+                if stream is None or not is_resync(e):
+                    raise
+                _log.info("upstream asked for a key frame: %s", e.details[:200])
+                stream, saved = stream.as_key(), -len(data)  # the refused message was sent for nothing
+                data = request(stream.wire)
+                timing.bytes_out += len(data)  # both messages crossed the link
+                reply = self.upstream.infer_bytes(data, deadline)
             call_s = time.monotonic() - t
             self.admission.check_reply(reply, request_id=request_id, fingerprint=self.fingerprint, role=self.role,
                                        sent=position, batch=batch, plan=self.plan_of(plan_text))  # fmt: skip
@@ -625,11 +694,22 @@ class Agent:
             timing.decode_s += time.monotonic() - t_decode
         except BadReply as e:
             self._bad_reply(e)
+            if stream is not None and self.stream_sender is not None:
+                self.stream_sender.forget(stream.ref)
+            raise
+        except TransportError:
+            if stream is not None and self.stream_sender is not None:
+                self.stream_sender.forget(stream.ref)
             raise
         up = reply.breakdown
         timing.network_s = max(0.0, call_s - (up.tiers[0].total_s if up.tiers else 0.0))
         timing.bytes_back = reply.wire_nbytes
         b = Breakdown([timing, *up.tiers], up.answered_by, up.exit_position, up.exit_confidence, up.fallback)
+        if stream is not None:
+            b.stream_frame = True
+            b.stream_delta_hops = up.stream_delta_hops + int(stream.delta)
+            b.stream_saved_bytes = up.stream_saved_bytes + saved
+            b.stream_own_saved_bytes = saved
         return _Answer(reply.position, b, values=values, wire=reply.tensors)
 
     def _bad_reply(self, e: BadReply) -> None:
@@ -777,3 +857,14 @@ def _relay_timeout_s(deadline: float) -> float:
     if remaining <= 0:
         raise DeadlineExceeded("no time left to call the upstream")
     return remaining - min(0.1, 0.25 * remaining)
+
+
+def _codec_into(plan: Plan, position: int) -> str:
+    """The codec of the plan's hop that delivers the values at ``position`` (what a relaying tier codes a stream
+    frame with for its own hop)."""
+    if position == 0:
+        return plan.input_codec or "lossless"
+    for stage in plan.stages:
+        if stage.stop == position and stage.codec:
+            return stage.codec
+    return "lossless"

@@ -180,7 +180,7 @@ class DeviceClient:
         return client
 
     def infer(self, x: torch.Tensor | tuple[torch.Tensor, ...], *, timeout_s: float | None = None,
-              plan: Plan | str | None = None) -> Result:  # fmt: skip
+              plan: Plan | str | None = None, stream: str | None = None, frame: int | None = None) -> Result:  # fmt: skip
         """Run one input batch through the chain.
 
         Args:
@@ -188,15 +188,19 @@ class DeviceClient:
             timeout_s: deadline for the whole request (default: the node's ``deadlines.request_s``).
             plan: go by this plan instead of the current one (the live planner still learns from the reply,
                 but does not re-plan on it).
+            stream, frame: ``x`` is frame ``frame`` of stream ``stream``: each hop sends the residual against the
+                stream's previous frame (``edgeflow.agent.streams``).
 
         Raises:
             InvalidRequest: the input does not fit the model, or ``plan`` does not fit the model or chain.
+            StreamRejected: a frame number the stream had already.
             TransportError: an upstream tier failed (PeerUnavailable, DeadlineExceeded, RemoteError).
         """
         values = list(x) if isinstance(x, tuple) else [x]
         timeout = timeout_s if timeout_s is not None else self.agent.config.deadlines.request_s
         t0 = time.monotonic()
-        ans = self.agent.submit_local(values, request_id=_request_id(self.agent.role), deadline=t0 + timeout, plan=plan)
+        ans = self.agent.submit_local(values, request_id=_request_id(self.agent.role), deadline=t0 + timeout, plan=plan,
+                                      stream=stream, frame=frame)  # fmt: skip
         latency = time.monotonic() - t0
         return Result(ans.request_id, _as_output(ans.values), ans.breakdown, latency, ans.plan, ans.predicted_s,
                       ans.predicted_outcome_s)  # fmt: skip
@@ -268,7 +272,8 @@ class AgentClient:
             self._description = self.peer.describe(timeout_s=timeout_s)
         return self._description
 
-    def _call(self, x: torch.Tensor | tuple[torch.Tensor, ...], plan: str = "", request_id: str | None = None) -> InferCall:
+    def _call(self, x: torch.Tensor | tuple[torch.Tensor, ...], plan: str = "", request_id: str | None = None,
+              stream: str = "", frame: int = -1) -> InferCall:  # fmt: skip
         d = self.describe()
         values = list(x) if isinstance(x, tuple) else [x]
         names = [n for n, _, _ in d.inputs] or [""] * len(values)
@@ -276,7 +281,8 @@ class AgentClient:
             WireTensor(name, datatype_of(str(v.dtype).removeprefix("torch.")), tuple(v.shape), self._codec.spec, self._codec.encode(v))
             for name, v in zip(names, values)
         ]
-        return InferCall(request_id or _request_id("client"), d.fingerprint, 0, tensors, plan=plan)
+        return InferCall(request_id or _request_id("client"), d.fingerprint, 0, tensors, plan=plan, stream=stream,
+                         frame=frame)  # fmt: skip
 
     @staticmethod
     def _result(reply: Any, latency_s: float) -> Result:
@@ -285,13 +291,15 @@ class AgentClient:
                       reply.predicted_latency_s or None, reply.predicted_outcome_s or None)  # fmt: skip
 
     def infer(self, x: torch.Tensor | tuple[torch.Tensor, ...], *, timeout_s: float = 30.0,
-              plan: Plan | str | None = None, request_id: str | None = None) -> Result:  # fmt: skip
+              plan: Plan | str | None = None, request_id: str | None = None, stream: str = "",
+              frame: int = -1) -> Result:  # fmt: skip
         """Run one input batch; raises TransportError subclasses on failure.
 
         ``plan``: the plan the request goes by (default: the agent's; a device agent that plans live chooses it).
         ``request_id``: the id it travels under (default: a fresh one); a repeated id is answered once.
+        ``stream``, ``frame``: ``x`` is that frame of that stream (a device agent delta codes its hops up).
         """
-        call = self._call(x, str(plan) if plan is not None else "", request_id)
+        call = self._call(x, str(plan) if plan is not None else "", request_id, stream, frame)
         t0 = time.monotonic()
         reply = self.peer.infer(call, timeout_s=timeout_s)
         return self._result(reply, time.monotonic() - t0)

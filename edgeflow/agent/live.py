@@ -84,6 +84,8 @@ class LivePlanner:
         self._switches: deque[PlanSwitch] = deque(maxlen=_SWITCHES_KEPT)
         self.last_reason = "start"
         self.requests = 0
+        # per hop (position, codec): stream frames' bytes over coding each on its own (moving average)
+        self.stream_share: dict[tuple[int, str], float] = {}
         self._lock = threading.Lock()
         self._probe: threading.Thread | None = None
         self._closed = False
@@ -170,6 +172,8 @@ class LivePlanner:
                 rp.observe_queue(t.tier, t.queue_s)
             if not breakdown.fallback:
                 self._observe_codecs(breakdown, plan)
+                if breakdown.stream_frame:
+                    self._observe_stream(breakdown, plan)
             if breakdown.fallback:
                 sent_s = now - (breakdown.tiers[0].total_s if breakdown.tiers else 0.0)
                 self._mark_down(breakdown.fallback_tier, breakdown.fallback, sent_s, now)
@@ -194,6 +198,36 @@ class LivePlanner:
             codecs.observe(sender, encode=(out.encode_s, predicted[0]))
             if into is not None and into.start == position:
                 codecs.observe(receiver, decode=(into.decode_s, predicted[1]))
+
+    def _observe_stream(self, breakdown: Breakdown, plan: Plan) -> None:
+        """A stream frame: each hop of the plan is priced at the stream's measured bytes over what coding each frame
+        on its own would take (a moving average over frames per hop), so the planner plans with what the stream
+        costs (lock held). This tier's own hop is measured exactly; the hops beyond it share what they saved
+        together (exact for a chain of two hops)."""
+        resolved = plan.resolved(self.model.num_positions)
+        hops = [(st.tier, st.stop or 0, st.codec or "lossless") for st in resolved.stages[:-1]]
+        if resolved.sends_input:
+            hops.insert(0, (self.model.names[0], 0, resolved.input_codec or "lossless"))
+        sent = {t.tier: t.bytes_out for t in breakdown.tiers if t.bytes_out > 0}
+        hops = [h for h in hops if h[0] in sent]
+        if not hops:
+            return
+        own = breakdown.stream_own_saved_bytes
+        first = [hops[0]] if own is not None and hops[0][0] == breakdown.tiers[0].tier else []
+        groups = [(first, own or 0), (hops[len(first):], breakdown.stream_saved_bytes - (own or 0))]
+        changed = False
+        for group, saved in groups:
+            moved = sum(sent[tier] for tier, _, _ in group)
+            if not group or moved <= 0 or moved + saved <= 0:
+                continue
+            share = min(1.0, moved / (moved + saved))  # a refused residual may cost more: never above a key frame
+            for _, pos, codec in group:
+                old = self.stream_share.get((pos, codec))
+                new = share if old is None else 0.8 * old + 0.2 * share
+                self.stream_share[(pos, codec)] = new
+                changed |= self.model.scale_hop_nbytes(pos, codec, new)
+        if changed:
+            self.replanner.planner._tput = None  # the throughput search's tables hold the bytes
 
     def down_tiers(self) -> frozenset[str]:
         """The tiers found down (a reply fell back at the tier before) and not answering probes since."""

@@ -72,7 +72,8 @@ class Outcome:
 class Sender(Protocol):
     def plan_text(self) -> str: ...
 
-    def send(self, request_id: str, x: torch.Tensor, deadline: float) -> Answer: ...
+    def send(self, request_id: str, x: torch.Tensor, deadline: float, stream: str | None = None,
+             frame: int | None = None) -> Answer: ...
 
     def warm_up(self, request_id: str, x: torch.Tensor, deadline: float) -> None: ...
 
@@ -109,8 +110,10 @@ class LocalSender:
             return str(self.plan)
         return str(self.agent.source.current_plan()) if self.agent.source is not None else str(self.agent.plan)
 
-    def send(self, request_id: str, x: torch.Tensor, deadline: float) -> Answer:
-        ans = self.agent.submit_local([x], request_id=request_id, deadline=deadline, block=True, plan=self.plan)
+    def send(self, request_id: str, x: torch.Tensor, deadline: float, stream: str | None = None,
+             frame: int | None = None) -> Answer:  # fmt: skip
+        ans = self.agent.submit_local([x], request_id=request_id, deadline=deadline, block=True, plan=self.plan,
+                                      stream=stream, frame=frame)  # fmt: skip
         return Answer(ans.values[0], ans.position, ans.breakdown, ans.plan, ans.predicted_s, ans.predicted_outcome_s)
 
     def warm_up(self, request_id: str, x: torch.Tensor, deadline: float) -> None:
@@ -150,8 +153,10 @@ class RemoteSender:
         d = self.client.peer.describe(timeout_s=10.0)
         return d.live.plan if d.live is not None and d.live.plan else d.plan
 
-    def send(self, request_id: str, x: torch.Tensor, deadline: float) -> Answer:
-        r = self.client.infer(x, timeout_s=max(1e-3, deadline - time.monotonic()), plan=self.plan, request_id=request_id)
+    def send(self, request_id: str, x: torch.Tensor, deadline: float, stream: str | None = None,
+             frame: int | None = None) -> Answer:  # fmt: skip
+        r = self.client.infer(x, timeout_s=max(1e-3, deadline - time.monotonic()), plan=self.plan, request_id=request_id,
+                              stream=stream or "", frame=-1 if frame is None else frame)  # fmt: skip
         logits = r.output if isinstance(r.output, torch.Tensor) else r.output[0]
         position = r.exit_position if r.exit_position >= 0 else -1
         return Answer(logits, position, r.breakdown, r.plan, r.predicted_latency_s, r.predicted_path_s)
@@ -188,6 +193,7 @@ def drive(
     start: float | None = None,
     on_done: Callable[[Outcome], None] | None = None,
     tracer: Tracer | None = None,
+    streamed: bool = False,
 ) -> tuple[float, list[Outcome]]:
     """Send every request; returns the run's start (``time.monotonic()``) and one outcome per request.
 
@@ -201,6 +207,7 @@ def drive(
         start: ``time.monotonic()`` of the run's start (default: now), e.g. when its links went live.
         on_done: called (from a worker thread) as each request finishes.
         tracer: each request in a root span (its trace id in :attr:`Outcome.trace_id`); None: untraced.
+        streamed: the requests are frames of one stream per device (``<run>-device<d>``), numbered by their index.
     """
     n = len(inputs)
     outcomes = [Outcome(i, f"{run_name}-{i}", int(device_of[i]), 0.0) for i in range(n)]
@@ -217,7 +224,12 @@ def drive(
             o.plan = sender.plan_text()
             with tracer.span("edgeflow request", {"edgeflow.request_id": o.request_id}) if tracer else nullcontext():
                 o.trace_id = current_trace_id()
-                ans = sender.send(o.request_id, inputs[i : i + 1], t0 + o.send_s + timeout_s)
+                deadline = t0 + o.send_s + timeout_s
+                if streamed:  # frame i of this device's stream
+                    ans = sender.send(o.request_id, inputs[i : i + 1], deadline, stream=f"{run_name}-device{o.device}",
+                                      frame=i)  # fmt: skip
+                else:
+                    ans = sender.send(o.request_id, inputs[i : i + 1], deadline)
         except EdgeflowError as e:
             o.error = f"{type(e).__name__}: {e}"
         except Exception as e:  # noqa: BLE001 - a bug in a sender must not hang the run; it is recorded

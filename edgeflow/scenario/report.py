@@ -61,13 +61,14 @@ def request_records(result: ScenarioResult, run: RunResult) -> list[dict[str, An
     """One JSON-ready record per request of ``run`` (see ``docs/SCENARIOS.md`` for the fields)."""
     wl = result.workload
     plan = run.spec.key
+    streamed = result.scenario.workload.streamed
     out = []
     for o in sorted(run.outcomes, key=lambda o: o.index):
         rec: dict[str, Any] = {
             "run": run.spec.name, "id": o.request_id, "index": o.index, "device": o.device,
             "sample": int(wl.sample_index[o.index]), "send_s": round(o.send_s, 6), "start_s": round(o.start_s, 6),
             "plan": o.plan or plan, "status": "answered" if o.answer is not None else "lost", "error": o.error,
-            "answers": o.answers, "fallback": "", "trace_id": o.trace_id,
+            "answers": o.answers, "fallback": "", "trace_id": o.trace_id, "streamed": streamed,
         }  # fmt: skip
         rec["bandwidth_mbit"] = {h: _mbit(result.links[h].rate_bps_at(o.send_s)) for h in _HOPS}
         if o.answer is not None:
@@ -87,6 +88,8 @@ def request_records(result: ScenarioResult, run: RunResult) -> list[dict[str, An
                 validation_reason=b.validation_reason,
                 upstream_class=b.upstream_classes[0] if b.upstream_classes else None,
                 flipped=None if not b.upstream_classes else b.upstream_classes[0] != int(result.reference[o.index]),
+                stream_delta_hops=b.stream_delta_hops,
+                stream_saved_bytes=b.stream_saved_bytes,
                 prediction=pred,
                 label=label,
                 correct=None if label is None else pred == label,
@@ -154,6 +157,7 @@ def run_metrics(records: list[dict[str, Any]], slo_ms: float | None) -> dict[str
         "prediction": _prediction_error(ok),
         "memory": _memory(ok),
         "validation": _validation(ok),
+        "stream": _stream(ok),
     }
 
 
@@ -174,6 +178,22 @@ def _validation(ok: list[dict[str, Any]]) -> dict[str, Any] | None:
             "flipped_flagged": caught, "not_flipped_flagged": alarms,
             "detection_rate": caught / len(flipped) if flipped else None,
             "false_alarm_rate": alarms / len(honest) if honest else None}  # fmt: skip
+
+
+def _stream(ok: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Stream frames over a run (None unless requests were frames of a stream): the request bytes each frame
+    moved up over every hop, and what coding every frame on its own would have moved (measured in the same run:
+    each hop's sender codes every frame both ways and sends the smaller, ``stream_saved_bytes`` being the
+    difference; a residual the receiver refused counts against it)."""
+    frames = [r for r in ok if r.get("streamed")]
+    if not frames:
+        return None
+    up = [sum(r["bytes"][h]["up"] for h in _HOPS) for r in frames]
+    independent = [u + int(r["stream_saved_bytes"]) for u, r in zip(up, frames)]
+    per_frame, alone = float(np.mean(up)), float(np.mean(independent))
+    return {"frames": len(frames), "bytes_per_frame": per_frame, "bytes_per_frame_independent": alone,
+            "ratio_independent_over_delta": alone / per_frame if per_frame else None,
+            "delta_hops_per_frame": float(np.mean([r["stream_delta_hops"] for r in frames]))}  # fmt: skip
 
 
 def _memory(ok: list[dict[str, Any]]) -> dict[str, Any] | None:

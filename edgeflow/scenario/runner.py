@@ -471,6 +471,7 @@ class ScenarioRunner:
             _, outcomes = drive(
                 workload.inputs, workload.send_s, workload.device_of, senders, run_name=spec.name,
                 timeout_s=sc.workload.timeout_s, concurrency=sc.workload.concurrency, start=t0,
+                streamed=sc.workload.streamed,
                 on_done=lambda o: self.events.on_request(spec.name, o), tracer=self._tracer,
             )  # fmt: skip
             duration = time.monotonic() - t0

@@ -229,13 +229,19 @@ class WorkloadSpec(_Strict):
     requests outstanding. ``devices`` spreads the requests round-robin over that many devices, each with its
     own device-edge link. A request not answered within ``timeout_s`` of its send time is lost. ``distinct``:
     the requests are drawn (uniformly, by ``seed``) from only that many different inputs, so inputs repeat (a
-    camera on the same scenes); with the device's ``memory`` on, repeats are answered from it.
+    camera on the same scenes); with the device's ``memory`` on, repeats are answered from it. Streams: ``video``
+    (a demo image with a demo object moving over it, ``motion: static`` or ``moving``; unlabelled) or ``frames``
+    (the images of ``frames_dir`` in name order, relative to the scenario file); their requests are frames of one
+    stream per device (``stream``: each hop delta codes them; false: every frame coded on its own).
     """
 
-    source: str = Field("demo-test", min_length=1, max_length=4096)  # demo-test | synthetic | a folder or file
+    source: str = Field("demo-test", min_length=1, max_length=4096)  # demo-test | synthetic | video | frames | a path
     labels: str | None = Field(None, min_length=1, max_length=4096)  # folders | a labels file (see sources.py)
     normalize: NormalizeSpec | None = None  # image folders: per-channel (x - mean) / std after scaling to [0, 1]
     max_file_mb: float = Field(1024.0, gt=0, le=65536)  # a tensor or image file larger than this is refused
+    motion: Literal["static", "moving"] = "static"  # source: video
+    frames_dir: str | None = Field(None, min_length=1, max_length=4096)  # source: frames
+    stream: bool | None = None  # None: true for video and frames
     arrival: Literal["poisson", "fixed", "closed"] = "poisson"
     rate_hz: float = Field(10.0, gt=0, le=10000)
     concurrency: int = Field(1, ge=1, le=256)
@@ -247,9 +253,18 @@ class WorkloadSpec(_Strict):
 
     @model_validator(mode="after")
     def _file_options(self) -> "WorkloadSpec":
-        if self.source in ("demo-test", "synthetic") and (self.labels is not None or self.normalize is not None):
+        if self.source in ("demo-test", "synthetic", "video", "frames") and (self.labels is not None or self.normalize is not None):
             raise ValueError(f"labels and normalize apply to a folder or file source, not {self.source!r}")
+        if self.source == "frames" and self.frames_dir is None:
+            raise ValueError("frames_dir: required by source: frames")
+        if self.stream and self.source not in ("video", "frames"):
+            raise ValueError(f"stream: needs a video or frames source, not {self.source}")
         return self
+
+    @property
+    def streamed(self) -> bool:
+        """Whether requests are frames of a stream."""
+        return self.source in ("video", "frames") if self.stream is None else self.stream
 
 
 class BestFixedSpec(_Strict):

@@ -93,6 +93,15 @@ def check_workload(spec: WorkloadSpec, inputs: tuple[int, ...] | Sequence[Expect
         _synthetic_kind(expected)
         return "synthetic: " + ", ".join(f"{e.name} {tuple(e.shape)} {str(e.dtype).removeprefix('torch.')}"
                                          for e in expected) + " (no labels: fidelity is agreement)"  # fmt: skip
+    if spec.source in ("video", "frames"):
+        size = _frame_size(spec, expected)
+        if spec.source == "video":
+            return f"video: a synthetic {spec.motion} camera, {size}x{size} frames of one stream per device (no labels)"
+        folder = Path(spec.frames_dir or "")
+        folder = folder if folder.is_absolute() or base_dir is None else base_dir / folder
+        if not folder.is_dir():
+            raise ScenarioError(f"workload.frames_dir: {spec.frames_dir}: no such folder")
+        return f"frames: the images of {spec.frames_dir}, {size}x{size}, one stream per device (no labels)"
     return open_source(spec, expected, base_dir or Path.cwd()).describe()
 
 
@@ -170,6 +179,9 @@ def build_workload(spec: WorkloadSpec, inputs: tuple[int, ...] | Sequence[Expect
     rng = np.random.default_rng(spec.seed)
     n = spec.requests
     labels_from: str | None = None
+    if spec.source in ("video", "frames"):  # a stream: frames in order, never shuffled
+        return Workload(_frames(spec, expected, base_dir), None, _send_times(spec, rng), np.arange(n) % spec.devices,
+                        np.arange(n), spec)  # fmt: skip
     if spec.source == "demo-test":
         images, labels = _demo_test(expected)
         order = _order(spec, rng, len(images))
@@ -197,6 +209,26 @@ def build_workload(spec: WorkloadSpec, inputs: tuple[int, ...] | Sequence[Expect
     send_s = _send_times(spec, rng)
     device_of = np.arange(n) % spec.devices
     return Workload(inputs_t, y, send_s, device_of, order, spec, labels_from)
+
+
+def _frame_size(spec: WorkloadSpec, expected: Sequence[ExpectedInput]) -> int:
+    """The side of the square RGB float images a stream source makes for this model (else a ScenarioError)."""
+    e = expected[0]
+    if len(expected) != 1 or len(e.shape) != 3 or e.shape[0] != 3 or e.shape[1] != e.shape[2] or not e.dtype.is_floating_point:
+        want = ", ".join(f"{x.name} {tuple(x.shape)} {str(x.dtype).removeprefix('torch.')}" for x in expected)
+        raise ScenarioError(f"workload.source: {spec.source} makes square RGB frames, the model takes {want}")
+    return int(e.shape[1])
+
+
+def _frames(spec: WorkloadSpec, expected: Sequence[ExpectedInput], base_dir: Path | None) -> torch.Tensor:
+    """A stream's frames (``video`` or ``frames``) for a square RGB float image model."""
+    from edgeflow.scenario.frames import folder_frames, moving_object_video
+
+    n, size = spec.requests, _frame_size(spec, expected)
+    if spec.source == "video":
+        return moving_object_video(n, size, spec.motion, seed=spec.seed)
+    folder = Path(spec.frames_dir or "")
+    return folder_frames(folder if folder.is_absolute() or base_dir is None else base_dir / folder, n, size)
 
 
 def _send_times(spec: WorkloadSpec, rng: np.random.Generator) -> np.ndarray | None:

@@ -142,6 +142,11 @@ class InferCall:
         plan: the plan this request goes by, text form ("" = the agent's configured plan); stamped by the
             device so that a re-plan never changes a request in flight.
         wire_nbytes: size of the received message (set by :func:`decode_request`).
+        stream: the stream this request is a frame of ("" = none; request parameter ``stream``): hops code its
+            values against the previous frame's reconstruction (``edgeflow.agent.streams``).
+        frame: its frame number in the stream (request parameter ``frame``, >= 0; -1 without a stream).
+        caller: who sent it, as the server saw it (TLS identity, else the connection); not on the wire. Stream ids
+            are scoped by it.
     """
 
     request_id: str
@@ -152,6 +157,9 @@ class InferCall:
     output_codec: str = ""
     plan: str = ""
     wire_nbytes: int = 0
+    stream: str = ""
+    frame: int = -1
+    caller: str = ""
 
 
 @dataclass
@@ -198,6 +206,11 @@ class Breakdown:
     validation: str = ""
     validation_reason: str = ""
     upstream_classes: tuple[int, ...] = ()
+    stream_frame: bool = False  # a frame of a stream, sent up by at least one hop
+    stream_delta_hops: int = 0  # a stream frame: hops that sent it delta coded (the rest sent a key frame)
+    stream_saved_bytes: int = 0  # a stream frame: bytes its hops saved over coding each frame on its own
+    # a stream frame, at the tier that sent it up (not on the wire): what this tier's own hop saved, and the rest
+    stream_own_saved_bytes: int | None = None
 
     @property
     def fallback_tier(self) -> str:
@@ -215,6 +228,9 @@ class Breakdown:
             "validation": self.validation,
             "validation_reason": self.validation_reason,
             "upstream_classes": list(self.upstream_classes),
+            "stream_frame": self.stream_frame,
+            "stream_delta_hops": self.stream_delta_hops,
+            "stream_saved_bytes": self.stream_saved_bytes,
             "tiers": [t.to_json() for t in self.tiers],
         }
 
@@ -397,6 +413,9 @@ def encode_request(call: InferCall) -> bytes:
         msg.parameters["output_codec"].string_param = call.output_codec
     if call.plan:
         msg.parameters["plan"].string_param = call.plan
+    if call.stream:
+        msg.parameters["stream"].string_param = call.stream
+        msg.parameters["frame"].int64_param = call.frame
     return frame(msg.SerializeToString(), _RAW_FIELD, [t.payload for t in call.tensors])
 
 
@@ -425,6 +444,9 @@ def encode_reply(reply: InferReply) -> bytes:
         msg.parameters["validation"].string_param = reply.breakdown.validation
         msg.parameters["validation_reason"].string_param = reply.breakdown.validation_reason[:MAX_REASON_CHARS]
         msg.parameters["upstream_classes"].string_param = ",".join(map(str, reply.breakdown.upstream_classes))
+    if reply.breakdown.stream_frame:
+        msg.parameters["stream_delta_hops"].int64_param = reply.breakdown.stream_delta_hops
+        msg.parameters["stream_saved_bytes"].int64_param = reply.breakdown.stream_saved_bytes
     return frame(msg.SerializeToString(), _RAW_FIELD, [t.payload for t in reply.tensors])
 
 
@@ -482,6 +504,7 @@ def decode_request(data: bytes | memoryview, limits: WireLimits) -> InferCall:
     plan = msg.parameters["plan"].string_param if "plan" in msg.parameters else ""
     if len(plan) > 4 * limits.max_name_chars:  # a plan is a few stages and exits: ~100 characters
         raise InvalidRequest(f"plan is {len(plan)} characters, limit {4 * limits.max_name_chars}")
+    stream, frame_no = _stream_of(msg, limits)
     return InferCall(
         request_id=msg.id,
         fingerprint=msg.model_fingerprint,
@@ -491,7 +514,32 @@ def decode_request(data: bytes | memoryview, limits: WireLimits) -> InferCall:
         output_codec=codec,
         plan=plan,
         wire_nbytes=memoryview(data).nbytes,
+        stream=stream,
+        frame=frame_no,
     )
+
+
+MAX_FRAME = 2**62  # frame numbers: 0 .. MAX_FRAME - 1
+
+
+def _stream_of(msg: Any, limits: WireLimits) -> tuple[str, int]:
+    """``(stream, frame)`` of a request's parameters, checked: ``("", -1)`` without a stream."""
+    p = msg.parameters
+    stream = p["stream"].string_param if "stream" in p else ""
+    has_frame = "frame" in p
+    if not stream:
+        if has_frame or "stream" in p:
+            raise InvalidRequest("request parameter 'frame' needs a non-empty string parameter 'stream'")
+        return "", -1
+    _check_name(stream, "stream id", limits)
+    if not stream.isprintable():
+        raise InvalidRequest(f"stream id {stream[:64]!r} holds non-printable characters")
+    if not has_frame or p["frame"].WhichOneof("parameter_choice") != "int64_param":
+        raise InvalidRequest(f"stream {stream[:64]!r}: request parameter 'frame' (int64) is required with 'stream'")
+    frame_no = p["frame"].int64_param
+    if not 0 <= frame_no < MAX_FRAME:
+        raise InvalidRequest(f"stream {stream[:64]!r}: frame {frame_no} is outside 0..{MAX_FRAME - 1}")
+    return stream, frame_no
 
 
 def decode_reply(data: bytes | memoryview, limits: WireLimits) -> InferReply:
@@ -546,6 +594,12 @@ def decode_reply(data: bytes | memoryview, limits: WireLimits) -> InferReply:
         breakdown.validation_reason = reason[:MAX_REASON_CHARS]
         breakdown.upstream_classes = _classes(msg.parameters["upstream_classes"].string_param
                                               if "upstream_classes" in msg.parameters else "")  # fmt: skip
+    if "stream_delta_hops" in msg.parameters:  # reported figures only: clamped, never trusted for decoding
+        breakdown.stream_frame = True
+        breakdown.stream_delta_hops = min(max(0, msg.parameters["stream_delta_hops"].int64_param), MAX_BREAKDOWN_TIERS)
+        breakdown.stream_saved_bytes = max(-limits.max_message_bytes * MAX_BREAKDOWN_TIERS,
+                                           min(msg.parameters["stream_saved_bytes"].int64_param,
+                                               limits.max_message_bytes * MAX_BREAKDOWN_TIERS))  # fmt: skip
     return InferReply(
         request_id=msg.id,
         fingerprint=msg.model_fingerprint,

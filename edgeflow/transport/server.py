@@ -186,7 +186,7 @@ class AgentServer:
             raise AssertionError("unreachable: abort raises")  # pragma: no cover
 
     def _call_info(self, context: grpc.ServicerContext) -> CallInfo:
-        return CallInfo(self._deadline(context), tuple(context.invocation_metadata() or ()))
+        return CallInfo(self._deadline(context), tuple(context.invocation_metadata() or ()), _caller_of(context))
 
     def _unary(self, method: Callable[[bytes, CallInfo], bytes], *, gated: bool) -> grpc.RpcMethodHandler:
         def serve(data: bytes, ctx: grpc.ServicerContext) -> bytes:
@@ -272,3 +272,17 @@ class AgentServer:
             sent += 1
             slots.release()
             yield item
+
+
+def _caller_of(context: grpc.ServicerContext) -> str:
+    """Who made a call: ``tls:<subject>`` of a verified client certificate, else ``peer:<address:port>`` (one
+    connection; a caller that reconnects is a new caller, so its streams resynchronise with a key frame)."""
+    try:
+        auth = context.auth_context() or {}
+    except Exception:  # not every context offers it
+        auth = {}
+    for key in ("x509_subject", "x509_common_name"):
+        values = auth.get(key) or ()
+        if values:
+            return "tls:" + b"/".join(values).decode("utf-8", "replace")
+    return f"peer:{context.peer()}"

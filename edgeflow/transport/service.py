@@ -72,10 +72,13 @@ class CallInfo:
     Attributes:
         deadline: ``time.monotonic()`` value to answer by.
         metadata: the call's invocation metadata (``traceparent`` is read from it).
+        caller: who called: the TLS client certificate's identity when there is one, else the connection (peer
+            address and port). Stream ids are scoped by it (``InferCall.caller``).
     """
 
     deadline: float
     metadata: tuple[tuple[str, Any], ...] = ()
+    caller: str = ""
 
 
 class AgentService:
@@ -135,6 +138,7 @@ class AgentService:
         attrs = {"edgeflow.request_id": call.request_id, "edgeflow.start": call.start, "edgeflow.stop": call.stop}
         with self.tracer.server_span(f"edgeflow {rpc}", info.metadata, attrs):
             try:
+                call.caller = info.caller or call.caller
                 reply = self.handler.infer(call, info.deadline)
             except Exception as e:
                 if self.metrics is not None:

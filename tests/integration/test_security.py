@@ -133,6 +133,49 @@ _FORBIDDEN = {
 _ALLOWED = {("edgeflow/cli/agent_cmds.py", "loaded without pickle")}
 
 
+def _tls_connection(address: str, certs: Path, who: str) -> grpc.Channel:
+    """A TCP connection of its own, presenting ``who``'s certificate (``edgeflow certs`` made one per node)."""
+    creds = grpc.ssl_channel_credentials((certs / "ca.pem").read_bytes(), (certs / f"{who}.key").read_bytes(),
+                                         (certs / f"{who}.pem").read_bytes())  # fmt: skip
+    return grpc.secure_channel(address, creds, options=[("grpc.use_local_subchannel_pool", 1)])
+
+
+def test_stream_state_follows_the_tls_identity_not_the_connection(secured, runtime) -> None:  # type: ignore[no-untyped-def]
+    """With mTLS a stream's state is the certificate holder's: it survives a reconnect, and another certificate
+    naming the same stream id reaches none of it."""
+    import torch
+
+    from edgeflow.agent.streams import StreamRef, StreamSender
+    from edgeflow.config import StreamsConfig
+    from edgeflow.core.codecs import get_codec
+    from edgeflow.transport import InferCall, WireLimits
+    from edgeflow.transport.messages import decode_reply, encode_request
+
+    agent, certs, token = secured
+    position = 52  # the cloud's stage starts there (LOSSLESS_PLAN)
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+    values = runtime.run(0, position, [x]).values
+    names = [i.name for i in runtime.cut_info(position).tensors]
+    sender = StreamSender(StreamsConfig(key_ratio=1.0))
+    coded = [sender.encode(StreamRef("me", "s", k), position, "", names, values, get_codec("lossless")) for k in range(3)]
+    assert not coded[0].delta and coded[1].delta and coded[2].delta
+
+    def send(ch: grpc.Channel, k: int):  # type: ignore[no-untyped-def]
+        call = InferCall(f"tls-stream-{k}", runtime.fingerprint, position, coded[k].wire, stream="s", frame=k)
+        raw = ch.unary_unary(f"/{SERVICE_NAME}/Infer")(encode_request(call), timeout=60,
+                                                        metadata=(("authorization", f"Bearer {token}"),))  # fmt: skip
+        return decode_reply(raw, WireLimits())
+
+    with _tls_connection(agent.address, certs, "edge") as first:
+        assert send(first, 0).position == runtime.num_positions
+    with _tls_connection(agent.address, certs, "edge") as again:  # a new connection, the same certificate
+        assert send(again, 1).position == runtime.num_positions  # its residual applies: the state is the holder's
+    with _tls_connection(agent.address, certs, "cloud") as other:
+        with pytest.raises(grpc.RpcError) as e:
+            send(other, 2)
+        assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "holds no state" in (e.value.details() or "")
+
+
 def _sources() -> list[Path]:
     files = sorted(p for p in PACKAGE.rglob("*.py") if "_gen" not in p.parts)
     assert len(files) > 40

@@ -31,8 +31,9 @@ __all__ = [
     "prepare_tensor",
 ]
 
-CODEC_NAMES: tuple[str, ...] = tuple(CODEC_IDS)
-"""Names accepted by ``get_codec``, in wire-id order."""
+CODEC_NAMES: tuple[str, ...] = tuple(n for n in CODEC_IDS if n != "delta")
+"""Names accepted by ``get_codec``, in wire-id order (``delta`` payloads are stream residuals, decoded with their
+reference by ``edgeflow.core.codecs.delta``, never a plan's codec)."""
 
 FLOAT_DTYPES: frozenset[torch.dtype] = frozenset({torch.float32, torch.float16, torch.bfloat16, torch.float64})
 """dtypes the lossy codecs transform; any other dtype passes through them losslessly."""
@@ -204,8 +205,12 @@ def decode(payload: bytes | bytearray | memoryview, limits: DecodeLimits | None 
             message names the problem and the offending values.
     """
     header, params, body = split_payload(payload, limits or DEFAULT_LIMITS)
+    cls = _BY_ID.get(header.codec_id)
+    if cls is None:
+        raise CodecError(f"a {header.codec_name} payload is a stream residual: it decodes only against its stream's "
+                         "reference frame")
     try:
-        return _BY_ID[header.codec_id].decode_parts(header, params, body)
+        return cls.decode_parts(header, params, body)
     except (RuntimeError, ValueError, IndexError, OverflowError, struct.error) as e:
         # Every known malformation is checked by name; this net keeps a missed one a CodecError at the
         # trust boundary. The cause stays chained for whoever debugs it.

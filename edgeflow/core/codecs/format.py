@@ -65,6 +65,7 @@ CODEC_IDS: dict[str, int] = {
     "int2": 7,
     "png": 8,
     "jpeg": 9,
+    "delta": 10,  # a stream frame's residual against its reference (delta.py): decoded only with that reference
 }
 _CODEC_NAMES_BY_ID = {v: k for k, v in CODEC_IDS.items()}
 

@@ -300,6 +300,28 @@ class CostModel:
     def exit_positions(self) -> tuple[int, ...]:
         return self.exit_model.positions
 
+    def scale_hop_nbytes(self, position: int, codec: str, factor: float) -> bool:
+        """Price the hop at ``position`` coded with ``codec`` at ``factor`` x its profiled bytes (a stream's
+        measured bytes per frame over coding each frame on its own; 1 restores the profile). Every later
+        evaluation and search uses it.
+
+        Returns:
+            False if the model has no such hop (nothing changed).
+
+        Raises:
+            PlanError: ``factor`` is not a finite number > 0.
+        """
+        if not (factor > 0 and math.isfinite(factor)):
+            raise PlanError(f"hop bytes factor must be a number > 0, got {factor!r}")
+        i = int(np.searchsorted(self.hop_pos, position))
+        if i >= len(self.hop_pos) or self.hop_pos[i] != position or codec not in self.codecs:
+            return False
+        if not hasattr(self, "_profiled_nbytes"):
+            self._profiled_nbytes = self.nbytes.copy()
+        k = self.codecs.index(codec)
+        self.nbytes[:, i, k] = self._profiled_nbytes[:, i, k] * factor
+        return True
+
     def range_memory_nbytes(self, start: int, stop: int) -> float:
         """Parameter bytes of ``[start:stop]`` plus the largest live set at a position in ``start..stop``."""
         if start >= stop:
