@@ -40,7 +40,7 @@ FLOAT_DTYPES: frozenset[torch.dtype] = frozenset({torch.float32, torch.float16, 
 _REGISTRY: dict[str, type[Codec]] = {}
 _BY_ID: dict[int, type[Codec]] = {}
 # Spec tokens: one letter, then the value. "int8c:z3:a-1" == get_codec("int8c", level=3, axis=-1).
-_SPEC_KEYS = {"z": "level", "q": "quality", "a": "axis", "s": "shuffle"}
+_SPEC_KEYS = {"z": "level", "q": "quality", "a": "axis", "s": "shuffle", "d": "step"}
 
 
 class Codec(abc.ABC):
@@ -138,7 +138,7 @@ def get_codec(name: str, **params: Any) -> Codec:
     Args:
         name: One of ``CODEC_NAMES``.
         **params: The codec's parameters: ``level`` (zstd level for the tensor codecs, zlib level for
-            png), ``quality`` (jpeg), ``axis`` (int8c), ``shuffle`` (fp16, bf16).
+            png), ``quality`` (jpeg), ``axis`` (int8c), ``shuffle`` (fp16, bf16), ``step`` (dct).
 
     Returns:
         The codec.
@@ -174,7 +174,7 @@ def codec_from_spec(spec: str) -> Codec:
             key = None
         if key is None or key in params:
             raise CodecError(
-                f"bad codec spec {spec!r}: token {token!r} (expected z<level>, q<quality>, a<axis>, s<0|1>)"
+                f"bad codec spec {spec!r}: token {token!r} (expected z<level>, q<quality>, a<axis>, s<0|1>, d<step>)"
             )
         params[key] = bool(value) if key == "shuffle" else value
     return get_codec(name, **params)

@@ -65,6 +65,7 @@ CODEC_IDS: dict[str, int] = {
     "int2": 7,
     "png": 8,
     "jpeg": 9,
+    "dct": 10,
 }
 _CODEC_NAMES_BY_ID = {v: k for k, v in CODEC_IDS.items()}
 
