@@ -139,6 +139,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="demo", help="demo, or a zoo model (mobilenet_v2)")
     ap.add_argument("--every", type=int, default=4, help="measure every n-th cut")
+    ap.add_argument("--extra-cuts", default="", help="also these cuts (demo: 20,36,52, the outputs of layer1..3)")
     ap.add_argument("--limit", type=int, default=360, help="images used")
     ap.add_argument("--codecs", default=",".join(CODECS), help="codec specs, comma separated")
     ap.add_argument("--threads", type=int, default=1)
@@ -153,7 +154,8 @@ def main() -> None:
         ref_top1 = torch.cat([model(x_all[i : i + 32]) for i in range(0, len(x_all), 32)]).argmax(1)
     codecs = [codec_from_spec(c) for c in args.codecs.split(",")]
     rows = []
-    cuts = p.cuts[:: args.every]
+    extra = {int(k) for k in (args.extra_cuts or ("20,36,52" if args.model == "demo" else "")).split(",") if k}
+    cuts = sorted(set(p.cuts[:: args.every]) | (extra & set(p.cuts)))
     t_start = time.perf_counter()
     for k in cuts:
         head = p.range_module(0, k)

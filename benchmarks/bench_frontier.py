@@ -1,9 +1,9 @@
 """Rate-accuracy curves per cut: bits per element vs top-1 loss for every codec, with references, in one run.
 
-    python benchmarks/bench_frontier.py [--limit 360] [--every 4] [--steps 5,8,10,12,15,18,20,25,30]
+    python benchmarks/bench_frontier.py [--limit 360] [--every 4] [--extra-cuts 20,36,52] [--split test]
 
 For the demo model (trained weights; the test split measures, nothing is tuned on it) at every ``--every``-th
-mid-network cut (positions n/4..3n/4): each codec of ``CODECS`` and ``dct`` at every step of ``--steps``
+mid-network cut (positions n/4..3n/4) and at the outputs of layer1..layer3: each codec of ``CODECS`` and ``dct`` at every step of ``--steps``
 (tenths of a std), measured as ``bench_cuts.py`` measures (batch 1 per image, payload bytes including the
 edgeflow header). References in the same run: fp32 (32 bits per element, 0 loss), int8 and today's best
 (``int2``, 16.95x at 0.28 pt at layer2.1.conv2 before this benchmark existed), each measured at every cut.
@@ -80,6 +80,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--limit", type=int, default=360)
     ap.add_argument("--every", type=int, default=4)
+    ap.add_argument("--extra-cuts", default="20,36,52", help="also these (the outputs of layer1..layer3)")
     ap.add_argument("--steps", default="5,8,10,12,15,18,20,25,30")
     ap.add_argument("--split", default="test", choices=["train", "test"], help="train: choosing the step")
     ap.add_argument("--out", type=Path, default=RESULTS / "frontier.json")
@@ -95,7 +96,8 @@ def main() -> None:
         ref_top1 = art.model(x_all).argmax(1)
     specs = [*CODECS, *(f"dct:d{s}" for s in args.steps.split(","))]
     codecs = [codec_from_spec(s) for s in specs]
-    cuts = [k for k in p.cuts[:: args.every] if n // 4 <= k <= 3 * n // 4]
+    extra = {int(k) for k in args.extra_cuts.split(",") if k.strip()}
+    cuts = sorted({k for k in p.cuts[:: args.every] if n // 4 <= k <= 3 * n // 4} | (extra & set(p.cuts)))
     t0 = time.perf_counter()
     curves: dict[str, Any] = {}
     for k in cuts:

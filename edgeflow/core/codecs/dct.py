@@ -13,7 +13,7 @@ entropy coding (reverse water-filling): channels and frequencies whose energy is
 
 Entropy model (all of it in the params, so a payload decodes alone): each coefficient is Laplace
 with scale ``g[n] * h[band(u, v)]`` in units of the step, ``band`` grouping frequencies by ``u + v``
-(edges 0, 1, 2, 3, 5, 8, 12, ...); ``g`` (one per map n) and ``h`` (one per band) are one byte each,
+(edges 0, 1, 2, 3, 5, 7, 10, 15, 22, ...: x1.5 each); ``g`` (one per map n) and ``h`` (one per band) are one byte each,
 ``2 ** ((byte - 128) / 8)``.
 
 Payload params (little-endian)::
@@ -31,8 +31,13 @@ Body: the ANS stack as little-endian u32 words, empty when qmax is 0. Decoding c
 length, symbol count, qmax, step and body CRC and bounds the body by 24 bits per symbol before it
 decodes; the decoder allocates only arrays of the declared element count, decoded in chunks.
 
-Error bound: ``|e| <= sqrt(H * W) * step / 2`` plus float32 rounding of both transforms (a DCT
-coefficient error of at most step/2 spreads over the map with an L1 column norm <= sqrt(H * W)).
+Quantizer details: the step grows linearly with ``u + v`` to ``1 + 2 = 3`` times the base step at the highest
+frequency (a JPEG-like weighting: the classifier after the cut cares less about fine detail), rounding has a
+dead zone of 0.15 step and non-zero levels decode 0.1 step closer to zero (the centroid of a Laplace bin).
+These constants were chosen on the demo's training split (``benchmarks/bench_frontier.py --split train``).
+
+Error bound: ``|e| <= sqrt(H * W) * step * (0.5 + 0.15 + 0.1) * 3`` plus float32 rounding of both transforms
+(a coefficient error of at most that spreads over the map with an L1 column norm <= sqrt(H * W)).
 NaN/Inf are refused; non-float dtypes pass through losslessly, as with the affine codecs.
 """
 
@@ -64,6 +69,9 @@ _MIN_SCALE = 0.05  # Laplace scale floor in steps: P(0) stays below 1 - 2^-24
 _DEADZONE = 0.15  # rounding threshold moved towards zero by this many steps (dead-zone quantizer)
 _RECON_OFFSET = 0.1  # non-zero levels decode this many steps closer to zero (Laplace centroid)
 _FREQ_SLOPE = 2.0  # step grows linearly with u + v, to 1 + slope at the highest frequency (a JPEG-like weighting)
+# Largest coefficient error in units of the base step: (half a step + dead zone + reconstruction offset) times
+# the largest frequency weight.
+_COEFF_ERROR = (0.5 + _DEADZONE + _RECON_OFFSET) * (1 + _FREQ_SLOPE)
 _OFFSET = 0.3  # mean |q| + offset estimates the Laplace scale; keeps all-zero bands cheap but not free
 _F32_MAX = float(np.finfo(np.float32).max)
 _SCALE_OF_BYTE = np.array([math.pow(2.0, (b - 128) / 8) for b in range(256)], dtype=np.float64)
@@ -80,7 +88,7 @@ def _constriction():  # imported on first use: decoding a plan or a header must 
 
 
 def band_edges(height: int, width: int) -> list[int]:
-    """Lower edges of the frequency bands of an (H, W) map, by ``u + v``: 0, 1, 2, 3, 5, 8, 12, ...
+    """Lower edges of the frequency bands of an (H, W) map, by ``u + v``: 0, 1, 2, 3, 5, 7, 10, 15, 22, ...
 
     Returns:
         The edges below ``H + W - 1`` (the largest ``u + v`` plus one); at least ``[0]``.
@@ -209,8 +217,8 @@ class DctCodec(Codec):
         # float32 rounding of the forward and inverse matmuls: (H + W) products of terms <= root * amax.
         rounding = 4 * (h + w + 2) * 2.0**-24 * root * (root * amax + step)
         u_out, s_out = _OUT_ROUNDING[t.dtype]
-        top = amax + root * step + rounding
-        return root * step / 2 + rounding + top * u_out + s_out + 2.0**-140
+        top = amax + root * step * _COEFF_ERROR + rounding
+        return root * step * _COEFF_ERROR + rounding + top * u_out + s_out + 2.0**-140
 
     @classmethod
     def decode_parts(cls, header: PayloadHeader, params: memoryview, body: memoryview) -> torch.Tensor:
