@@ -7,6 +7,9 @@ the last two dims (H, W) goes through an orthonormal DCT-II, each coefficient is
 integers are entropy coded with an ANS coder (``constriction``). Activations are smooth and post-ReLU
 maps are sparse, so most high-frequency coefficients quantize to 0 and cost a small fraction of a bit.
 
+Axes longer than 256 are not transformed (the DCT matrix would be side^2 floats, and a header picks the side):
+such tensors, e.g. long 1-D vectors, are quantized and entropy coded as they are.
+
 One step for every coefficient is the MSE-optimal bit allocation for an orthonormal transform under
 entropy coding (reverse water-filling): channels and frequencies whose energy is below the step cost
 ~0 bits, i.e. they are dropped, and the payload says so with no per-channel flag.
@@ -63,6 +66,7 @@ __all__ = ["DctCodec", "band_edges"]
 _MODEL_VERSION = 1
 _FIXED = struct.Struct("<BfHIIB")  # version, step, qmax, numel, body crc, nbands
 _MAX_Q = 32767
+_MAX_SIDE = 256  # longer axes are not transformed: a DCT matrix is side^2 floats, and a header declares the side
 _MAX_BITS_PER_SYMBOL = 24  # constriction's default quantizer precision: no symbol costs more
 _CHUNK = 1 << 16  # symbols decoded per call: bounds the float64 scale arrays to 1 MiB
 _MIN_SCALE = 0.05  # Laplace scale floor in steps: P(0) stays below 1 - 2^-24
@@ -99,15 +103,50 @@ def band_edges(height: int, width: int) -> list[int]:
     return [e for e in edges if e < top]
 
 
-@functools.lru_cache(maxsize=64)
+def _span(n: int) -> int:
+    """Frequencies along an axis of length n: n when the axis is transformed, 1 when it is too long to be."""
+    return n if n <= _MAX_SIDE else 1
+
+
+def _num_bands(height: int, width: int) -> int:
+    return len(band_edges(_span(height), _span(width)))
+
+
+def _frequency(height: int, width: int) -> np.ndarray:
+    """u + v of every coefficient of an (H, W) map, counting only transformed axes. (H, W)"""
+    u = np.arange(height) if height <= _MAX_SIDE else np.zeros(height, np.int64)
+    v = np.arange(width) if width <= _MAX_SIDE else np.zeros(width, np.int64)
+    return u[:, None] + v[None, :]
+
+
+@functools.lru_cache(maxsize=16)
 def _band_index(height: int, width: int) -> np.ndarray:
-    r = np.arange(height)[:, None] + np.arange(width)[None, :]  # (H, W)
-    return (np.searchsorted(band_edges(height, width), r, side="right") - 1).astype(np.int64)
+    edges = band_edges(_span(height), _span(width))
+    return (np.searchsorted(edges, _frequency(height, width), side="right") - 1).astype(np.uint8)  # (H, W)
 
 
 def _freq_weights(height: int, width: int) -> torch.Tensor:
-    r = torch.arange(height, dtype=torch.float64)[:, None] + torch.arange(width, dtype=torch.float64)[None, :]
-    return 1 + _FREQ_SLOPE * r / max(height + width - 2, 1)
+    r = torch.from_numpy(_frequency(height, width)).double()
+    return 1 + _FREQ_SLOPE * r / max(_span(height) + _span(width) - 2, 1)
+
+
+def _forward(x: torch.Tensor) -> torch.Tensor:
+    """DCT-II of every (H, W) map of x (N, H, W), along the axes no longer than _MAX_SIDE."""
+    h, w = x.shape[-2:]
+    if h <= _MAX_SIDE:
+        x = _dct_matrix(h) @ x
+    if w <= _MAX_SIDE:
+        x = x @ _dct_matrix(w).T
+    return x
+
+
+def _inverse(y: torch.Tensor) -> torch.Tensor:
+    h, w = y.shape[-2:]
+    if h <= _MAX_SIDE:
+        y = _dct_matrix(h).T @ y
+    if w <= _MAX_SIDE:
+        y = y @ _dct_matrix(w)
+    return y
 
 
 @functools.lru_cache(maxsize=64)
@@ -173,7 +212,7 @@ class DctCodec(Codec):
             return 0.0, np.zeros((n, h, w), np.int32), x
         x64 = x.double()
         spread = float(x64.std(correction=0)) or float(x64.square().mean().sqrt())
-        y = (_dct_matrix(h) @ x @ _dct_matrix(w).T).double()  # (N, H, W)
+        y = _forward(x).double()  # (N, H, W)
         step = np.float32(self.step / 10 * spread)
         ymax = float(y.abs().max())
         if step > 0 and ymax / float(step) > _MAX_Q:  # an outlier: widen the step rather than clip
@@ -191,7 +230,7 @@ class DctCodec(Codec):
             return LosslessCodec().encode(t)
         step, q, _ = self._quantize(t.float())
         n, h, w = q.shape
-        nb = len(band_edges(h, w))
+        nb = _num_bands(h, w)
         qmax = int(np.abs(q).max()) if q.size else 0
         if qmax == 0:
             step, gains, bands, body = 0.0, np.zeros(n, np.uint8), np.zeros(nb, np.uint8), b""
@@ -213,7 +252,7 @@ class DctCodec(Codec):
         step, _, x = self._quantize(t.float())
         _, h, w = x.shape
         amax = float(x.abs().max())
-        root = math.sqrt(h * w)
+        root = math.sqrt(_span(h) * _span(w))
         # float32 rounding of the forward and inverse matmuls: (H + W) products of terms <= root * amax.
         rounding = 4 * (h + w + 2) * 2.0**-24 * root * (root * amax + step)
         u_out, s_out = _OUT_ROUNDING[t.dtype]
@@ -225,7 +264,7 @@ class DctCodec(Codec):
         if header.dtype not in FLOAT_DTYPES:
             raise CodecError(f"dct payload declares dtype {header.dtype}; dct only encodes floats")
         n, h, w = _maps_shape(header.shape)
-        nb = len(band_edges(h, w))
+        nb = _num_bands(h, w)
         gains_len = n
         expected = _FIXED.size + nb + gains_len
         if len(params) != expected:
@@ -244,7 +283,7 @@ class DctCodec(Codec):
             raise CodecError(f"dct params declare qmax {qmax}, over {_MAX_Q}")
         if not (math.isfinite(step) and step >= 0) or (step == 0) != (qmax == 0):
             raise CodecError(f"dct params declare step {step!r} with qmax {qmax}")
-        if float(step) * qmax * math.sqrt(h * w) > _F32_MAX:
+        if float(step) * qmax * (1 + _FREQ_SLOPE) * math.sqrt(_span(h) * _span(w)) > _F32_MAX:
             raise CodecError(f"dct params decode beyond float32 range: step {step:g} * qmax {qmax}")
         max_body = 4 * (-(-numel * _MAX_BITS_PER_SYMBOL // 32) + 2)
         if qmax == 0 and len(body):
@@ -260,7 +299,7 @@ class DctCodec(Codec):
         q = _ans_decode(body, numel, qmax, gains, bands, _band_index(h, w))
         qt = torch.from_numpy(q.reshape(n, h, w)).float()
         y = (qt - qt.sign().mul_(_RECON_OFFSET)).mul_(step).mul_(_freq_weights(h, w).float())
-        x = _dct_matrix(h).T @ y @ _dct_matrix(w)
+        x = _inverse(y)
         return x.reshape(header.shape).to(header.dtype)
 
 
