@@ -68,6 +68,9 @@ _FIXED = struct.Struct("<BfHIIB")  # version, step, qmax, numel, body crc, nband
 _MAX_Q = 32767
 _MAX_SIDE = 256  # longer axes are not transformed: a DCT matrix is side^2 floats, and a header declares the side
 _MAX_BITS_PER_SYMBOL = 24  # constriction's default quantizer precision: no symbol costs more
+# A symbol costs at least -log2(1 - exp(-0.5 / _MIN_SCALE)) = 6.5e-5 bits, so no valid body codes more than
+# ~123000 symbols per byte: a smaller body declaring more is refused before anything is allocated or decoded.
+_MAX_SYMBOLS_PER_BYTE = 1 << 17
 _CHUNK = 1 << 16  # symbols decoded per call: bounds the float64 scale arrays to 1 MiB
 _MIN_SCALE = 0.05  # Laplace scale floor in steps: P(0) stays below 1 - 2^-24
 _DEADZONE = 0.15  # rounding threshold moved towards zero by this many steps (dead-zone quantizer)
@@ -290,6 +293,8 @@ class DctCodec(Codec):
             raise CodecError(f"dct body is {len(body)} bytes for an all-zero tensor; expected none")
         if len(body) % 4 or len(body) > max_body or (qmax and not len(body)):
             raise CodecError(f"dct body is {len(body)} bytes; {numel} symbols need a multiple of 4 in 4..{max_body}")
+        if qmax and len(body) * _MAX_SYMBOLS_PER_BYTE < numel:
+            raise CodecError(f"dct body of {len(body)} bytes cannot hold the {numel} symbols the params declare")
         if zlib.crc32(body) != crc:
             raise CodecError(f"corrupt dct body: CRC-32 is {zlib.crc32(body):#010x}, params say {crc:#010x}")
         if qmax == 0:

@@ -211,6 +211,16 @@ def test_lying_params_are_refused_by_name(payload: bytes, change: dict, message:
         decode(_reseal(payload, _with_fixed(params, **change), body))
 
 
+def test_a_tiny_body_declaring_millions_of_symbols_is_refused_before_decoding(payload: bytes) -> None:
+    header, params, body = _parts(payload)
+    shape = (1, 1, 1024, 65536)  # 64 Mi symbols, within the default limits; neither axis is transformed
+    nb = len(band_edges(1, 1))
+    bands, gains = bytes([128] * nb), bytes([128])
+    fixed = _FIXED.pack(1, 0.5, 3, 1024 * 65536, zlib.crc32(body), nb)
+    with pytest.raises(CodecError, match=f"body of {len(body)} bytes cannot hold the 67108864 symbols"):
+        decode(_reseal(payload, fixed + bands + gains, body, shape=shape))
+
+
 def test_declared_sizes_over_the_limits_are_refused_before_decoding(payload: bytes) -> None:
     with pytest.raises(CodecError, match="over the limit"):
         decode(payload, DecodeLimits(max_elements=2047))
