@@ -30,7 +30,7 @@ import torch
 from edgeflow.agent.agent import Agent
 from edgeflow.agent.probes import PROBE_TIMEOUT_S, RelayedPeer, probe_link
 from edgeflow.config import PlannerConfig
-from edgeflow.core.codecs import CODEC_NAMES, get_codec
+from edgeflow.core.codecs import CODEC_NAMES, OPT_IN_CODECS, get_codec
 from edgeflow.core.planner import ConditionsTracker, CostModel, LinkState, PowerSpec, TierSpec, node_param_nbytes
 from edgeflow.core.planner.build import planning_inputs
 from edgeflow.core.planner.costmodel import IMAGE_CODECS
@@ -104,7 +104,9 @@ def measure_chain(
     step("describe")
     x = example if example is not None else default_example(agent)
     inputs = x if isinstance(x, tuple) else (x,)
-    act_names = settings.activation_codecs or [c for c in CODEC_NAMES if c == "lossless" or c not in IMAGE_CODECS]
+    act_names = settings.activation_codecs or [
+        c for c in CODEC_NAMES if (c == "lossless" or c not in IMAGE_CODECS) and c not in OPT_IN_CODECS
+    ]
     image_input = len(inputs) == 1 and inputs[0].dim() == 4 and inputs[0].shape[1] in (1, 3)
     inp_names = [c for c in settings.input_codecs if (image_input or c == "lossless") and _encodes(c, inputs[0])]
     measured = planning_inputs(rt.partition, tuple(inputs), rt.exits, rt.calibration, activation_codecs=act_names,

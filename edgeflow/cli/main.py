@@ -67,13 +67,15 @@ def profile(
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the profile as JSON here"),
     repeats: int = typer.Option(10, min=1, max=1000, help="timed runs per node (median kept)"),
     threads: int = typer.Option(0, min=0, help="torch intra-op threads (0: torch's default)"),
-    codecs: str = typer.Option(",".join(DEFAULT_ACTIVATION_CODECS), help="activation codecs to measure"),
+    codecs: str = typer.Option(
+        ",".join(DEFAULT_ACTIVATION_CODECS), help="activation codec specs to measure, e.g. int8,int2,dct:d15"
+    ),
     all_positions: bool = typer.Option(False, "--all", help="show every position, not only candidate cuts"),
 ) -> None:
     """Profile every cut of MODEL: compute time, FLOPs, bytes per codec, encode/decode time."""
     import torch
 
-    from edgeflow.core.codecs import get_codec
+    from edgeflow.core.codecs import codec_from_spec, get_codec
     from edgeflow.core.partition import partition
     from edgeflow.core.profile import profile_model
 
@@ -89,7 +91,7 @@ def profile(
             shape = _parse_shape(input_shape) if input_shape else default_shape
             xs, image = (_example_input(model, shape),), len(shape) == 4 and shape[1] in (1, 3)
         p = partition(net, xs)
-        act = [get_codec(c.strip()) for c in codecs.split(",") if c.strip()]
+        act = [codec_from_spec(c) for c in codecs.split(",") if c.strip()]
         inp = [get_codec(c) for c in DEFAULT_INPUT_CODECS] if image else []
         prof = profile_model(p, xs, name=model, activation_codecs=act, input_codecs=inp, repeats=repeats)
     except EdgeflowError as e:
@@ -144,22 +146,25 @@ def _print_profile(prof, codec_names: list[str], all_positions: bool) -> None:
     for col in ("pos", "after", "cum ms", "MFLOPs", "n", "fp32 KB"):
         table.add_column(col, justify="right")
     for c in codec_names:
-        table.add_column(f"{c} KB", justify="right")
-    table.add_column("int8 enc+dec ms", justify="right")
+        table.add_column(f"{c} KB\nenc+dec ms", justify="right")
     for pp in prof.positions:
         if not (all_positions or pp.is_cut or pp.position in (0, prof.num_positions)):
             continue
-        codec_kb = [f"{pp.codecs[c].nbytes / 1e3:.1f}" if c in pp.codecs else "" for c in codec_names]
-        i8 = pp.codecs.get("int8")
+        cells = [_codec_cell(pp.codecs[c]) if c in pp.codecs else "" for c in codec_names]
         table.add_row(
             str(pp.position), pp.label, f"{pp.cum_compute_s * 1e3:.2f}", f"{pp.cum_flops / 1e6:.1f}",
-            str(len(pp.tensors)), f"{pp.nbytes / 1e3:.1f}", *codec_kb,
-            f"{(i8.encode_s + i8.decode_s) * 1e3:.2f}" if i8 else "",
+            str(len(pp.tensors)), f"{pp.nbytes / 1e3:.1f}", *cells,
         )
     console.print(table)
+    console.print("codec cells: KB on the wire, then encode+decode ms (medians, as served); 'cum ms' is the device "
+                  "slice's compute, the budget a codec's time is weighed against")
     if prof.positions[0].codecs:
         inp = ", ".join(f"{k} {v.nbytes / 1e3:.1f} KB" for k, v in prof.positions[0].codecs.items())
         console.print(f"input ({prof.positions[0].nbytes / 1e3:.1f} KB fp32): {inp}")
+
+
+def _codec_cell(cost) -> str:
+    return f"{cost.nbytes / 1e3:.2f}\n{cost.encode_s * 1e3:.2f}+{cost.decode_s * 1e3:.2f}"
 
 
 def _mount_subcommands() -> None:

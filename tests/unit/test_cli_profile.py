@@ -33,3 +33,12 @@ def test_profile_errors_name_the_argument():
     assert r.exit_code == 2 and "MODEL" in r.output
     r = runner.invoke(app, ["profile", "demo", "--codecs", "int9"])
     assert r.exit_code == 2 and "int9" in r.output
+
+
+def test_profile_prints_bytes_and_encode_decode_time_per_codec_per_cut():
+    r = runner.invoke(app, ["profile", "demo", "--repeats", "1", "--codecs", "int2,dct:d15"])
+    assert r.exit_code == 0, r.output
+    assert "int2 KB" in r.output and "dct KB" in r.output and "enc+dec ms" in r.output
+    # a cut row's codec cell: KB, then "encode+decode" ms on the next line
+    cells = [line for line in r.output.splitlines() if line.count("+") >= 2 and "│" in line]
+    assert cells, r.output

@@ -14,6 +14,7 @@ int8        affine min/max per tensor, 8 bits           scale / 2 + float roundi
 int8c       affine per channel (dim 1), 8 bits          max over channels of the same
 int4        affine per tensor, 2 values per byte        scale / 2 + float rounding
 int2        affine per tensor, 4 values per byte        scale / 2 + float rounding
+dct         per-map DCT, one step, rANS (constriction)   sqrt(H*W) * 2.25 step + float rounding
 png         lossless image batch (B, C in {1,3}, H, W)  0 (floats must be k/255, uint8 as is)
 jpeg        lossy image batch, quality 1..100           None: JPEG has no hard bound
 ==========  ==========================================  =============================================
@@ -25,7 +26,8 @@ allocating; see ``format.py`` for the wire layout and ``_zstd.py`` for bomb-safe
 """
 
 from edgeflow.core.codecs.affine import Int2Codec, Int4Codec, Int8cCodec, Int8Codec
-from edgeflow.core.codecs.base import CODEC_NAMES, Codec, codec_from_spec, decode, get_codec, read_header
+from edgeflow.core.codecs.base import CODEC_NAMES, OPT_IN_CODECS, Codec, codec_from_spec, decode, get_codec, read_header
+from edgeflow.core.codecs.dct import DctCodec
 from edgeflow.core.codecs.floats import Bf16Codec, Fp16Codec
 from edgeflow.core.codecs.format import DEFAULT_LIMITS, DecodeLimits, PayloadHeader
 from edgeflow.core.codecs.image import JpegCodec, PngCodec
@@ -33,6 +35,7 @@ from edgeflow.core.codecs.lossless import LosslessCodec
 
 __all__ = [
     "CODEC_NAMES",
+    "OPT_IN_CODECS",
     "DEFAULT_LIMITS",
     "Codec",
     "DecodeLimits",
@@ -50,4 +53,5 @@ __all__ = [
     "Int2Codec",
     "PngCodec",
     "JpegCodec",
+    "DctCodec",
 ]

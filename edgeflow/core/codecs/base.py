@@ -21,6 +21,7 @@ from edgeflow.errors import CodecError
 
 __all__ = [
     "CODEC_NAMES",
+    "OPT_IN_CODECS",
     "FLOAT_DTYPES",
     "Codec",
     "register",
@@ -35,13 +36,17 @@ CODEC_NAMES: tuple[str, ...] = tuple(n for n in CODEC_IDS if n != "delta")
 """Names accepted by ``get_codec``, in wire-id order (``delta`` payloads are stream residuals, decoded with their
 reference by ``edgeflow.core.codecs.delta``, never a plan's codec)."""
 
+OPT_IN_CODECS: tuple[str, ...] = ("dct",)
+"""Codecs a default codec list leaves out (an agent measures them only when its config names them): dct costs
+~0.2 us per element, which a start-up profile of a 224x224 model would pay at every cut."""
+
 FLOAT_DTYPES: frozenset[torch.dtype] = frozenset({torch.float32, torch.float16, torch.bfloat16, torch.float64})
 """dtypes the lossy codecs transform; any other dtype passes through them losslessly."""
 
 _REGISTRY: dict[str, type[Codec]] = {}
 _BY_ID: dict[int, type[Codec]] = {}
 # Spec tokens: one letter, then the value. "int8c:z3:a-1" == get_codec("int8c", level=3, axis=-1).
-_SPEC_KEYS = {"z": "level", "q": "quality", "a": "axis", "s": "shuffle"}
+_SPEC_KEYS = {"z": "level", "q": "quality", "a": "axis", "s": "shuffle", "d": "step"}
 
 
 class Codec(abc.ABC):
@@ -139,7 +144,7 @@ def get_codec(name: str, **params: Any) -> Codec:
     Args:
         name: One of ``CODEC_NAMES``.
         **params: The codec's parameters: ``level`` (zstd level for the tensor codecs, zlib level for
-            png), ``quality`` (jpeg), ``axis`` (int8c), ``shuffle`` (fp16, bf16).
+            png), ``quality`` (jpeg), ``axis`` (int8c), ``shuffle`` (fp16, bf16), ``step`` (dct).
 
     Returns:
         The codec.
@@ -175,7 +180,7 @@ def codec_from_spec(spec: str) -> Codec:
             key = None
         if key is None or key in params:
             raise CodecError(
-                f"bad codec spec {spec!r}: token {token!r} (expected z<level>, q<quality>, a<axis>, s<0|1>)"
+                f"bad codec spec {spec!r}: token {token!r} (expected z<level>, q<quality>, a<axis>, s<0|1>, d<step>)"
             )
         params[key] = bool(value) if key == "shuffle" else value
     return get_codec(name, **params)

@@ -66,6 +66,7 @@ CODEC_IDS: dict[str, int] = {
     "png": 8,
     "jpeg": 9,
     "delta": 10,  # a stream frame's residual against its reference (delta.py): decoded only with that reference
+    "dct": 11,
 }
 _CODEC_NAMES_BY_ID = {v: k for k, v in CODEC_IDS.items()}
 

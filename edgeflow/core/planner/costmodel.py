@@ -72,10 +72,12 @@ IMAGE_CODECS = ("lossless", "png", "jpeg")  # codecs for the raw input at positi
 
 # Accuracy drop in points assumed where no measurement is given. lossless/png are exact; fp16/bf16/int8/int8c
 # measured 0.00 pts at all 18 measured demo cuts (benchmarks/results/cuts.json); int4 measured <= 0.56 and
-# int2 up to 6.67, so their defaults sit at or above the worst measured; jpeg (lossy input) gets int4's.
+# int2 up to 6.67, so their defaults sit at or above the worst measured; jpeg (lossy input) gets int4's. dct (d15)
+# measured under 1 pt at layer1 but over 20 at layer3 (frontier.json): its default keeps an unmeasured dct out of
+# the default 1-point budget; give measured drops (codec_drops_from_cuts) to plan with it.
 DEFAULT_CODEC_DROP_PTS: dict[str, float] = {
     "lossless": 0.0, "png": 0.0, "fp16": 0.0, "bf16": 0.0, "int8": 0.0, "int8c": 0.0,
-    "int4": 1.0, "int2": 7.0, "jpeg": 1.0,
+    "int4": 1.0, "int2": 7.0, "jpeg": 1.0, "dct": 4.0,
 }  # fmt: skip
 _EPS = 1e-9  # tolerance on accuracy budgets, in points
 
@@ -546,11 +548,19 @@ def _codec_names(tiers: Sequence[TierSpec], positions: Sequence[int], wanted: Se
     return names
 
 
-def codec_drops_from_cuts(report: Mapping[str, Any]) -> dict[tuple[int, str], float]:
+def codec_drops_from_cuts(report: Mapping[str, Any], model: str = "demo") -> dict[tuple[int, str], float]:
     """``codec_accuracy_drop`` from a ``benchmarks/bench_cuts.py`` report (``{"rows": [...]}``): points lost
-    vs fp32 per (cut, codec name), negatives (noise) clipped to 0."""
+    vs fp32 per (cut, codec name), negatives (noise) clipped to 0.
+
+    Args:
+        report: The report; rows carry ``model`` (rows without one are the demo's, as reports before it).
+        model: Whose rows to read. Rows with no measured loss (``accuracy_loss_pts`` null: untrained weights,
+            agreement only) are skipped.
+    """
     out: dict[tuple[int, str], float] = {}
     for row in report.get("rows", []):
+        if row.get("model", "demo") != model or row.get("accuracy_loss_pts") is None:
+            continue
         out[(int(row["cut"]), str(row["codec"]).split(":")[0])] = max(0.0, float(row["accuracy_loss_pts"]))
     return out
 

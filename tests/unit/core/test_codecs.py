@@ -159,7 +159,7 @@ def test_image_codecs_on_image_batches(codec: Codec, t: torch.Tensor) -> None:
 
 
 def test_codec_names_are_the_documented_ones() -> None:
-    assert CODEC_NAMES == ("lossless", "fp16", "bf16", "int8", "int8c", "int4", "int2", "png", "jpeg")
+    assert CODEC_NAMES == ("lossless", "fp16", "bf16", "int8", "int8c", "int4", "int2", "png", "jpeg", "dct")
     for name in CODEC_NAMES:
         codec = get_codec(name)
         assert codec.name == name and isinstance(codec.lossless, bool)
