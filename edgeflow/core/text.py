@@ -47,6 +47,8 @@ __all__ = [
     "load_minilm",
     "read_sentences",
     "cosine",
+    "parse_text_spec",
+    "load_text_model",
 ]
 
 MINILM_NAME = "all-MiniLM-L6-v2"
@@ -316,3 +318,36 @@ def describe(model: SentenceEncoder) -> dict[str, Any]:
     """Size facts for notes and reports."""
     n = sum(p.numel() for p in model.parameters())
     return {"name": MINILM_NAME, "parameters": n, "max_length": model.config.max_length, "layers": len(model.layers)}
+
+
+def parse_text_spec(spec: str) -> tuple[str, int]:
+    """``all-MiniLM-L6-v2`` or ``all-MiniLM-L6-v2?max_length=64`` (what follows ``text:`` in ``model.artifact``).
+
+    Returns:
+        (model name, max_length)
+
+    Raises:
+        ConfigError: an unknown model or option, or a max_length that is not an int in 2..512.
+    """
+    from urllib.parse import parse_qsl
+
+    name, _, query = spec.partition("?")
+    if name != MINILM_NAME:
+        raise ConfigError(f"model.artifact: text:{spec}: unknown text model {name!r}; known: {MINILM_NAME}")
+    try:
+        options = dict(parse_qsl(query, strict_parsing=True)) if query else {}
+    except ValueError as e:
+        raise ConfigError(f"model.artifact: text:{spec}: {e}") from None
+    unknown = sorted(set(options) - {"max_length"})
+    if unknown:
+        raise ConfigError(f"model.artifact: text:{spec}: unknown option(s) {unknown}; known: ['max_length']")
+    raw = options.get("max_length", str(TextModelConfig.max_length))
+    if not raw.isdigit() or not 2 <= int(raw) <= 512:
+        raise ConfigError(f"model.artifact: text:{spec}: max_length {raw!r} is not an int in 2..512")
+    return name, int(raw)
+
+
+def load_text_model(spec: str) -> tuple[SentenceEncoder, TextTokenizer]:
+    """The encoder and tokenizer ``text:<spec>`` names (see :func:`parse_text_spec`, :func:`load_minilm`)."""
+    _, max_length = parse_text_spec(spec)
+    return load_minilm(max_length)
