@@ -80,9 +80,13 @@ def load_runtime(config: NodeConfig) -> ModelRuntime:
         path = Path(spec)
     art = load_artifact(path, expect_fingerprint=config.model.fingerprint)
     exits = {h.spec.position: h for h in art.exits}
+    example = tuple(art.example_inputs(1).values())  # forward's positional order
+    if art.max_batch is not None:  # an exported model whose batch dim is fixed runs at that batch only
+        max_batch = min(max_batch, art.max_batch)
     rt = ModelRuntime(
-        art.model, art.example_input(1), fingerprint=art.fingerprint, exits=exits, device=device, max_batch=max_batch
+        art.model, example, fingerprint=art.fingerprint, exits=exits, device=device, max_batch=max_batch
     )
+    rt.inputs = list(art.inputs)
     rt.calibration = art.calibration
     return rt
 

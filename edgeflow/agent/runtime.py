@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from edgeflow.core.exits import ExitHead, check_exits
+from edgeflow.core.inputs import DTYPES, InputSpec
 from edgeflow.core.exits import confidence as exit_confidence
 from edgeflow.core.partition import CutInfo, Partition, TensorInfo, partition
 from edgeflow.core.plan import ExitPoint
@@ -81,6 +82,8 @@ class ModelRuntime:
         self.exits = {int(k): v.eval().to(self.device) for k, v in (exits or {}).items()}
         self.max_batch = max_batch
         self.calibration: Any = None  # the artifact's exit calibration table, when loaded from one (planner input)
+        # the artifact's input spec (edgeflow.core.inputs.InputSpec), when loaded from one; else from the trace
+        self.inputs: list[InputSpec] = _inputs_of(self.partition.cut_info(0))
         self._batch_dims: dict[tuple[int, ...], bool] = {}  # positions -> every value there has a batch dim
         for pos, head in self.exits.items():
             if pos not in self.partition.cuts:
@@ -125,12 +128,19 @@ class ModelRuntime:
         expected = self.cut_info(position).tensors
         if len(tensors) != len(expected):
             names = [t.name for t in expected]
+            if position == 0:
+                got = [t.name for t in tensors if t.name]
+                missing = [n for n in names if n not in got]
+                hint = f" (missing {missing})" if got and missing else ""
+                raise InvalidRequest(f"the model takes {len(expected)} inputs {names}, got {len(tensors)}{hint}")
             raise InvalidRequest(f"position {position} takes {len(expected)} tensors {names}, got {len(tensors)}")
         batch = None
         for i, (t, e) in enumerate(zip(tensors, expected)):
-            label = f"input {i} ({t.name or e.name!r}) at position {position}"
+            # at position 0 the values are the model's own inputs: name them as the artifact's input spec does
+            label = f"model input {e.name!r}" if position == 0 else f"input {i} ({t.name or e.name!r}) at position {position}"
             if t.name and t.name != e.name:
-                raise InvalidRequest(f"input {i} at position {position} is named {t.name!r}, expected {e.name!r}")
+                where = "model input" if position == 0 else f"input {i} at position {position}"
+                raise InvalidRequest(f"{where} {i} is named {t.name!r}, expected {e.name!r}")
             want = datatype_of(e.dtype)
             if t.datatype != want:
                 raise InvalidRequest(f"{label} has datatype {t.datatype}, expected {want}")
@@ -259,6 +269,17 @@ class ModelRuntime:
     def output_names(self, count: int) -> list[str]:
         """Names for the tensors of the model output (or an exit's logits)."""
         return ["output"] if count == 1 else [f"output_{i}" for i in range(count)]
+
+
+def _inputs_of(info: CutInfo) -> list[InputSpec]:
+    """The input spec the trace saw at position 0 (names, shapes at the example's batch, dtypes)."""
+    out = []
+    for t in info.tensors:
+        try:
+            out.append(InputSpec(t.name, t.shape, DTYPES[t.dtype]))
+        except (KeyError, ValueError):  # a 0-d or exotic input: the runtime's own checks still apply
+            return []
+    return out
 
 
 def _check_shape(shape: tuple[int, ...], e: TensorInfo, label: str, max_batch: int) -> int | None:

@@ -31,7 +31,8 @@ import json
 import os
 import struct
 import tempfile
-from dataclasses import dataclass
+import inspect
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -42,7 +43,10 @@ from torch import nn
 
 from ..errors import ArtifactError, ConfigError
 from .exits import CalibrationTable, ExitHead, ExitSpec
+from .inputs import InputSpec, example_inputs
 from .registry import config_to_json, get_architecture, make_config
+
+GRAPH_FORMAT_VERSION = "2"  # edgeflow.core.export writes it; kept here so loading format "1" imports no export code
 
 __all__ = ["FORMAT_VERSION", "Artifact", "save_artifact", "load_artifact", "fingerprint"]
 
@@ -67,6 +71,12 @@ class Artifact:
         calibration: the calibration table, or None.
         fingerprint: content fingerprint (sha256 hex).
         path: file it was read from.
+        inputs: the model's inputs (names, shapes at batch 1, dtypes), in ``forward``'s order. A registered
+            architecture takes one float32 image batch (1, 3, S, S) at the config's ``image_size``.
+        max_batch: the only batch the model runs at, for an exported model whose batch dim is fixed; else None.
+
+    An exported model (``edgeflow export``, format "2") has ``arch == "edgeflow.graph"``, its ``model`` is an
+    ``fx.GraphModule`` rebuilt from the stored graph, and ``config`` is a dict (source, batch, num_outputs).
     """
 
     model: nn.Module
@@ -76,6 +86,18 @@ class Artifact:
     calibration: CalibrationTable | None
     fingerprint: str
     path: Path | None = None
+    inputs: list[InputSpec] = field(default_factory=list)
+    max_batch: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.inputs:
+            side = int(getattr(self.config, "image_size", 224))
+            self.inputs = [InputSpec(_first_arg_name(self.model), (1, 3, side, side), torch.float32)]
+
+    def example_inputs(self, batch_size: int = 1) -> dict[str, torch.Tensor]:
+        """name -> an example input at ``batch_size`` for every model input, in ``forward``'s order
+        (floats zeros, integers ones; see :meth:`~edgeflow.core.inputs.InputSpec.example`)."""
+        return example_inputs(self.inputs, batch_size)
 
     @property
     def exit_positions(self) -> list[int]:
@@ -88,10 +110,20 @@ class Artifact:
                 return h
         raise KeyError(f"no exit head at position {position}; exits at {self.exit_positions}")
 
-    def example_input(self, batch_size: int = 1) -> torch.Tensor:
-        """A zero image batch (B, 3, S, S) at the config's ``image_size`` (224 when it has none)."""
-        side = int(getattr(self.config, "image_size", 224))
-        return torch.zeros(batch_size, 3, side, side)
+    def example_input(self, batch_size: int = 1) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """The example inputs as ``model(*args)`` takes them: one tensor bare (a zero image batch (B, 3, S, S)
+        for a registered architecture), several as a tuple."""
+        values = tuple(self.example_inputs(batch_size).values())
+        return values[0] if len(values) == 1 else values
+
+
+def _first_arg_name(model: nn.Module) -> str:
+    """Name of ``model.forward``'s first parameter: what a traced graph calls the input."""
+    try:
+        params = list(inspect.signature(model.forward).parameters)
+    except (TypeError, ValueError):
+        params = []
+    return params[0] if params and params[0].isidentifier() else "x"
 
 
 def _tensors_of(model: nn.Module, exits: Sequence[ExitHead]) -> dict[str, torch.Tensor]:
@@ -272,8 +304,20 @@ def load_artifact(path: str | os.PathLike[str], expect_fingerprint: str | None =
             raise ArtifactError(f"{where}: metadata {_META + key!r} is missing") from None
 
     version = meta("format_version")
+    if version == GRAPH_FORMAT_VERSION:  # an exported graph (edgeflow export), no registered architecture
+        from .export import GRAPH_ARCH, load_graph_artifact
+
+        gm, inputs, model_fields, specs, calibration, fp = load_graph_artifact(where, metadata, tensors, expect_fingerprint)
+        heads = _load_heads(where, specs, tensors)
+        unknown = sorted(k for k in tensors if not k.startswith("model.") and not _is_exit_key(k, len(specs)))
+        if unknown:
+            raise ArtifactError(f"{where}: unexpected tensors {unknown[:8]}")
+        max_batch = inputs[0].shape[0] if model_fields["batch"] == "fixed" else None
+        return Artifact(gm.eval(), GRAPH_ARCH, model_fields, heads, calibration, fp, path, inputs, max_batch)
     if version != FORMAT_VERSION:
-        raise ArtifactError(f"{where}: format version {version!r} is not supported (expected {FORMAT_VERSION!r})")
+        raise ArtifactError(
+            f"{where}: format version {version!r} is not supported (expected {FORMAT_VERSION!r} or {GRAPH_FORMAT_VERSION!r})"
+        )
     arch = meta("arch")
     with _untrusted(where, "bad architecture or config"):
         config_fields = _parse_json(meta("config"))
@@ -306,14 +350,24 @@ def load_artifact(path: str | os.PathLike[str], expect_fingerprint: str | None =
         where, "model", lambda: get_architecture(arch).build(config),
         {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")},
     )
+    model = get_architecture(arch).build(config)
+    _load_into(model, {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}, "model")
+    heads = _load_heads(where, specs, tensors)
+    unknown = sorted(k for k in tensors if not k.startswith("model.") and not _is_exit_key(k, len(specs)))
+    if unknown:
+        raise ArtifactError(f"{where}: unexpected tensors {unknown[:8]}")
+    model.eval()
+    return Artifact(model, arch, config, heads, calibration, fp, path)
+
+
+def _load_heads(where: str, specs: Sequence[ExitSpec], tensors: Mapping[str, torch.Tensor]) -> nn.ModuleList:
+    """Exit heads: shapes checked on a storage-less build first, then built and loaded (eval mode)."""
     for i, spec in enumerate(specs):
         prefix = f"exits.{i}."
         _check_on_meta(
             where, f"exit {i}", lambda spec=spec: ExitHead(spec),
             {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)},
         )
-    model = get_architecture(arch).build(config)
-    _load_into(model, {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}, "model")
     heads = nn.ModuleList()
     for i, spec in enumerate(specs):
         try:
@@ -323,12 +377,7 @@ def load_artifact(path: str | os.PathLike[str], expect_fingerprint: str | None =
         prefix = f"exits.{i}."
         _load_into(head, {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}, f"exit {i}")
         heads.append(head)
-    unknown = sorted(k for k in tensors if not k.startswith("model.") and not _is_exit_key(k, len(specs)))
-    if unknown:
-        raise ArtifactError(f"{where}: unexpected tensors {unknown[:8]}")
-    model.eval()
-    heads.eval()
-    return Artifact(model, arch, config, heads, calibration, fp, path)
+    return heads.eval()
 
 
 class _untrusted:
