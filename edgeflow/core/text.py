@@ -264,6 +264,8 @@ class TextTokenizer:
         try:
             self._tok = Tokenizer.from_file(str(path))
             self._raw = Tokenizer.from_file(str(path))  # no padding or truncation: to measure sentences
+            self._raw.no_padding()  # the package's file pads to 128 and truncates
+            self._raw.no_truncation()
         except Exception as e:  # tokenizers raises plain Exception on a bad file
             raise ArtifactError(f"{path}: not a tokenizers file: {e}") from None
         self.max_length = max_length
