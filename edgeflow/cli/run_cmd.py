@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from edgeflow.errors import ConfigError, EdgeflowError
+from edgeflow.errors import ConfigError, EdgeflowError, ScenarioError
 
 __all__ = ["register", "read_scenario", "resolve_scenario_path", "scenario_dirs"]
 
@@ -219,9 +219,13 @@ def run(
         from edgeflow.scenario.links import link_plan
         from edgeflow.scenario.schema import LINK_NAMES
 
+        from edgeflow.scenario.text_workload import is_text_source, read_text_source
+
         try:
             plans = [link_plan(n, getattr(sc.links, n), path.resolve().parent, seed=0) for n in LINK_NAMES]
-        except ConfigError as e:
+            if is_text_source(sc.workload.source):  # the sentences fit the text model (no model is built)
+                read_text_source(sc.workload, sc.model.artifact, path.resolve().parent)
+        except (ConfigError, ScenarioError) as e:
             _err.print(f"[bold red]error:[/] {path}: {e}", highlight=False)
             raise typer.Exit(2)
         faults = [f"faults: {', '.join(f.describe() for f in sc.faults)}"] if sc.faults else []

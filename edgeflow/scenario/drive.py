@@ -29,6 +29,7 @@ from edgeflow.core.plan import ExitPoint, Plan
 from edgeflow.errors import EdgeflowError
 from edgeflow.transport import Breakdown
 from edgeflow.transport.tracing import Tracer, current_trace_id
+from edgeflow.scenario.workload import Inputs, count, take
 
 __all__ = ["Answer", "Outcome", "Sender", "LocalSender", "RemoteSender", "drive"]
 
@@ -89,6 +90,11 @@ def _never_exits(plan: Plan) -> Plan:
     return Plan(plan.stages, tuple(ExitPoint(e.position, 1.0) for e in plan.exits), plan.input_codec)
 
 
+def _values(x: torch.Tensor | tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+    """One request's model inputs as the agent takes them (a list, one tensor per model input)."""
+    return list(x) if isinstance(x, tuple) else [x]
+
+
 class LocalSender:
     """The device agent in this process (the same :class:`~edgeflow.agent.Agent` that ``edgeflow infer --node`` runs).
 
@@ -110,13 +116,13 @@ class LocalSender:
         return str(self.agent.source.current_plan()) if self.agent.source is not None else str(self.agent.plan)
 
     def send(self, request_id: str, x: torch.Tensor, deadline: float) -> Answer:
-        ans = self.agent.submit_local([x], request_id=request_id, deadline=deadline, block=True, plan=self.plan)
+        ans = self.agent.submit_local(_values(x), request_id=request_id, deadline=deadline, block=True, plan=self.plan)
         return Answer(ans.values[0], ans.position, ans.breakdown, ans.plan, ans.predicted_s, ans.predicted_outcome_s)
 
     def warm_up(self, request_id: str, x: torch.Tensor, deadline: float) -> None:
         """One request through every tier and range of the plan (handshakes, first runs), not measured or learned."""
         plan = self.plan if self.plan is not None else Plan.parse(self.plan_text())
-        self.agent.submit_local([x], request_id=request_id, deadline=deadline, block=True, plan=_never_exits(plan),
+        self.agent.submit_local(_values(x), request_id=request_id, deadline=deadline, block=True, plan=_never_exits(plan),
                                 learn=False)  # fmt: skip
 
     def switches(self) -> list[Any]:
@@ -177,7 +183,7 @@ class RemoteSender:
 
 
 def drive(
-    inputs: torch.Tensor,
+    inputs: Inputs,
     send_s: Sequence[float] | None,
     device_of: Sequence[int],
     senders: Sequence[Sender],
@@ -192,7 +198,7 @@ def drive(
     """Send every request; returns the run's start (``time.monotonic()``) and one outcome per request.
 
     Args:
-        inputs: (R, C, H, W) one input per request.
+        inputs: (R, C, H, W) one input per request (a tuple of (R, ...) tensors for a model of several inputs).
         send_s: open loop: offsets from the start; None: closed loop with ``concurrency`` outstanding.
         device_of: (R,) which sender sends each request.
         senders: one per device.
@@ -202,7 +208,7 @@ def drive(
         on_done: called (from a worker thread) as each request finishes.
         tracer: each request in a root span (its trace id in :attr:`Outcome.trace_id`); None: untraced.
     """
-    n = len(inputs)
+    n = count(inputs)
     outcomes = [Outcome(i, f"{run_name}-{i}", int(device_of[i]), 0.0) for i in range(n)]
     lock = threading.Lock()
     t0 = time.monotonic() if start is None else start
@@ -217,7 +223,7 @@ def drive(
             o.plan = sender.plan_text()
             with tracer.span("edgeflow request", {"edgeflow.request_id": o.request_id}) if tracer else nullcontext():
                 o.trace_id = current_trace_id()
-                ans = sender.send(o.request_id, inputs[i : i + 1], t0 + o.send_s + timeout_s)
+                ans = sender.send(o.request_id, take(inputs, i, i + 1), t0 + o.send_s + timeout_s)
         except EdgeflowError as e:
             o.error = f"{type(e).__name__}: {e}"
         except Exception as e:  # noqa: BLE001 - a bug in a sender must not hang the run; it is recorded

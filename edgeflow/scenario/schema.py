@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgeflow.core.plan import Plan
 from edgeflow.errors import ConfigError, PlanError
@@ -195,8 +195,10 @@ class ModelSpec(_Strict):
 class WorkloadSpec(_Strict):
     """What the device sends.
 
-    ``source``: ``demo-test`` (the demo model's labelled test split, shuffled by ``seed``) or ``synthetic``
-    (photo crops, unlabelled: accuracy is not measured, agreement still is). ``arrival``: open loop with
+    ``source``: ``demo-test`` (the demo model's labelled test split, shuffled by ``seed``), ``synthetic``
+    (photo crops, unlabelled: accuracy is not measured, agreement still is), or a ``.txt`` file of sentences, one
+    a line, relative to the scenario file, for a text model (``model.artifact: text:all-MiniLM-L6-v2``): tokenized
+    on the device, unlabelled, compared with the unsplit model's embeddings by cosine similarity. ``arrival``: open loop with
     ``poisson`` or ``fixed`` inter-arrival times at ``rate_hz``, or ``closed`` loop with ``concurrency``
     requests outstanding. ``devices`` spreads the requests round-robin over that many devices, each with its
     own device-edge link. A request not answered within ``timeout_s`` of its send time is lost. ``distinct``:
@@ -204,7 +206,7 @@ class WorkloadSpec(_Strict):
     camera on the same scenes); with the device's ``memory`` on, repeats are answered from it.
     """
 
-    source: Literal["demo-test", "synthetic"] = "demo-test"
+    source: str = "demo-test"  # demo-test | synthetic | FILE.txt (sentences, one a line, for a text model)
     arrival: Literal["poisson", "fixed", "closed"] = "poisson"
     rate_hz: float = Field(10.0, gt=0, le=10000)
     concurrency: int = Field(1, ge=1, le=256)
@@ -213,6 +215,13 @@ class WorkloadSpec(_Strict):
     timeout_s: float = Field(10.0, gt=0, le=3600)
     devices: int = Field(1, ge=1, le=64)
     distinct: int | None = Field(None, ge=1, le=1_000_000)  # draw the requests from only this many inputs (repeats)
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, v: str) -> str:
+        if v not in ("demo-test", "synthetic") and not v.lower().endswith(".txt"):
+            raise ValueError("not one of demo-test, synthetic, or a sentence file (.txt)")
+        return v
 
 
 class BestFixedSpec(_Strict):

@@ -7,6 +7,8 @@ the same offsets from its start. Pure: torch + numpy, no clocks.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Union
 
 import numpy as np
 import torch
@@ -14,7 +16,23 @@ import torch
 from edgeflow.errors import ScenarioError
 from edgeflow.scenario.schema import WorkloadSpec
 
-__all__ = ["Workload", "build_workload", "reference_predictions"]
+__all__ = ["Inputs", "Workload", "build_workload", "reference_predictions", "take", "count"]
+
+# A batch of model inputs: one tensor, or one tensor per model input (e.g. token ids and attention mask), dim 0 the
+# request index in every one.
+Inputs = Union[torch.Tensor, tuple[torch.Tensor, ...]]
+
+
+def take(inputs: Inputs, start: int, stop: int) -> Inputs:
+    """Requests ``start..stop-1`` of ``inputs``, contiguous (a tensor stays a tensor, a tuple a tuple)."""
+    if isinstance(inputs, tuple):
+        return tuple(t[start:stop].contiguous() for t in inputs)
+    return inputs[start:stop].contiguous()
+
+
+def count(inputs: Inputs) -> int:
+    """The number of requests in ``inputs``."""
+    return int((inputs[0] if isinstance(inputs, tuple) else inputs).shape[0])
 
 
 @dataclass(frozen=True)
@@ -22,7 +40,8 @@ class Workload:
     """Requests of one scenario, indexed 0..R-1.
 
     Attributes:
-        inputs: (R, C, H, W) float32 model inputs, one per request.
+        inputs: (R, C, H, W) float32 model inputs, one per request; for a model of several inputs a tuple of them,
+            e.g. token ids and attention mask (R, T) int64 each.
         labels: (R,) int64 ground truth, or None for unlabelled (synthetic) data.
         send_s: (R,) open loop: send time of each request after the run starts; None for a closed loop.
         device_of: (R,) index of the device that sends each request.
@@ -30,7 +49,7 @@ class Workload:
         spec: what it was built from.
     """
 
-    inputs: torch.Tensor
+    inputs: Inputs
     labels: np.ndarray | None
     send_s: np.ndarray | None
     device_of: np.ndarray
@@ -38,7 +57,7 @@ class Workload:
     spec: WorkloadSpec
 
     def __len__(self) -> int:
-        return int(self.inputs.shape[0])
+        return count(self.inputs)
 
     @property
     def duration_s(self) -> float | None:
@@ -57,13 +76,23 @@ def _demo_test(image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     return load_demo_dataset("test")
 
 
-def build_workload(spec: WorkloadSpec, input_shape: tuple[int, ...]) -> Workload:
+def build_workload(spec: WorkloadSpec, input_shape: tuple[int, ...], *, artifact: str = "",
+                   scenario_dir: Path = Path(".")) -> Workload:
     """Draw the requests of ``spec`` for a model taking ``input_shape`` (batch 1, e.g. (1, 3, 64, 64)).
 
+    A sentence file (``source: FILE.txt``, relative to ``scenario_dir``) is tokenized for the text model
+    ``artifact`` (``edgeflow.scenario.text_workload``).
+
     Raises:
-        ScenarioError: the data does not fit the model (a demo-test workload for a model of another size, or a
-            model that does not take images).
+        ScenarioError: the data does not fit the model (a demo-test workload for a model of another size, a
+            model that does not take images, a text file for a model that does not take text).
     """
+    from edgeflow.scenario.text_workload import is_text_source, tokenize_workload
+
+    if is_text_source(spec.source):
+        rng = np.random.default_rng(spec.seed)
+        tokens, order = tokenize_workload(spec, artifact, scenario_dir, rng)
+        return Workload(tokens, None, _send_times(spec, rng), np.arange(spec.requests) % spec.devices, order, spec)
     if len(input_shape) != 4 or input_shape[1] != 3 or input_shape[2] != input_shape[3]:
         raise ScenarioError(f"workload: the model takes {list(input_shape)}; only square RGB image models are supported")
     rng = np.random.default_rng(spec.seed)
@@ -105,7 +134,11 @@ def _send_times(spec: WorkloadSpec, rng: np.random.Generator) -> np.ndarray | No
 
 
 @torch.inference_mode()
-def reference_predictions(model: torch.nn.Module, inputs: torch.Tensor, batch_size: int = 128) -> np.ndarray:
-    """Top-1 predictions of the unsplit fp32 model, (R,) int64: what ``agreement`` compares against."""
+def reference_predictions(model: torch.nn.Module, inputs: Inputs, batch_size: int = 128) -> np.ndarray:
+    """What ``agreement`` compares against: the unsplit fp32 model's top-1 predictions, (R,) int64; for a model
+    of several inputs (a sentence encoder) its outputs themselves, (R, C) float32 (compared by cosine)."""
+    if isinstance(inputs, tuple):
+        outs = [model(*take(inputs, i, i + batch_size)) for i in range(0, count(inputs), batch_size)]
+        return torch.cat(outs).float().numpy()
     out = [model(inputs[i : i + batch_size]).argmax(dim=-1) for i in range(0, len(inputs), batch_size)]
     return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.int64)
