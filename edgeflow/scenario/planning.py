@@ -98,8 +98,9 @@ def build_planning_model(
         )
         for t in TIERS
     ]
+    input_codecs = [c for c in INPUT_CODECS if c in prof.positions[0].codecs]  # png/jpeg do not take token ids
     cost = CostModel(
-        tiers, exits, activation_codecs=ACTIVATION_CODECS, input_codecs=INPUT_CODECS,
+        tiers, exits, activation_codecs=ACTIVATION_CODECS, input_codecs=input_codecs,
         max_accuracy_drop_pts=accuracy_floor_pts, privacy=privacy,
     )  # fmt: skip
     return PlanningModel(cost, Planner(cost), prof, source, _compute_factor(runtime, nodes["device"], example, prof))
