@@ -384,8 +384,9 @@ def markdown(s: dict[str, Any]) -> str:
               f"- edgeflow plan: `{s['plan']}`",
               f"- adaptation: **{s['adaptation']['mode']}**: {s['adaptation']['detail']}",
               f"- objective: {s['objective']}" + (f", SLO {s['slo_ms']:g} ms" if s["slo_ms"] else ""),
-              f"- input codec for plans that send the raw input: {s['input_codec']['codec']} "
-              f"({', '.join(f'{k} {v:.0f} B' for k, v in s['input_codec']['bytes_per_image'].items())} per image)",
+              f"- input codec for plans that send the raw input: {s['input_codec']['codec']}"
+              + (f" ({', '.join(f'{k} {v:.0f} B' for k, v in s['input_codec']['bytes_per_image'].items())} per image)"
+                 if s['input_codec']['bytes_per_image'] else ""),
               ""]  # fmt: skip
     if s.get("full_model_accuracy") is not None:
         lines += [f"Unsplit fp32 model accuracy on these requests: {s['full_model_accuracy']:.4f}", ""]

@@ -136,9 +136,10 @@ def _send_times(spec: WorkloadSpec, rng: np.random.Generator) -> np.ndarray | No
 @torch.inference_mode()
 def reference_predictions(model: torch.nn.Module, inputs: Inputs, batch_size: int = 128) -> np.ndarray:
     """What ``agreement`` compares against: the unsplit fp32 model's top-1 predictions, (R,) int64; for a model
-    of several inputs (a sentence encoder) its outputs themselves, (R, C) float32 (compared by cosine)."""
+    of several inputs (a sentence encoder) its outputs themselves, (R, C) float32 (compared by cosine), computed one
+    request at a time as the device sends them (a batched matmul may round differently: bit-exact is checked)."""
     if isinstance(inputs, tuple):
-        outs = [model(*take(inputs, i, i + batch_size)) for i in range(0, count(inputs), batch_size)]
-        return torch.cat(outs).float().numpy()
+        outs = [model(*take(inputs, i, i + 1)) for i in range(count(inputs))]
+        return torch.cat(outs).float().numpy() if outs else np.zeros((0, 0), dtype=np.float32)
     out = [model(inputs[i : i + batch_size]).argmax(dim=-1) for i in range(0, len(inputs), batch_size)]
     return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.int64)
