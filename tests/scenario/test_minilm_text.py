@@ -20,7 +20,7 @@ pytestmark = pytest.mark.skipif(
 SCENARIO = REPO / "scenarios" / "minilm-text.yaml"
 
 
-def _variant(tmp_path: Path, **changes: object) -> Path:
+def _variant(tmp_path: Path, name: str, **changes: object) -> Path:
     """The shipped scenario with top-level or dotted fields changed, written next to a copy of its node paths."""
     data = yaml.safe_load(SCENARIO.read_text())
     for tier in ("device", "edge", "cloud"):
@@ -31,7 +31,7 @@ def _variant(tmp_path: Path, **changes: object) -> Path:
         for k in head:
             node = node[k]
         node[last] = value
-    out = tmp_path / "variant.yaml"
+    out = tmp_path / f"{name}.yaml"
     out.write_text(yaml.safe_dump(data))
     return out
 
@@ -46,10 +46,10 @@ def test_check_refuses_bad_sentence_workloads(tmp_path: Path) -> None:
     long = tmp_path / "long.txt"
     long.write_text("Short one.\n" + " ".join(["word"] * 40) + "\n")
     cases = [
-        (_variant(tmp_path, **{"workload.source": str(tmp_path / "none.txt")}), "workload.source: " + str(tmp_path / "none.txt") + ": no such sentence file"),
-        (_variant(tmp_path, **{"workload.source": str(long)}), "sentence 2 ('word word"),
-        (_variant(tmp_path, **{"model.artifact": "builtin:demo"}), "is a text file, but model.artifact 'builtin:demo' is not a text model"),
-        (_variant(tmp_path, **{"workload.source": "sentences.csv"}), "workload.source: not one of demo-test, synthetic, or a sentence file (.txt)"),
+        (_variant(tmp_path, "missing", **{"workload.source": str(tmp_path / "none.txt")}), "workload.source: " + str(tmp_path / "none.txt") + ": no such sentence file"),
+        (_variant(tmp_path, "long", **{"workload.source": str(long)}), "sentence 2 ('word word"),
+        (_variant(tmp_path, "image-model", **{"model.artifact": "builtin:demo"}), "is a text file, but model.artifact 'builtin:demo' is not a text model"),
+        (_variant(tmp_path, "csv", **{"workload.source": "sentences.csv"}), "workload.source: not one of demo-test, synthetic, or a sentence file (.txt)"),
     ]  # fmt: skip
     for path, words in cases:
         proc = run_cli(str(path), "--check", timeout_s=60)
