@@ -83,6 +83,10 @@ def load_runtime(config: NodeConfig) -> ModelRuntime:
     example = tuple(art.example_inputs(1).values())  # forward's positional order
     if art.max_batch is not None:  # an exported model whose batch dim is fixed runs at that batch only
         max_batch = min(max_batch, art.max_batch)
+    if isinstance(art.model, torch.fx.GraphModule):  # an exported graph: tensors it creates go where it runs
+        from edgeflow.core.graphjson import retarget_devices
+
+        retarget_devices(art.model, device)
     rt = ModelRuntime(
         art.model, example, fingerprint=art.fingerprint, exits=exits, device=device, max_batch=max_batch
     )

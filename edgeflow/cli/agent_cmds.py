@@ -99,9 +99,10 @@ def read_node_file(
     return cfg.with_overrides(**overrides) if overrides else cfg
 
 
-def load_input(path: Path, image_size: tuple[int, int] | None) -> Any:
-    """Load a model input: an image (png/jpg: RGB, resized to ``image_size``, float32 in [0, 1], batch 1)
-    or a ``.npy`` array (loaded without pickle; a 3-d array gets a batch dim).
+def load_input(path: Path, image_size: tuple[int, int] | None, names: list[str] | None = None) -> Any:
+    """Load a model input: an image (png/jpg: RGB, resized to ``image_size``, float32 in [0, 1], batch 1),
+    a ``.npy`` array (loaded without pickle; a 3-d array gets a batch dim), or a ``.safetensors`` file of
+    named tensors, one per model input (``names``, in the model's order; returned as a tuple).
 
     Raises:
         ConfigError: unreadable or unsupported file.
@@ -111,6 +112,15 @@ def load_input(path: Path, image_size: tuple[int, int] | None) -> Any:
 
     suffix = path.suffix.lower()
     try:
+        if suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            tensors = load_file(str(path))
+            want = names or sorted(tensors)
+            missing, extra = [n for n in want if n not in tensors], sorted(set(tensors) - set(want))
+            if missing or extra:
+                raise ConfigError(f"--input {path}: the model takes inputs {want}; missing {missing}, unexpected {extra}")
+            return tuple(tensors[n] for n in want)
         if suffix == ".npy":
             arr = np.load(path, allow_pickle=False)
             t = torch.from_numpy(np.ascontiguousarray(arr))
@@ -124,9 +134,11 @@ def load_input(path: Path, image_size: tuple[int, int] | None) -> Any:
                     im = im.resize((image_size[1], image_size[0]), Image.BILINEAR)
                 arr = np.asarray(im, dtype=np.float32) / 255.0  # (H, W, 3)
             return torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0).contiguous()  # (1, 3, H, W)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"--input {path}: cannot load: {e}") from None
-    raise ConfigError(f"--input {path}: unsupported file type {suffix!r}; use .png, .jpg or .npy")
+    except ConfigError:
+        raise
+    except Exception as e:  # PIL, numpy and safetensors raise their own types on a malformed file
+        raise ConfigError(f"--input {path}: cannot load: {type(e).__name__}: {e}") from None
+    raise ConfigError(f"--input {path}: unsupported file type {suffix!r}; use .png, .jpg, .npy or .safetensors")
 
 
 def _setup_logging(level: str) -> None:
@@ -187,7 +199,7 @@ def agent(
 
 
 def infer(
-    input: Path = typer.Option(..., "--input", help="image (.png/.jpg) or .npy array"),
+    input: Path = typer.Option(..., "--input", help="image (.png/.jpg), .npy array, or .safetensors of named inputs"),
     node: Optional[Path] = typer.Option(None, "--node", help="run the device tier in process from this node file"),
     via: Optional[str] = typer.Option(None, "--via", help="instead, submit to a running agent at host:port"),
     token_file: Optional[Path] = typer.Option(None, "--token-file", help="with --via: bearer token file (agent's auth)"),
@@ -216,7 +228,7 @@ def infer(
             with AgentClient(via, tls=tls, token=token) as client:
                 d = client.describe(timeout_s=timeout_s)
                 shape = d.inputs[0][2] if d.inputs else ()
-                x = load_input(input, tuple(shape[-2:]) if len(shape) == 4 else None)
+                x = load_input(input, tuple(shape[-2:]) if len(shape) == 4 else None, [n for n, _, _ in d.inputs])
                 result = client.infer(x, timeout_s=timeout_s)
                 plan_text = d.plan
         else:
@@ -226,7 +238,8 @@ def infer(
             cfg = read_node_file(node, upstream=upstream, plan=plan, artifact=artifact)
             with DeviceClient.from_config(cfg) as device:
                 example = device.agent.runtime.example_input[0]
-                x = load_input(input, tuple(example.shape[-2:]) if example.dim() == 4 else None)
+                names = [t.name for t in device.agent.runtime.cut_info(0).tensors]
+                x = load_input(input, tuple(example.shape[-2:]) if example.dim() == 4 else None, names)
                 result = device.infer(x, timeout_s=timeout_s)
                 plan_text = str(device.agent.plan)
     except EdgeflowError as e:

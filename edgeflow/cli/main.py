@@ -81,12 +81,17 @@ def profile(
         torch.set_num_threads(threads)
     try:
         net, default_shape = _load_model(model)
-        shape = _parse_shape(input_shape) if input_shape else default_shape
-        x = _example_input(model, shape)
-        p = partition(net, x)
+        if isinstance(default_shape, dict):  # an exported model with its own input spec
+            if input_shape:
+                _fail("--input-shape: this artifact carries its input spec; its shapes are fixed")
+            xs, image = tuple(default_shape.values()), False
+        else:
+            shape = _parse_shape(input_shape) if input_shape else default_shape
+            xs, image = (_example_input(model, shape),), len(shape) == 4 and shape[1] in (1, 3)
+        p = partition(net, xs)
         act = [get_codec(c.strip()) for c in codecs.split(",") if c.strip()]
-        inp = [get_codec(c) for c in DEFAULT_INPUT_CODECS] if len(shape) == 4 and shape[1] in (1, 3) else []
-        prof = profile_model(p, (x,), name=model, activation_codecs=act, input_codecs=inp, repeats=repeats)
+        inp = [get_codec(c) for c in DEFAULT_INPUT_CODECS] if image else []
+        prof = profile_model(p, xs, name=model, activation_codecs=act, input_codecs=inp, repeats=repeats)
     except EdgeflowError as e:
         _fail(str(e))
     _print_profile(prof, [c.name for c in act], all_positions)
@@ -97,7 +102,8 @@ def profile(
 
 
 def _load_model(name: str):
-    """(model in eval mode, default input shape) for a zoo name, 'demo', or an artifact path."""
+    """(model in eval mode, default input shape) for a zoo name, 'demo', or an artifact path; for an exported
+    artifact, its example inputs by name instead of a shape."""
     import torch
 
     from edgeflow.core.artifact import load_artifact
@@ -114,7 +120,9 @@ def _load_model(name: str):
 
         _fail(f"MODEL: {name!r} is not a zoo model ({', '.join(names)}), 'demo', nor an artifact file")
     art = load_artifact(DEMO_WEIGHTS if name == "demo" else name)
-    return art.model.eval(), tuple(art.example_input().shape)
+    if art.arch == "edgeflow.graph":  # edgeflow export: several inputs, any dtypes
+        return art.model.eval(), art.example_inputs(1)
+    return art.model.eval(), tuple(art.inputs[0].shape)
 
 
 def _example_input(model: str, shape: tuple[int, ...]):
@@ -156,9 +164,10 @@ def _print_profile(prof, codec_names: list[str], all_positions: bool) -> None:
 
 def _mount_subcommands() -> None:
     """Sub-command groups from the outer layers register themselves here."""
-    from edgeflow.cli import agent_cmds, certs_cmd, plan_cmd, ray_cmd, run_cmd
+    from edgeflow.cli import agent_cmds, certs_cmd, export_cmd, plan_cmd, ray_cmd, run_cmd
 
     agent_cmds.register(app)
+    export_cmd.register(app)
     plan_cmd.register(app)
     run_cmd.register(app)
     certs_cmd.register(app)

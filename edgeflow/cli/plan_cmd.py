@@ -308,7 +308,7 @@ def _build(s: _Settings, exits: str, grid: tuple[float, ...], input_codecs: str,
     elif s.model == "demo" or Path(s.model).exists():
         art = load_artifact(DEMO_WEIGHTS if s.model == "demo" else s.model)
         net = art.model
-        x = art.example_input()
+        x = art.example_input()  # a tuple for a model with several inputs (edgeflow export)
         if s.model == "demo":
             x = load_demo_dataset("test")[0][:1].contiguous()
     else:
@@ -324,14 +324,15 @@ def _build(s: _Settings, exits: str, grid: tuple[float, ...], input_codecs: str,
         how = f"profile {profile_path}"
     else:
         t0 = time.perf_counter()
-        inp = [get_codec(c) for c in INPUT_CODECS] if x.dim() == 4 and x.shape[1] in (1, 3) else []
+        image = isinstance(x, torch.Tensor) and x.dim() == 4 and x.shape[1] in (1, 3)
+        inp = [get_codec(c) for c in INPUT_CODECS] if image else []
         act = [get_codec(c) for c in ACTIVATION_CODECS]
-        prof = profile_model(p, (x,), name=s.model, activation_codecs=act, input_codecs=inp, repeats=repeats)
+        prof = profile_model(p, x if isinstance(x, tuple) else (x,), name=s.model, activation_codecs=act, input_codecs=inp, repeats=repeats)
         how = f"profiled on this host in {time.perf_counter() - t0:.1f} s"
     heads = list(art.exits) if art is not None else []
     exit_model, exit_note, head_s = None, "no exits", {}
     if heads and exits != "off":
-        head_s = exit_head_seconds(p, heads, x)
+        head_s = exit_head_seconds(p, heads, x if isinstance(x, torch.Tensor) else x[0])
         if exits == "joint" and s.model == "demo":
             images, labels = load_demo_dataset("calibration")[:2]
             exit_model = exit_model_from_heads(p, heads, images, labels, grid)

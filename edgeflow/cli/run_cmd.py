@@ -95,6 +95,7 @@ def read_scenario(path: Path, **overrides: Any) -> tuple[Any, dict[str, Any]]:
     if overrides:
         scenario = scenario.with_overrides(**overrides)
     base = path.resolve().parent
+    scenario = _resolve_artifact(path, base, scenario)
     nodes = {}
     for tier in ("device", "edge", "cloud"):
         ref = getattr(scenario.nodes, tier)
@@ -114,6 +115,19 @@ def read_scenario(path: Path, **overrides: Any) -> tuple[Any, dict[str, Any]]:
                 raise ConfigError(f"{path}: nodes.{tier}.overrides: {e}") from None
         nodes[tier] = cfg
     return scenario, nodes
+
+
+def _resolve_artifact(path: Path, base: Path, scenario: Any) -> Any:
+    """``model.artifact`` as a file: relative to the scenario's folder, and it must exist."""
+    from edgeflow.config import BUILTIN_PREFIX, ZOO_PREFIX
+
+    artifact = scenario.model.artifact
+    if artifact.startswith((BUILTIN_PREFIX, ZOO_PREFIX)):
+        return scenario
+    file = Path(artifact) if Path(artifact).is_absolute() else (base / artifact).resolve()
+    if not file.is_file():
+        raise ConfigError(f"{path}: model.artifact: no file {artifact!r} (a path is relative to the scenario's folder)")
+    return scenario.with_overrides(**{"model.artifact": str(file)})
 
 
 def _parse_baselines(text: str) -> list[str]:

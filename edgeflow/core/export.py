@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import io
 import json
 import linecache
 import logging
@@ -115,14 +116,13 @@ def _reason(e: BaseException) -> str:
 
 @contextlib.contextmanager
 def _quiet_torch() -> Iterator[None]:
-    """torch.export logs each failed attempt's traceback at ERROR; the caller reports the failure itself."""
-    log = logging.getLogger("torch")
-    level = log.level
-    log.setLevel(logging.CRITICAL)
+    """torch.export logs each failed attempt (traceback, graph dump) at ERROR; the caller reports failures itself."""
+    logging.disable(logging.ERROR)
     try:
-        yield
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
     finally:
-        log.setLevel(level)
+        logging.disable(logging.NOTSET)
 
 
 def _export(model: nn.Module, specs: Sequence[InputSpec], dynamic: bool) -> torch.export.ExportedProgram:

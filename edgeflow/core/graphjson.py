@@ -1,8 +1,8 @@
 """An exported model's graph as JSON: a list of ATen op calls, rebuilt without the model's Python code.
 
 Why not ``torch.export.save``/``load``: its ``.pt2`` archive (torch 2.13, ``torch/export/pt2_archive/_package.py``)
-marks each weight or constant with ``use_pickle`` and, for those marked, ``torch.load(..., weights_only=False)`` /
-``pickle.loads`` them on load — a crafted archive runs code. edgeflow's artifacts are never unpickled, so the
+flags each weight or constant with ``use_pickle`` and loads the flagged ones through Python's unpickler with
+``weights_only=False`` -- a crafted archive runs code. edgeflow's artifacts are never unpickled, so the
 graph travels as the JSON below and the weights as safetensors tensors beside it.
 
 Format (``to_json``): ``{"nodes": [...], "params": {target: "parameter" | "buffer"}}``; a node is
@@ -27,7 +27,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-__all__ = ["MAX_NODES", "graph_to_json", "graph_from_json", "check_target", "target_name"]
+__all__ = ["MAX_NODES", "graph_to_json", "graph_from_json", "check_target", "retarget_devices", "target_name"]
 
 MAX_NODES = 200_000
 MAX_ARGS_DEPTH = 8
@@ -117,6 +117,13 @@ def graph_to_json(gm: fx.GraphModule) -> dict[str, Any]:
     nodes: list[dict[str, Any]] = []
     params: dict[str, str] = {}
     named_params = dict(gm.named_parameters())
+    # Calls first: a higher-order op (cond, map...) is the node to name, not the subgraph attribute it reads.
+    for n in gm.graph.nodes:
+        if n.op == "call_function":
+            try:
+                check_target(target_name(n.target))
+            except ValueError as e:
+                raise ValueError(f"node {n.name!r} ({target_name(n.target)}): {e}") from None
     for n in gm.graph.nodes:
         where = f"node {n.name!r} ({n.op} {target_name(n.target) if n.op == 'call_function' else n.target})"
         if n.op == "call_module":
@@ -229,7 +236,7 @@ def graph_from_json(data: Any, weights: Mapping[str, torch.Tensor]) -> tuple[fx.
             args, kwargs = decode(d["args"]), decode(d["kwargs"])
             if not isinstance(args, list) or not isinstance(kwargs, list):
                 raise ValueError("args and kwargs must be lists")
-            if not all(isinstance(kv, list) and len(kv) == 2 and isinstance(kv[0], str) for kv in kwargs):
+            if not all(isinstance(kv, tuple) and len(kv) == 2 and isinstance(kv[0], str) for kv in kwargs):
                 raise ValueError("kwargs must be [name, value] pairs")
             if op == "placeholder":
                 if args or kwargs:
@@ -276,9 +283,36 @@ def _install(root: nn.Module, target: str, value: torch.Tensor, parameter: bool)
             mod.add_module(p, child)
         mod = child
     leaf = parts[-1]
+    # A fresh, aligned copy: safetensors hands out tensors at any offset of its buffer, and kernels take other
+    # code paths (other rounding) on unaligned memory -- the copy is what makes results bit-exact with the model.
+    value = value.detach().clone(memory_format=torch.contiguous_format)
     if leaf in mod._modules or leaf in mod._parameters or leaf in mod._buffers:
         raise ValueError(f"weight name {target[:80]!r} clashes with another weight")
     if parameter:
         mod.register_parameter(leaf, nn.Parameter(value, requires_grad=False))
     else:
         mod.register_buffer(leaf, value)
+
+
+def retarget_devices(gm: fx.GraphModule, device: torch.device | str) -> int:
+    """Point every ``device=`` argument of the graph (e.g. ``aten.arange(..., device=cpu)``, baked in by the
+    export on the exporting machine) at ``device``, so the graph runs where its weights are. Returns how many
+    arguments changed."""
+    device = torch.device(device)
+    changed = 0
+
+    def swap(a: Any) -> Any:
+        nonlocal changed
+        if isinstance(a, torch.device) and a != device:
+            changed += 1
+            return device
+        if isinstance(a, (list, tuple)):
+            return type(a)(swap(x) for x in a)
+        return a
+
+    for n in gm.graph.nodes:
+        n.args = swap(n.args)
+        n.kwargs = {k: swap(v) for k, v in n.kwargs.items()}
+    if changed:
+        gm.recompile()
+    return changed

@@ -143,7 +143,7 @@ def test_missing_metadata(saved, tmp_path, key):
 @pytest.mark.parametrize(
     "key, value, match",
     [
-        ("format_version", "2", "format version"),
+        ("format_version", "3", "format version"),
         ("arch", "no-such-arch", "unknown architecture"),
         ("config", "{not json", "bad architecture or config"),
         ("config", "[1, 2]", "JSON object"),
