@@ -119,10 +119,10 @@ def read_scenario(path: Path, **overrides: Any) -> tuple[Any, dict[str, Any]]:
 
 def _resolve_artifact(path: Path, base: Path, scenario: Any) -> Any:
     """``model.artifact`` as a file: relative to the scenario's folder, and it must exist."""
-    from edgeflow.config import BUILTIN_PREFIX, ZOO_PREFIX
+    from edgeflow.config import BUILTIN_PREFIX, TEXT_PREFIX, ZOO_PREFIX
 
     artifact = scenario.model.artifact
-    if artifact.startswith((BUILTIN_PREFIX, ZOO_PREFIX)):
+    if artifact.startswith((BUILTIN_PREFIX, ZOO_PREFIX, TEXT_PREFIX)):
         return scenario
     file = Path(artifact) if Path(artifact).is_absolute() else (base / artifact).resolve()
     if not file.is_file():
