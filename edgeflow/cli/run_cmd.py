@@ -271,6 +271,11 @@ def run(
         return
     _out.print(_summary_table(summary))
     _out.print(f"adaptation: {summary['adaptation']['detail']}", highlight=False)
+    if "cosine" in summary:  # embeddings, no labels: how close each run came to the unsplit model
+        runs = [("edgeflow", summary), *summary["baselines"].items()]
+        _out.print("cosine vs the unsplit model (mean/min, bit-exact share): " + "; ".join(
+            f"{n} {m['cosine']['mean']:.6f}/{m['cosine']['min']:.6f}, {m['bit_exact']:.2f}" for n, m in runs if "cosine" in m),
+            highlight=False)  # fmt: skip
     _out.print(f"report: {out_dir}/report.md  ({summary['timings_s'].get('total_s', 0):.1f} s)", highlight=False)
 
 
