@@ -73,9 +73,9 @@ class Outcome:
 class Sender(Protocol):
     def plan_text(self) -> str: ...
 
-    def send(self, request_id: str, x: torch.Tensor, deadline: float) -> Answer: ...
+    def send(self, request_id: str, x: Inputs, deadline: float) -> Answer: ...
 
-    def warm_up(self, request_id: str, x: torch.Tensor, deadline: float) -> None: ...
+    def warm_up(self, request_id: str, x: Inputs, deadline: float) -> None: ...
 
     def switches(self) -> list[Any]: ...
 
@@ -90,7 +90,7 @@ def _never_exits(plan: Plan) -> Plan:
     return Plan(plan.stages, tuple(ExitPoint(e.position, 1.0) for e in plan.exits), plan.input_codec)
 
 
-def _values(x: torch.Tensor | tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+def _values(x: Inputs) -> list[torch.Tensor]:
     """One request's model inputs as the agent takes them (a list, one tensor per model input)."""
     return list(x) if isinstance(x, tuple) else [x]
 
@@ -115,11 +115,11 @@ class LocalSender:
             return str(self.plan)
         return str(self.agent.source.current_plan()) if self.agent.source is not None else str(self.agent.plan)
 
-    def send(self, request_id: str, x: torch.Tensor, deadline: float) -> Answer:
+    def send(self, request_id: str, x: Inputs, deadline: float) -> Answer:
         ans = self.agent.submit_local(_values(x), request_id=request_id, deadline=deadline, block=True, plan=self.plan)
         return Answer(ans.values[0], ans.position, ans.breakdown, ans.plan, ans.predicted_s, ans.predicted_outcome_s)
 
-    def warm_up(self, request_id: str, x: torch.Tensor, deadline: float) -> None:
+    def warm_up(self, request_id: str, x: Inputs, deadline: float) -> None:
         """One request through every tier and range of the plan (handshakes, first runs), not measured or learned."""
         plan = self.plan if self.plan is not None else Plan.parse(self.plan_text())
         self.agent.submit_local(_values(x), request_id=request_id, deadline=deadline, block=True, plan=_never_exits(plan),
@@ -156,13 +156,13 @@ class RemoteSender:
         d = self.client.peer.describe(timeout_s=10.0)
         return d.live.plan if d.live is not None and d.live.plan else d.plan
 
-    def send(self, request_id: str, x: torch.Tensor, deadline: float) -> Answer:
+    def send(self, request_id: str, x: Inputs, deadline: float) -> Answer:
         r = self.client.infer(x, timeout_s=max(1e-3, deadline - time.monotonic()), plan=self.plan, request_id=request_id)
         logits = r.output if isinstance(r.output, torch.Tensor) else r.output[0]
         position = r.exit_position if r.exit_position >= 0 else -1
         return Answer(logits, position, r.breakdown, r.plan, r.predicted_latency_s, r.predicted_path_s)
 
-    def warm_up(self, request_id: str, x: torch.Tensor, deadline: float) -> None:
+    def warm_up(self, request_id: str, x: Inputs, deadline: float) -> None:
         """One request through every tier and range of the plan, not measured."""
         plan = self.plan if self.plan is not None else Plan.parse(self.plan_text())
         self.client.infer(x, timeout_s=max(1e-3, deadline - time.monotonic()), plan=_never_exits(plan),
