@@ -92,10 +92,10 @@ def read_scenario(path: Path, **overrides: Any) -> tuple[Any, dict[str, Any]]:
     except RecursionError:  # PyYAML composes nested collections recursively
         raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
     scenario = Scenario.from_mapping(data, source=str(path))
+    base = path.resolve().parent
+    scenario = _resolve_artifact(path, base, scenario)  # the file's own path; an override's is the caller's
     if overrides:
         scenario = scenario.with_overrides(**overrides)
-    base = path.resolve().parent
-    scenario = _resolve_artifact(path, base, scenario)
     nodes = {}
     for tier in ("device", "edge", "cloud"):
         ref = getattr(scenario.nodes, tier)

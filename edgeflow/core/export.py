@@ -211,9 +211,9 @@ def _clean(gm: fx.GraphModule, names: list[str]) -> None:
     by_name = {p.name: p for p in placeholders}
     if set(by_name) == set(names):  # exported by name: put them in the spec's order
         placeholders = [by_name[n] for n in names]
-        first = next(iter(gm.graph.nodes))
-        for p in placeholders:
-            first.prepend(p) if p is not first else None
+        anchor = next(n for n in gm.graph.nodes if n not in placeholders)
+        for p in placeholders:  # forward's arguments follow the placeholders' order in the graph
+            anchor.prepend(p)
     taken = {n.name for n in gm.graph.nodes if n.op != "placeholder"}
     for p, want in zip(placeholders, names):
         if want in taken:

@@ -9,6 +9,7 @@ artifact's input spec is refused with INVALID_ARGUMENT naming the input, and the
 from __future__ import annotations
 
 import subprocess
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -19,9 +20,9 @@ from user_models import small_net, text_batch, tiny_encoder
 from edgeflow.agent import AgentClient
 from edgeflow.core.artifact import load_artifact
 from edgeflow.core.partition import partition
+from edgeflow.core.codecs import get_codec
 from edgeflow.errors import RemoteError
 from edgeflow.transport import InferCall, WireTensor
-from edgeflow.core.codecs import get_codec
 
 HERE = Path(__file__).resolve().parent
 MODELS = {
@@ -35,10 +36,9 @@ def _export(tools: Any, out: Path, factory: str, args: list[str]) -> subprocess.
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=tools.env(), cwd=str(out.parent))
 
 
-@pytest.fixture(scope="module", params=sorted(MODELS))
-def served(request: Any, tools: Any, tmp_path_factory: Any) -> Iterator[tuple[str, Path, Any]]:
+@contextmanager
+def _serve(kind: str, tools: Any, tmp_path_factory: Any) -> Iterator[tuple[str, Path, Any]]:
     """(kind, artifact, AgentClient of the device agent) with device -> cloud split mid-model, lossless."""
-    kind = request.param
     factory, args = MODELS[kind]
     out = tmp_path_factory.mktemp(kind) / f"{kind}.ef"
     r = _export(tools, out, factory, args)
@@ -60,14 +60,27 @@ def served(request: Any, tools: Any, tmp_path_factory: Any) -> Iterator[tuple[st
         assert cloud.stop() == 0, cloud.log
 
 
+@pytest.fixture(scope="module")
+def served_image(tools: Any, tmp_path_factory: Any) -> Iterator[tuple[str, Path, Any]]:
+    with _serve("image", tools, tmp_path_factory) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def served_text(tools: Any, tmp_path_factory: Any) -> Iterator[tuple[str, Path, Any]]:
+    with _serve("text", tools, tmp_path_factory) as s:
+        yield s
+
+
 def _inputs(kind: str, batch: int, seed: int) -> tuple[torch.Tensor, ...]:
     if kind == "image":
         return (torch.rand(batch, 3, 16, 16, generator=torch.Generator().manual_seed(seed)),)
     return text_batch(batch, seed)
 
 
-def test_split_across_processes_is_bit_exact_with_the_unsplit_model(served: tuple[str, Path, Any]) -> None:
-    kind, _, client = served
+@pytest.mark.parametrize("kind", sorted(MODELS))
+def test_split_across_processes_is_bit_exact_with_the_unsplit_model(kind: str, request: Any) -> None:
+    _, _, client = request.getfixturevalue(f"served_{kind}")
     model = small_net() if kind == "image" else tiny_encoder()  # built here, as the user has it
     d = client.describe()
     want_inputs = [("image", "FP32")] if kind == "image" else [("input_ids", "INT64"), ("attention_mask", "INT64")]
@@ -91,10 +104,8 @@ def _call(client: Any, tensors: list[tuple[str, torch.Tensor]]) -> InferCall:
     return InferCall("wrong-input", client.describe().fingerprint, 0, wire)
 
 
-def test_requests_that_do_not_match_the_input_spec_are_refused_naming_the_input(served: tuple[str, Path, Any]) -> None:
-    kind, _, client = served
-    if kind != "text":
-        pytest.skip("the two-input model has the interesting cases")
+def test_requests_that_do_not_match_the_input_spec_are_refused_naming_the_input(served_text: tuple[str, Path, Any]) -> None:
+    _, _, client = served_text
     ids, mask = text_batch(2)
     cases = [
         ([("input_ids", ids)], "missing ['attention_mask']"),
@@ -112,10 +123,8 @@ def test_requests_that_do_not_match_the_input_spec_are_refused_naming_the_input(
         assert torch.equal(result.output, tiny_encoder()(ids, mask))
 
 
-def test_an_agent_refuses_a_tampered_exported_artifact(served: tuple[str, Path, Any], tools: Any, tmp_path: Path) -> None:
-    kind, artifact, _ = served
-    if kind != "image":
-        pytest.skip("one process start is enough; unit tests cover each way of tampering")
+def test_an_agent_refuses_a_tampered_exported_artifact(served_image: tuple[str, Path, Any], tools: Any, tmp_path: Path) -> None:
+    _, artifact, _ = served_image  # one process start is enough; unit tests cover each way of tampering
     data = bytearray(artifact.read_bytes())
     data[-3] ^= 0x01  # a weight's last bytes
     bad = tmp_path / "tampered.ef"
@@ -125,3 +134,29 @@ def test_an_agent_refuses_a_tampered_exported_artifact(served: tuple[str, Path, 
                        capture_output=True, text=True, timeout=120, env=tools.env())  # fmt: skip
     err = " ".join(r.stderr.split())
     assert r.returncode != 0 and "tampered or corrupt" in err and "Traceback" not in r.stderr, r.stderr
+
+
+def test_infer_cli_sends_a_file_of_named_inputs(served_text: tuple[str, Path, Any], tools: Any, tmp_path: Path) -> None:
+    import json
+
+    from safetensors.torch import save_file
+
+    _, _, client = served_text
+    ids, mask = text_batch(3, seed=9)
+    save_file({"input_ids": ids, "attention_mask": mask}, str(tmp_path / "in.safetensors"))
+    save_file({"input_ids": ids}, str(tmp_path / "short.safetensors"))
+    address = client.peer.address
+
+    def infer(name: str) -> subprocess.CompletedProcess[str]:
+        cmd = tools.edgeflow_cmd("infer", "--via", address, "--input", str(tmp_path / name), "--json")
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=tools.env())
+
+    r = infer("in.safetensors")
+    assert r.returncode == 0, r.stderr
+    with torch.no_grad():
+        want = tiny_encoder()(ids, mask)
+    data = json.loads(r.stdout)
+    assert data["output_shape"] == [3, 4] and data["prediction"] == want.argmax(-1).tolist()
+    r = infer("short.safetensors")
+    err = " ".join(r.stderr.split())
+    assert r.returncode == 2 and "missing ['attention_mask']" in err, r.stderr

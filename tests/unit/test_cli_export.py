@@ -141,3 +141,30 @@ def test_hf_folder_exports_with_token_inputs(tmp_path: Path) -> None:
         want = model(input_ids=ids, attention_mask=mask, return_dict=False)
         got = art.model(ids, mask)
     assert len(got) == 2 and all(torch.equal(g, w) for g, w in zip(got, want))
+
+
+def test_a_scenario_loads_an_exported_artifact_relative_to_its_file(user_file: Path, tmp_path: Path) -> None:
+    from edgeflow.cli.run_cmd import read_scenario
+    from edgeflow.errors import ConfigError
+
+    repo = Path(__file__).resolve().parents[2]
+    (tmp_path / "models").mkdir()
+    r = runner.invoke(app, ["export", f"{user_file}:make", "--input-shape", "1,3,12,12", "--out", str(tmp_path / "models" / "net.ef")])
+    assert r.exit_code == 0, r.output
+    text = textwrap.dedent(
+        f"""
+        name: mine
+        nodes:
+          device: {{file: {repo / 'nodes' / 'device.yaml'}}}
+          edge: {{file: {repo / 'nodes' / 'edge.yaml'}}}
+          cloud: {{file: {repo / 'nodes' / 'cloud.yaml'}}}
+        model: {{artifact: models/net.ef}}
+        workload: {{source: synthetic, requests: 4}}
+        """
+    )
+    (tmp_path / "s.yaml").write_text(text)
+    scenario, _ = read_scenario(tmp_path / "s.yaml")
+    assert scenario.model.artifact == str(tmp_path / "models" / "net.ef")
+    (tmp_path / "bad.yaml").write_text(text.replace("models/net.ef", "models/none.ef"))
+    with pytest.raises(ConfigError, match=r"model.artifact: no file 'models/none.ef'"):
+        read_scenario(tmp_path / "bad.yaml")
