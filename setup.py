@@ -15,7 +15,8 @@ _SHIPPED = ("nodes", "scenarios")
 
 
 class BuildPyWithShipped(build_py):
-    """``build_py`` that also copies ``nodes/*.yaml`` and ``scenarios/*.yaml`` into ``edgeflow/_shipped/``."""
+    """``build_py`` that also copies ``nodes/*.yaml``, ``scenarios/*.yaml`` and ``scenarios/data/*.txt`` into
+    ``edgeflow/_shipped/``."""
 
     def run(self) -> None:
         super().run()
@@ -27,6 +28,9 @@ class BuildPyWithShipped(build_py):
             dst.mkdir(parents=True, exist_ok=True)
             for f in sorted(src.glob("*.yaml")):
                 shutil.copy2(f, dst / f.name)
+            for f in sorted(src.glob("data/*.txt")):  # workloads the scenarios name (scenarios/data/sentences.txt)
+                (dst / "data").mkdir(exist_ok=True)
+                shutil.copy2(f, dst / "data" / f.name)
 
 
 setup(cmdclass={"build_py": BuildPyWithShipped})

@@ -23,6 +23,7 @@ from edgeflow.errors import ConfigError, PlanError
 
 __all__ = [
     "BUILTIN_PREFIX",
+    "TEXT_PREFIX",
     "ListenConfig",
     "UpstreamConfig",
     "ModelConfig",
@@ -48,6 +49,7 @@ AUTO_PLAN = "auto"  # plan: auto -- the device chooses the plan live (planner se
 
 BUILTIN_PREFIX = "builtin:"  # model.artifact "builtin:demo" = edgeflow/weights/demo.safetensors
 ZOO_PREFIX = "zoo:"  # model.artifact "zoo:resnet18?width=8" = a seeded zoo model, not a path
+TEXT_PREFIX = "text:"  # model.artifact "text:all-MiniLM-L6-v2" = the pretrained encoder of edgeflow[text], not a path
 _SECRET_KEY = re.compile(r"token|secret|password|key|authorization", re.IGNORECASE)  # never echoed in errors
 _ADDRESS = re.compile(r"(?P<host>\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.\-]+):(?P<port>[0-9]{1,5})")
 
@@ -509,7 +511,7 @@ class NodeConfig(_Section):
             return str(base / p) if p and not Path(p).is_absolute() else p
 
         data = self.model_dump(mode="json", exclude_none=True)
-        if not data["model"]["artifact"].startswith((BUILTIN_PREFIX, ZOO_PREFIX)):
+        if not data["model"]["artifact"].startswith((BUILTIN_PREFIX, ZOO_PREFIX, TEXT_PREFIX)):
             data["model"]["artifact"] = fix(data["model"]["artifact"])
         up = data.get("upstream", {})
         for section in (data.get("tls"), up.get("tls"), data.get("auth"), up.get("auth")):

@@ -52,7 +52,7 @@ from edgeflow.agent.streams import Coded, StreamReceiver, StreamRef, StreamSende
 from edgeflow.agent.upstream import Upstream
 from edgeflow.agent.validate import Validator
 from edgeflow.config import NodeConfig
-from edgeflow.core.codecs import CODEC_NAMES, Codec
+from edgeflow.core.codecs import CODEC_NAMES, Codec, read_header
 from edgeflow.core.plan import TIERS, ExitPoint, Plan
 from edgeflow.errors import BadReply, ConfigError, DeadlineExceeded, NoUpstream, PlanError, RemoteError, TransportError
 from edgeflow.transport import (
@@ -804,7 +804,11 @@ class Agent:
     def wire_tensor(self, name: str, value: torch.Tensor, codec: Codec) -> WireTensor:
         """``value`` encoded with ``codec``, as it travels."""
         dtype = str(value.dtype).removeprefix("torch.")
-        return WireTensor(name, datatype_of(dtype), tuple(value.shape), codec.spec, codec.encode(value))
+        payload = codec.encode(value)
+        spec = codec.spec
+        if not value.is_floating_point() and read_header(payload).codec_name != spec.split(":")[0]:
+            spec = "lossless"  # a lossy codec passes ints (e.g. a token mask crossing a cut) through losslessly: say so
+        return WireTensor(name, datatype_of(dtype), tuple(value.shape), spec, payload)
 
     def _names(self, position: int, count: int) -> list[str]:
         if position == self.runtime.num_positions:

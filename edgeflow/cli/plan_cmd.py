@@ -148,6 +148,8 @@ def _read_scenario(path: Path, s: _Settings) -> str:
         s.model = artifact.removeprefix("builtin:")
     elif artifact.startswith("zoo:"):
         s.model = artifact.removeprefix("zoo:").split("?")[0]
+    elif artifact.startswith("text:"):
+        s.model = artifact  # the pretrained text model of edgeflow[text], by name
     else:
         s.model = str((path.parent / artifact).resolve())
     s.objective, s.privacy = sc.objective, sc.privacy
@@ -305,6 +307,11 @@ def _build(s: _Settings, exits: str, grid: tuple[float, ...], input_codecs: str,
         from edgeflow.core.data import photo_batch
 
         x = photo_batch(1, side)
+    elif s.model.startswith("text:"):
+        from edgeflow.core.text import load_text_model
+
+        net, tokenizer = load_text_model(s.model.removeprefix("text:"))
+        x = tokenizer.encode(["A sentence to profile the model on."])  # (input_ids, attention_mask), (1, T) int64
     elif s.model == "demo" or Path(s.model).exists():
         art = load_artifact(DEMO_WEIGHTS if s.model == "demo" else s.model)
         net = art.model

@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from edgeflow.errors import ConfigError, EdgeflowError
+from edgeflow.errors import ConfigError, EdgeflowError, ScenarioError
 
 __all__ = ["register", "read_scenario", "resolve_scenario_path", "scenario_dirs"]
 
@@ -133,10 +133,10 @@ def _check_workload(sc: Any, device: Any, scenario_dir: Path) -> str:
 
 def _resolve_artifact(path: Path, base: Path, scenario: Any) -> Any:
     """``model.artifact`` as a file: relative to the scenario's folder, and it must exist."""
-    from edgeflow.config import BUILTIN_PREFIX, ZOO_PREFIX
+    from edgeflow.config import BUILTIN_PREFIX, TEXT_PREFIX, ZOO_PREFIX
 
     artifact = scenario.model.artifact
-    if artifact.startswith((BUILTIN_PREFIX, ZOO_PREFIX)):
+    if artifact.startswith((BUILTIN_PREFIX, ZOO_PREFIX, TEXT_PREFIX)):
         return scenario
     file = Path(artifact) if Path(artifact).is_absolute() else (base / artifact).resolve()
     if not file.is_file():
@@ -250,9 +250,13 @@ def run(
         from edgeflow.scenario.links import link_plan
         from edgeflow.scenario.schema import LINK_NAMES
 
+        from edgeflow.scenario.text_workload import is_text_source, read_text_source
+
         try:
             plans = [link_plan(n, getattr(sc.links, n), path.resolve().parent, seed=0) for n in LINK_NAMES]
-        except ConfigError as e:
+            if is_text_source(sc.workload.source):  # the sentences fit the text model (no model is built)
+                read_text_source(sc.workload, sc.model.artifact, path.resolve().parent)
+        except (ConfigError, ScenarioError) as e:
             _err.print(f"[bold red]error:[/] {path}: {e}", highlight=False)
             raise typer.Exit(2)
         try:
@@ -298,6 +302,11 @@ def run(
                        f"{v['checked'] - v['flipped']}), recomputed {v['recomputed']}, unchecked {v['unchecked']}",
                        highlight=False)  # fmt: skip
     _out.print(f"adaptation: {summary['adaptation']['detail']}", highlight=False)
+    if "cosine" in summary:  # embeddings, no labels: how close each run came to the unsplit model
+        runs = [("edgeflow", summary), *summary["baselines"].items()]
+        _out.print("cosine vs the unsplit model (mean/min, bit-exact share): " + "; ".join(
+            f"{n} {m['cosine']['mean']:.6f}/{m['cosine']['min']:.6f}, {m['bit_exact']:.2f}" for n, m in runs if "cosine" in m),
+            highlight=False)  # fmt: skip
     _out.print(f"report: {out_dir}/report.md  ({summary['timings_s'].get('total_s', 0):.1f} s)", highlight=False)
 
 

@@ -163,6 +163,18 @@ def profile_compute(
     return [_median(samples[n]) for n in names], [flop_run.flops.get(n, 0) for n in names], _median(full)
 
 
+def _takes(codec: Any, tensors: Sequence[torch.Tensor]) -> bool:
+    """Whether ``codec`` encodes every tensor (an image codec refuses what is not an image batch)."""
+    from edgeflow.errors import CodecError
+
+    try:
+        for t in tensors:
+            codec.encode(t)
+    except CodecError:
+        return False
+    return True
+
+
 def _codec_costs(
     tensors: Sequence[torch.Tensor],
     codecs: Sequence[Any],
@@ -174,7 +186,9 @@ def _codec_costs(
 
     costs: dict[str, CodecCost] = {}
     for codec in codecs:
-        for t in tensors:  # warm-up: first calls pay for lazy initialisation
+        if not _takes(codec, tensors):  # warm-up too: first calls pay for lazy initialisation
+            continue  # refused (an image codec and token ids, fp16 and a -3.4e38 mask): not offered here
+        for t in tensors:
             decode(codec.encode(t))
         enc_t: list[float] = []
         dec_t: list[float] = []
@@ -221,15 +235,23 @@ def _fitted_codec_costs(
     sizes (as served, after ``disturb``) and fitted as ``fixed + per_element x elements`` per codec (least squares,
     both terms >= 0), then read off the fit at every position. Codec time is a per-call cost plus a per-element
     one; timing every position of a large model takes seconds (MobileNetV2 at 224: 153 cuts x 6 codecs)."""
-    sizes = {k: sum(int(t.numel()) for t in ts) for k, ts in values.items()}
-    distinct = sorted(set(sizes.values()))
-    picks = sorted({distinct[round(i * (len(distinct) - 1) / max(1, points - 1))] for i in range(min(points, len(distinct)))})
-    at = {n: next(k for k, v in sizes.items() if v == n) for n in picks}
+    from edgeflow.errors import CodecError
+
+    all_sizes = {k: sum(int(t.numel()) for t in ts) for k, ts in values.items()}
     out: dict[int, dict[str, CodecCost]] = {k: {} for k in values}
     for codec in codecs:
         for k, ts in values.items():
-            payloads = [codec.encode(t) for t in ts]
+            try:
+                payloads = [codec.encode(t) for t in ts]
+            except CodecError:  # refused here (fp16 and a -3.4e38 attention mask): not offered at this position
+                continue
             out[k][codec.name] = CodecCost(nbytes=sum(len(pl) for pl in payloads), encode_s=0.0, decode_s=0.0)
+        sizes = {k: n for k, n in all_sizes.items() if codec.name in out[k]}
+        if not sizes:
+            continue
+        distinct = sorted(set(sizes.values()))
+        picks = sorted({distinct[round(i * (len(distinct) - 1) / max(1, points - 1))] for i in range(min(points, len(distinct)))})
+        at = {n: next(k for k, v in sizes.items() if v == n) for n in picks}
         timed = {n: _codec_costs(values[k], [codec], repeats, clock, disturb)[codec.name] for n, k in at.items()}
         enc = _affine([(n, c.encode_s) for n, c in timed.items()])
         dec = _affine([(n, c.decode_s) for n, c in timed.items()])
@@ -312,7 +334,7 @@ def profile_model(
         is_cut = k in p.cuts
         codecs: dict[str, CodecCost] = {}
         if k == 0 and input_codecs:
-            codecs = _codec_costs(values[0], input_codecs, codec_repeats, clock, disturb)
+            codecs = _codec_costs(values[0], input_codecs, codec_repeats, clock, disturb)  # those that take the input
         elif is_cut and activation_codecs:
             codecs = fitted.get(k) or _codec_costs(values[k], activation_codecs, codec_repeats, clock, disturb)
         positions.append(

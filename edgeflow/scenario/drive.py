@@ -29,6 +29,7 @@ from edgeflow.core.plan import ExitPoint, Plan
 from edgeflow.errors import EdgeflowError
 from edgeflow.transport import Breakdown
 from edgeflow.transport.tracing import Tracer, current_trace_id
+from edgeflow.scenario.workload import Inputs, count, take
 
 __all__ = ["Answer", "Outcome", "Sender", "LocalSender", "RemoteSender", "drive"]
 
@@ -72,10 +73,10 @@ class Outcome:
 class Sender(Protocol):
     def plan_text(self) -> str: ...
 
-    def send(self, request_id: str, x: torch.Tensor, deadline: float, stream: str | None = None,
+    def send(self, request_id: str, x: Inputs, deadline: float, stream: str | None = None,
              frame: int | None = None) -> Answer: ...
 
-    def warm_up(self, request_id: str, x: torch.Tensor, deadline: float) -> None: ...
+    def warm_up(self, request_id: str, x: Inputs, deadline: float) -> None: ...
 
     def switches(self) -> list[Any]: ...
 
@@ -88,6 +89,11 @@ def _never_exits(plan: Plan) -> Plan:
     into the first measured requests), but a request goes on to the end of the plan (only a confidence of
     exactly 1.0 would stop it)."""
     return Plan(plan.stages, tuple(ExitPoint(e.position, 1.0) for e in plan.exits), plan.input_codec)
+
+
+def _values(x: Inputs) -> list[torch.Tensor]:
+    """One request's model inputs as the agent takes them (a list, one tensor per model input)."""
+    return list(x) if isinstance(x, tuple) else [x]
 
 
 class LocalSender:
@@ -110,16 +116,16 @@ class LocalSender:
             return str(self.plan)
         return str(self.agent.source.current_plan()) if self.agent.source is not None else str(self.agent.plan)
 
-    def send(self, request_id: str, x: torch.Tensor, deadline: float, stream: str | None = None,
+    def send(self, request_id: str, x: Inputs, deadline: float, stream: str | None = None,
              frame: int | None = None) -> Answer:  # fmt: skip
-        ans = self.agent.submit_local([x], request_id=request_id, deadline=deadline, block=True, plan=self.plan,
+        ans = self.agent.submit_local(_values(x), request_id=request_id, deadline=deadline, block=True, plan=self.plan,
                                       stream=stream, frame=frame)  # fmt: skip
         return Answer(ans.values[0], ans.position, ans.breakdown, ans.plan, ans.predicted_s, ans.predicted_outcome_s)
 
-    def warm_up(self, request_id: str, x: torch.Tensor, deadline: float) -> None:
+    def warm_up(self, request_id: str, x: Inputs, deadline: float) -> None:
         """One request through every tier and range of the plan (handshakes, first runs), not measured or learned."""
         plan = self.plan if self.plan is not None else Plan.parse(self.plan_text())
-        self.agent.submit_local([x], request_id=request_id, deadline=deadline, block=True, plan=_never_exits(plan),
+        self.agent.submit_local(_values(x), request_id=request_id, deadline=deadline, block=True, plan=_never_exits(plan),
                                 learn=False)  # fmt: skip
 
     def switches(self) -> list[Any]:
@@ -153,7 +159,7 @@ class RemoteSender:
         d = self.client.peer.describe(timeout_s=10.0)
         return d.live.plan if d.live is not None and d.live.plan else d.plan
 
-    def send(self, request_id: str, x: torch.Tensor, deadline: float, stream: str | None = None,
+    def send(self, request_id: str, x: Inputs, deadline: float, stream: str | None = None,
              frame: int | None = None) -> Answer:  # fmt: skip
         r = self.client.infer(x, timeout_s=max(1e-3, deadline - time.monotonic()), plan=self.plan, request_id=request_id,
                               stream=stream or "", frame=-1 if frame is None else frame)  # fmt: skip
@@ -161,7 +167,7 @@ class RemoteSender:
         position = r.exit_position if r.exit_position >= 0 else -1
         return Answer(logits, position, r.breakdown, r.plan, r.predicted_latency_s, r.predicted_path_s)
 
-    def warm_up(self, request_id: str, x: torch.Tensor, deadline: float) -> None:
+    def warm_up(self, request_id: str, x: Inputs, deadline: float) -> None:
         """One request through every tier and range of the plan, not measured."""
         plan = self.plan if self.plan is not None else Plan.parse(self.plan_text())
         self.client.infer(x, timeout_s=max(1e-3, deadline - time.monotonic()), plan=_never_exits(plan),
@@ -182,7 +188,7 @@ class RemoteSender:
 
 
 def drive(
-    inputs: torch.Tensor,
+    inputs: Inputs,
     send_s: Sequence[float] | None,
     device_of: Sequence[int],
     senders: Sequence[Sender],
@@ -198,7 +204,7 @@ def drive(
     """Send every request; returns the run's start (``time.monotonic()``) and one outcome per request.
 
     Args:
-        inputs: (R, C, H, W) one input per request.
+        inputs: (R, C, H, W) one input per request (a tuple of (R, ...) tensors for a model of several inputs).
         send_s: open loop: offsets from the start; None: closed loop with ``concurrency`` outstanding.
         device_of: (R,) which sender sends each request.
         senders: one per device.
@@ -209,7 +215,7 @@ def drive(
         tracer: each request in a root span (its trace id in :attr:`Outcome.trace_id`); None: untraced.
         streamed: the requests are frames of one stream per device (``<run>-device<d>``), numbered by their index.
     """
-    n = len(inputs)
+    n = count(inputs)
     outcomes = [Outcome(i, f"{run_name}-{i}", int(device_of[i]), 0.0) for i in range(n)]
     lock = threading.Lock()
     t0 = time.monotonic() if start is None else start
@@ -226,10 +232,10 @@ def drive(
                 o.trace_id = current_trace_id()
                 deadline = t0 + o.send_s + timeout_s
                 if streamed:  # frame i of this device's stream
-                    ans = sender.send(o.request_id, inputs[i : i + 1], deadline, stream=f"{run_name}-device{o.device}",
-                                      frame=i)  # fmt: skip
+                    ans = sender.send(o.request_id, take(inputs, i, i + 1), deadline,
+                                      stream=f"{run_name}-device{o.device}", frame=i)  # fmt: skip
                 else:
-                    ans = sender.send(o.request_id, inputs[i : i + 1], deadline)
+                    ans = sender.send(o.request_id, take(inputs, i, i + 1), deadline)
         except EdgeflowError as e:
             o.error = f"{type(e).__name__}: {e}"
         except Exception as e:  # noqa: BLE001 - a bug in a sender must not hang the run; it is recorded

@@ -65,14 +65,14 @@ class PlanningModel:
 def build_planning_model(
     runtime: ModelRuntime,
     nodes: Mapping[str, NodeConfig],
-    example: torch.Tensor,
+    example: torch.Tensor | tuple[torch.Tensor, ...],
     *,
     artifact: str,
     accuracy_floor_pts: float,
     privacy: bool,
     repeats: int = 5,
 ) -> PlanningModel:
-    """Profile the model on ``example`` (1, C, H, W) and build the cost model for the three tiers.
+    """Profile the model on ``example`` (1, C, H, W), or a tuple for a model of several inputs, and build the cost model for the three tiers.
 
     Raises:
         PlanError: the profile or exit data do not fit the cost model.
@@ -80,7 +80,7 @@ def build_planning_model(
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the agents compute (nodes/*.yaml compute.threads)
     try:
-        measured = planning_inputs(runtime.partition, (example,), runtime.exits, runtime.calibration,
+        measured = planning_inputs(runtime.partition, _values(example), runtime.exits, runtime.calibration,
                                    activation_codecs=ACTIVATION_CODECS, input_codecs=INPUT_CODECS, name=artifact,
                                    repeats=repeats, head_repeats=10)  # fmt: skip
     finally:
@@ -98,14 +98,20 @@ def build_planning_model(
         )
         for t in TIERS
     ]
+    input_codecs = [c for c in INPUT_CODECS if c in prof.positions[0].codecs]  # png/jpeg do not take token ids
     cost = CostModel(
-        tiers, exits, activation_codecs=ACTIVATION_CODECS, input_codecs=INPUT_CODECS,
+        tiers, exits, activation_codecs=ACTIVATION_CODECS, input_codecs=input_codecs,
         max_accuracy_drop_pts=accuracy_floor_pts, privacy=privacy,
     )  # fmt: skip
     return PlanningModel(cost, Planner(cost), prof, source, _compute_factor(runtime, nodes["device"], example, prof))
 
 
-def _compute_factor(runtime: ModelRuntime, device: NodeConfig, example: torch.Tensor, prof: ModelProfile,
+def _values(example: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """The model's inputs as a tuple (one tensor for a single-input model)."""
+    return example if isinstance(example, tuple) else (example,)
+
+
+def _compute_factor(runtime: ModelRuntime, device: NodeConfig, example: torch.Tensor | tuple[torch.Tensor, ...], prof: ModelProfile,
                     repeats: int = 10) -> float:
     """How much longer an agent takes to run the whole model than the node-by-node profile predicts
     (median over ``repeats``, no slowdown, no exits): the planner's compute correction, measured once before any
@@ -120,7 +126,7 @@ def _compute_factor(runtime: ModelRuntime, device: NodeConfig, example: torch.Te
     times = []
     try:
         for i in range(repeats + 2):
-            ans = agent.submit_local([example], request_id=f"calibrate-{i}", deadline=float("inf"))
+            ans = agent.submit_local(list(_values(example)), request_id=f"calibrate-{i}", deadline=float("inf"))
             if i >= 2:
                 times.append(ans.breakdown.tiers[0].compute_s)
     finally:

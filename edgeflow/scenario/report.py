@@ -6,7 +6,10 @@ Metrics per run (edgeflow's and each baseline's, computed the same way):
   or a timeout), ``duplicated`` (answers beyond the first for one request id). ``answered + lost == requests``.
 - ``latency_ms``: p50/p95/p99/mean over answered requests, from the scheduled send time to the answer.
 - ``accuracy``: top-1 against the labels over answered requests (None for unlabelled workloads);
-  ``agreement``: top-1 agreement with the unsplit fp32 model over answered requests.
+  ``agreement``: top-1 agreement with the unsplit fp32 model over answered requests. For a model whose output
+  is an embedding (a text workload: no labels, no classes) a request agrees when its answer's cosine similarity
+  with the unsplit model's output is at least ``AGREE_COSINE``; ``cosine`` gives the mean and min over answered
+  requests and ``bit_exact`` the share of answers equal to the unsplit model's bit for bit.
 - ``memory`` (None unless the device's result memory is on): ``hits``, ``misses``, ``hit_rate``, ``bytes_saved``
   (what the hits' first requests moved over every hop), ``bytes_moved`` and ``bytes_without_memory``.
 - ``validation`` (None unless the device checks upstream answers, ``validate``): ``checked`` (upstream answers),
@@ -51,6 +54,7 @@ _OUT_OF_REACH = {"edge": ("edge", "cloud"), "cloud": ("cloud",), "device_edge": 
 # After a peer returns, requests sent within this long still count towards its fault's deadline misses (the
 # switch back to split mode is part of the recovery; target <= 2 s, benchmarks/bench_chaos.py).
 SETTLE_S = 2.0
+AGREE_COSINE = 0.99  # an embedding answer agrees with the unsplit model at this cosine similarity or above
 
 
 def _ms(x: float) -> float:
@@ -73,7 +77,8 @@ def request_records(result: ScenarioResult, run: RunResult) -> list[dict[str, An
         rec["bandwidth_mbit"] = {h: _mbit(result.links[h].rate_bps_at(o.send_s)) for h in _HOPS}
         if o.answer is not None:
             b = o.answer.breakdown
-            pred = int(o.answer.logits.float().argmax(dim=-1)[0])
+            fidelity = _embedding_fidelity(o.answer.logits, result.reference, o.index)
+            pred = None if fidelity else int(o.answer.logits.float().argmax(dim=-1)[0])
             label = None if wl.labels is None else int(wl.labels[o.index])
             tiers = {t.tier: t for t in b.tiers}
             rec.update(
@@ -93,7 +98,8 @@ def request_records(result: ScenarioResult, run: RunResult) -> list[dict[str, An
                 prediction=pred,
                 label=label,
                 correct=None if label is None else pred == label,
-                agree=pred == int(result.reference[o.index]),
+                agree=fidelity["cosine"] >= AGREE_COSINE if fidelity else pred == int(result.reference[o.index]),
+                **fidelity,
                 predicted_ms=None if o.answer.predicted_s is None else _ms(o.answer.predicted_s),
                 predicted_path_ms=None if o.answer.predicted_path_s is None else _ms(o.answer.predicted_path_s),
                 bytes={h: _hop_bytes(tiers.get(_TIER_OF_HOP[h])) for h in _HOPS},
@@ -101,6 +107,20 @@ def request_records(result: ScenarioResult, run: RunResult) -> list[dict[str, An
             )
         out.append(rec)
     return out
+
+
+def _embedding_fidelity(output: Any, reference: np.ndarray, index: int) -> dict[str, Any]:
+    """``{"cosine", "bit_exact"}`` of an embedding answer against the unsplit model's (reference rows are
+    embeddings when it is 2-D); ``{}`` for a classifier's workload (the reference holds top-1 classes)."""
+    if reference.ndim != 2:
+        return {}
+    got = output.detach().float().reshape(-1).numpy()
+    want = reference[index].reshape(-1)
+    if got.shape != want.shape:
+        return {"cosine": float("nan"), "bit_exact": False}
+    a, b = got.astype(np.float64), want.astype(np.float64)
+    cos = float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-30))
+    return {"cosine": round(cos, 9), "bit_exact": bool(np.array_equal(got, want))}
 
 
 def _mbit(bps: float | None) -> float | None:
@@ -146,6 +166,7 @@ def run_metrics(records: list[dict[str, Any]], slo_ms: float | None) -> dict[str
         "latency_ms": _percentiles(lat),
         "accuracy": float(np.mean([r["correct"] for r in labelled])) if labelled else None,
         "agreement": float(np.mean([r["agree"] for r in ok])) if ok else None,
+        **_cosine_metrics(ok),
         "bytes_per_request": sum(per_hop.values()),
         "bytes_per_hop": per_hop,
         "plan_switches": switches,
@@ -402,6 +423,15 @@ def _all(records: dict[str, list[dict[str, Any]]]) -> Iterable[dict[str, Any]]:
         yield from recs
 
 
+def _cosine_metrics(ok: list[dict[str, Any]]) -> dict[str, Any]:
+    """``cosine`` (mean, min) and ``bit_exact`` (share) over answered embedding requests; nothing for classifiers."""
+    cos = [r["cosine"] for r in ok if "cosine" in r]
+    if not cos:
+        return {}
+    return {"cosine": {"mean": float(np.mean(cos)), "min": float(np.min(cos))},
+            "bit_exact": float(np.mean([r["bit_exact"] for r in ok if "cosine" in r]))}
+
+
 def _f(x: float | None, fmt: str = ".1f") -> str:
     return "–" if x is None else format(x, fmt)
 
@@ -418,8 +448,9 @@ def markdown(s: dict[str, Any]) -> str:
               f"- edgeflow plan: `{s['plan']}`",
               f"- adaptation: **{s['adaptation']['mode']}**: {s['adaptation']['detail']}",
               f"- objective: {s['objective']}" + (f", SLO {s['slo_ms']:g} ms" if s["slo_ms"] else ""),
-              f"- input codec for plans that send the raw input: {s['input_codec']['codec']} "
-              f"({', '.join(f'{k} {v:.0f} B' for k, v in s['input_codec']['bytes_per_image'].items())} per image)",
+              f"- input codec for plans that send the raw input: {s['input_codec']['codec']}"
+              + (f" ({', '.join(f'{k} {v:.0f} B' for k, v in s['input_codec']['bytes_per_image'].items())} per image)"
+                 if s['input_codec']['bytes_per_image'] else ""),
               ""]  # fmt: skip
     if s.get("full_model_accuracy") is not None:
         lines += [f"Unsplit fp32 model accuracy on these requests: {s['full_model_accuracy']:.4f}", ""]
@@ -435,6 +466,12 @@ def markdown(s: dict[str, Any]) -> str:
             f"{_f(lat['p95'])} | {_f(lat['p99'])} | {_f(m['accuracy'], '.4f')} | {_f(m['agreement'], '.4f')} | "
             f"{m['bytes_per_request']:.0f} | {m['deadline_miss_rate']:.3f} |"
         )
+    if "cosine" in s:
+        lines += ["", f"No labels: the answers are sentence embeddings, compared with the unsplit model's. Agreement is "
+                  f"the share with cosine similarity >= {AGREE_COSINE}.", "",
+                  "| run | cosine mean | cosine min | bit-exact |", "|---|---|---|---|"]
+        lines += [f"| {name} | {m['cosine']['mean']:.6f} | {m['cosine']['min']:.6f} | {m['bit_exact']:.3f} |"
+                  for name, m in rows if "cosine" in m]
     lines += ["", "Ratios, baseline / edgeflow (above 1: edgeflow is better):", "",
               "| baseline | p50 | p95 | mean | bytes |", "|---|---|---|---|---|"]
     for name, r in s["ratios"].items():

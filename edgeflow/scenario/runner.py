@@ -55,7 +55,7 @@ from edgeflow.scenario.links import LinkPlan, RunLink, link_plan, swap_all
 from edgeflow.scenario.planning import PlanningModel, build_planning_model, link_conditions
 from edgeflow.scenario.faults import FaultInjector, link_outage_records
 from edgeflow.scenario.schema import LINK_NAMES, Scenario
-from edgeflow.scenario.workload import Workload, build_workload, expected_inputs, reference_predictions
+from edgeflow.scenario.workload import Inputs, Workload, build_workload, expected_inputs, reference_predictions, take
 from edgeflow.scenario.procs import AgentProcess, stop_all, wait_all
 from edgeflow.transport.tracing import Tracer
 
@@ -227,7 +227,8 @@ class ScenarioRunner:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         runtime = load_runtime(self._node("device", None))
         self.nodes = resolve_device_speeds(self.nodes, runtime)
-        workload = build_workload(sc.workload, expected_inputs(runtime), base_dir=self.scenario_dir)
+        workload = build_workload(sc.workload, expected_inputs(runtime), base_dir=self.scenario_dir,
+                                  artifact=sc.model.artifact)  # fmt: skip
         reference = reference_predictions(runtime.model, workload.inputs)
         links = {name: link_plan(name, getattr(sc.links, name), self.scenario_dir, seed=sc.workload.seed + 10 * i)
                  for i, name in enumerate(LINK_NAMES)}  # fmt: skip
@@ -236,12 +237,15 @@ class ScenarioRunner:
         self.events.on_phase("profiling the model for the baselines' planning")
         t = time.monotonic()
         planning = build_planning_model(
-            runtime, self.nodes, workload.inputs[:1].contiguous(), artifact=sc.model.artifact,
+            runtime, self.nodes, take(workload.inputs, 0, 1), artifact=sc.model.artifact,
             accuracy_floor_pts=sc.accuracy_floor_pts, privacy=sc.privacy,
         )  # fmt: skip
         truth = workload.labels if workload.labels is not None else reference
         sample = min(64, len(workload))
-        codec_choice = bl.choose_input_codec(runtime.model, workload.inputs[:sample], truth[:sample])
+        if isinstance(workload.inputs, tuple):  # token ids and a mask: no image codec applies, they go lossless
+            codec_choice = bl.InputCodecChoice("lossless", sample=0)
+        else:
+            codec_choice = bl.choose_input_codec(runtime.model, workload.inputs[:sample], truth[:sample])
         specs, planner_info = self._plan_runs(planning, links, codec_choice)
         self.timings["planning_s"] = time.monotonic() - t
 
@@ -425,7 +429,7 @@ class ScenarioRunner:
             _wait_live(proc, AGENT_START_TIMEOUT_S)
         return [str(p.address) for p in procs]
 
-    def _sender(self, spec: bl.RunSpec, runtime: ModelRuntime, device: int, link: RunLink, example: torch.Tensor) -> Sender:
+    def _sender(self, spec: bl.RunSpec, runtime: ModelRuntime, device: int, link: RunLink, example: Inputs) -> Sender:
         if self.device_process:
             return RemoteSender(self._devices[device], None if spec.adaptive else spec.plan)
         agent = self._device_agent(runtime, link.address)
@@ -449,12 +453,12 @@ class ScenarioRunner:
         notes: list[str] = []
         try:
             for d, link in enumerate(device_links):
-                senders.append(self._sender(spec, runtime, d, link, workload.inputs[:1].contiguous()))
+                senders.append(self._sender(spec, runtime, d, link, take(workload.inputs, 0, 1)))
                 self._senders.append(senders[-1])
             for s in senders:  # warm-up: handshakes, first runs of ranges; not measured
                 for i in range(min(_WARMUP_REQUESTS, len(workload))):
                     try:
-                        s.warm_up(f"{spec.name}-warmup-{i}", workload.inputs[i : i + 1], time.monotonic() + sc.workload.timeout_s)
+                        s.warm_up(f"{spec.name}-warmup-{i}", take(workload.inputs, i, i + 1), time.monotonic() + sc.workload.timeout_s)
                     except EdgeflowError as e:
                         notes.append(f"warm-up request failed: {type(e).__name__}: {e}")
             # A collection inside a measured compute would be multiplied by the emulated slowdown (a 10 ms pause

@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgeflow.core.plan import Plan
 from edgeflow.errors import ConfigError, PlanError
@@ -224,7 +224,9 @@ class WorkloadSpec(_Strict):
     ``source``: ``demo-test`` (the demo model's labelled test split, shuffled by ``seed``), ``synthetic`` (inputs
     matching the model's: photo crops for an image model; unlabelled: accuracy is not measured, agreement still
     is), or a path relative to the scenario file: a folder of images, a ``.npy`` or a ``.safetensors`` file
-    (:mod:`edgeflow.scenario.sources`; ``labels``, ``normalize`` and ``max_file_mb`` apply to these). ``arrival``: open loop with
+    (:mod:`edgeflow.scenario.sources`; ``labels``, ``normalize`` and ``max_file_mb`` apply to these), or a
+    ``.txt`` file of sentences, one a line, for a text model (``model.artifact: text:all-MiniLM-L6-v2``): tokenized
+    on the device, unlabelled, compared with the unsplit model's embeddings by cosine similarity. ``arrival``: open loop with
     ``poisson`` or ``fixed`` inter-arrival times at ``rate_hz``, or ``closed`` loop with ``concurrency``
     requests outstanding. ``devices`` spreads the requests round-robin over that many devices, each with its
     own device-edge link. A request not answered within ``timeout_s`` of its send time is lost. ``distinct``:
@@ -235,7 +237,7 @@ class WorkloadSpec(_Strict):
     stream per device (``stream``: each hop delta codes them; false: every frame coded on its own).
     """
 
-    source: str = Field("demo-test", min_length=1, max_length=4096)  # demo-test | synthetic | video | frames | a path
+    source: str = Field("demo-test", min_length=1, max_length=4096)  # demo-test | synthetic | video | frames | a path (.txt: sentences)
     labels: str | None = Field(None, min_length=1, max_length=4096)  # folders | a labels file (see sources.py)
     normalize: NormalizeSpec | None = None  # image folders: per-channel (x - mean) / std after scaling to [0, 1]
     max_file_mb: float = Field(1024.0, gt=0, le=65536)  # a tensor or image file larger than this is refused

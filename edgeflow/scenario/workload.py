@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, Union
 
 import numpy as np
 import torch
@@ -17,7 +17,24 @@ from edgeflow.errors import ScenarioError
 from edgeflow.scenario.schema import WorkloadSpec
 from edgeflow.scenario.sources import MAX_WORKLOAD_BYTES, ExpectedInput, open_source
 
-__all__ = ["Workload", "ExpectedInput", "expected_inputs", "check_workload", "build_workload", "reference_predictions"]
+__all__ = ["Inputs", "Workload", "ExpectedInput", "expected_inputs", "check_workload", "build_workload",
+           "reference_predictions", "take", "count"]
+
+# A batch of model inputs: one tensor, or one tensor per model input (e.g. token ids and attention mask), dim 0 the
+# request index in every one.
+Inputs = Union[torch.Tensor, tuple[torch.Tensor, ...]]
+
+
+def take(inputs: Inputs, start: int, stop: int) -> Inputs:
+    """Requests ``start..stop-1`` of ``inputs``, contiguous (a tensor stays a tensor, a tuple a tuple)."""
+    if isinstance(inputs, tuple):
+        return tuple(t[start:stop].contiguous() for t in inputs)
+    return inputs[start:stop].contiguous()
+
+
+def count(inputs: Inputs) -> int:
+    """The number of requests in ``inputs``."""
+    return int((inputs[0] if isinstance(inputs, tuple) else inputs).shape[0])
 
 
 @dataclass(frozen=True)
@@ -25,7 +42,8 @@ class Workload:
     """Requests of one scenario, indexed 0..R-1.
 
     Attributes:
-        inputs: (R, *input shape) model inputs, one per request (e.g. (R, C, H, W) float32 images).
+        inputs: (R, *input shape) model inputs, one per request (e.g. (R, C, H, W) float32 images); for a model of
+            several inputs a tuple of them, e.g. token ids and attention mask (R, T) int64 each.
         labels: (R,) int64 ground truth, or None for unlabelled data (the report then gives agreement only).
         send_s: (R,) open loop: send time of each request after the run starts; None for a closed loop.
         device_of: (R,) index of the device that sends each request.
@@ -34,7 +52,7 @@ class Workload:
         labels_from: where the labels come from, in words; None without labels.
     """
 
-    inputs: torch.Tensor
+    inputs: Inputs
     labels: np.ndarray | None
     send_s: np.ndarray | None
     device_of: np.ndarray
@@ -43,7 +61,7 @@ class Workload:
     labels_from: str | None = None
 
     def __len__(self) -> int:
-        return int(self.inputs.shape[0])
+        return count(self.inputs)
 
     @property
     def duration_s(self) -> float | None:
@@ -82,6 +100,10 @@ def check_workload(spec: WorkloadSpec, inputs: tuple[int, ...] | Sequence[Expect
     Raises:
         ScenarioError: the data does not fit the model, or cannot be read (naming the field).
     """
+    from edgeflow.scenario.text_workload import is_text_source
+
+    if is_text_source(spec.source):  # read and checked against the text model by read_text_source
+        return f"{spec.source}: sentences, tokenized on the device (no labels: cosine vs the unsplit model)"
     expected = _as_expected(inputs)
     _check_workload_size(spec, expected)
     if spec.source == "demo-test":
@@ -161,7 +183,7 @@ def _synthetic(expected: Sequence[ExpectedInput], count: int, seed: int) -> torc
 
 
 def build_workload(spec: WorkloadSpec, inputs: tuple[int, ...] | Sequence[ExpectedInput], *,
-                   base_dir: Path | None = None) -> Workload:  # fmt: skip
+                   base_dir: Path | None = None, artifact: str = "") -> Workload:  # fmt: skip
     """Draw the requests of ``spec`` for a model taking ``inputs``: its :func:`expected_inputs`, or the batch-1
     shape of a float image model (e.g. (1, 3, 64, 64)).
 
@@ -169,11 +191,19 @@ def build_workload(spec: WorkloadSpec, inputs: tuple[int, ...] | Sequence[Expect
         spec: the scenario's workload.
         inputs: the model's inputs.
         base_dir: the scenario file's folder (a file or folder source is relative to it; default: the current one).
+        artifact: the scenario's ``model.artifact``: a sentence file (``source: FILE.txt``) is tokenized for this
+            text model (``edgeflow.scenario.text_workload``).
 
     Raises:
         ScenarioError: the data does not fit the model (naming the field), cannot be read, or would hold more than
             :data:`~edgeflow.scenario.sources.MAX_WORKLOAD_BYTES` of inputs.
     """
+    from edgeflow.scenario.text_workload import is_text_source, tokenize_workload
+
+    if is_text_source(spec.source):
+        rng = np.random.default_rng(spec.seed)
+        tokens, order = tokenize_workload(spec, artifact, base_dir or Path.cwd(), rng)
+        return Workload(tokens, None, _send_times(spec, rng), np.arange(spec.requests) % spec.devices, order, spec)
     expected = _as_expected(inputs)
     _check_workload_size(spec, expected)
     rng = np.random.default_rng(spec.seed)
@@ -243,7 +273,12 @@ def _send_times(spec: WorkloadSpec, rng: np.random.Generator) -> np.ndarray | No
 
 
 @torch.inference_mode()
-def reference_predictions(model: torch.nn.Module, inputs: torch.Tensor, batch_size: int = 128) -> np.ndarray:
-    """Top-1 predictions of the unsplit fp32 model, (R,) int64: what ``agreement`` compares against."""
+def reference_predictions(model: torch.nn.Module, inputs: Inputs, batch_size: int = 128) -> np.ndarray:
+    """What ``agreement`` compares against: the unsplit fp32 model's top-1 predictions, (R,) int64; for a model
+    of several inputs (a sentence encoder) its outputs themselves, (R, C) float32 (compared by cosine), computed one
+    request at a time as the device sends them (a batched matmul may round differently: bit-exact is checked)."""
+    if isinstance(inputs, tuple):
+        outs = [model(*take(inputs, i, i + 1)) for i in range(count(inputs))]
+        return torch.cat(outs).float().numpy() if outs else np.zeros((0, 0), dtype=np.float32)
     out = [model(inputs[i : i + batch_size]).argmax(dim=-1) for i in range(0, len(inputs), batch_size)]
     return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.int64)

@@ -48,6 +48,8 @@ def test_the_wheel_ships_nodes_and_scenarios(wheel_site: Path) -> None:
     shipped = wheel_site / "edgeflow" / "_shipped"
     assert {p.name for p in (shipped / "nodes").glob("*.yaml")} == {p.name for p in (ROOT / "nodes").glob("*.yaml")}
     assert {p.name for p in (shipped / "scenarios").glob("*.yaml")} == {p.name for p in (ROOT / "scenarios").glob("*.yaml")}
+    # the workloads scenarios name (minilm-text's sentences) travel with them
+    assert {p.name for p in (shipped / "scenarios" / "data").glob("*.txt")} == {p.name for p in (ROOT / "scenarios" / "data").glob("*.txt")}
     assert (wheel_site / "edgeflow" / "weights" / "demo.safetensors").is_file()
 
 
