@@ -54,7 +54,7 @@ MAX_WORKLOAD_BYTES = 2 << 30  # the inputs a workload holds in memory: requests 
 MAX_LISTED = 100_000  # entries walked in an image folder
 MAX_IMAGE_PIXELS = 64_000_000  # refused before decoding (a small file can declare a huge image)
 MAX_LABELS_FILE_BYTES = 64 << 20
-KEYWORDS = ("demo-test", "synthetic")
+KEYWORDS = ("demo-test", "synthetic", "video", "frames")
 _FIELD = "workload.source"
 
 _SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -155,7 +155,7 @@ class FileSource:
 
 
 def is_file_source(source: str) -> bool:
-    """Whether ``workload.source`` names a file or folder (not ``demo-test`` / ``synthetic``)."""
+    """Whether ``workload.source`` names a file or folder (not one of :data:`KEYWORDS`)."""
     return source not in KEYWORDS
 
 
@@ -177,7 +177,7 @@ def open_source(spec: Any, expected: Sequence[ExpectedInput], base_dir: Path) ->
         src: FileSource = _ImageFolder(path, spec, expected, base_dir, limit)
     elif not path.exists():
         raise ScenarioError(f"{_FIELD}: {spec.source}: no such file or folder (in {base_dir}); a source is "
-                            f"{', '.join(KEYWORDS)}, a folder of images, a .npy or a .safetensors file")  # fmt: skip
+                            f"{', '.join(KEYWORDS)}, a folder of images, a .npy or a .safetensors file, or a .txt of sentences")  # fmt: skip
     elif path.suffix.lower() == ".npy":
         src = _Npy(path, spec.source, expected, limit)
     elif path.suffix.lower() == ".safetensors":

@@ -87,7 +87,7 @@ def test_device_process_serves_while_planning_then_plans_live(edge, runtime, ima
                 for bad, name in ((torch.rand(1, 3, 32, 32), "shape"), (torch.rand(1, 3, 64, 64).double(), "datatype")):
                     with pytest.raises(RemoteError) as e:
                         client.infer(bad, timeout_s=30)
-                    assert e.value.code == "INVALID_ARGUMENT" and "input 0" in e.value.details and name in e.value.details
+                    assert e.value.code == "INVALID_ARGUMENT" and "model input 'x'" in e.value.details and name in e.value.details
                 after = _describe(device.address).live
                 assert after.requests == before.requests and after.plan == before.plan
                 assert [k.bandwidth_bps for k in after.links] == [k.bandwidth_bps for k in before.links]

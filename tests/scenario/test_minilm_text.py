@@ -49,7 +49,7 @@ def test_check_refuses_bad_sentence_workloads(tmp_path: Path) -> None:
         (_variant(tmp_path, "missing", **{"workload.source": str(tmp_path / "none.txt")}), "workload.source: " + str(tmp_path / "none.txt") + ": no such sentence file"),
         (_variant(tmp_path, "long", **{"workload.source": str(long)}), "sentence 2 ('word word"),
         (_variant(tmp_path, "image-model", **{"model.artifact": "builtin:demo"}), "is a text file, but model.artifact 'builtin:demo' is not a text model"),
-        (_variant(tmp_path, "csv", **{"workload.source": "sentences.csv"}), "workload.source: not one of demo-test, synthetic, or a sentence file (.txt)"),
+        (_variant(tmp_path, "csv", **{"workload.source": "sentences.csv"}), "workload.source: sentences.csv: no such"),
     ]  # fmt: skip
     for path, words in cases:
         proc = run_cli(str(path), "--check", timeout_s=60)
