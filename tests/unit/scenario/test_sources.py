@@ -194,7 +194,7 @@ def test_workloads_are_bounded_in_memory(tmp_path: Path) -> None:
 
 def test_missing_and_unknown_sources(tmp_path: Path) -> None:
     with pytest.raises(ScenarioError, match=r"workload\.source: demo_test: no such file or folder .* a source is "
-                                            r"demo-test, synthetic, a folder of images"):  # fmt: skip
+                                            r"demo-test, synthetic, video, frames, a folder of images"):  # fmt: skip
         check_workload(WorkloadSpec(source="demo_test"), IMAGE, base_dir=tmp_path)
     (tmp_path / "x.csv").write_text("1,2\n")
     with pytest.raises(ScenarioError, match=r"workload\.source: x\.csv: unsupported file type '\.csv'"):
