@@ -224,18 +224,23 @@ def save_artifact(
         _META + "calibration": cal_text,
         _META + "fingerprint": fp,
     }
+    write_atomically(path, tensors, metadata)
+    return fp
+
+
+def write_atomically(path: str | os.PathLike[str], tensors: Mapping[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Write a safetensors file through a temporary file in the same folder and a rename: a reader never sees half."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     os.close(fd)
     try:
-        save_file(tensors, tmp, metadata=metadata)
+        save_file(dict(tensors), tmp, metadata=metadata)
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; an artifact is meant to be shared
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return fp
 
 
 def _check_weights(expected: Mapping[str, torch.Tensor], got: Mapping[str, torch.Tensor], what: str = "model") -> None:

@@ -30,15 +30,12 @@ import json
 import linecache
 import logging
 import os
-import tempfile
 import traceback
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 import torch.fx as fx
-from safetensors.torch import save_file
 from torch import nn
 
 from ..errors import ArtifactError
@@ -355,7 +352,7 @@ def save_graph_artifact(
     Returns:
         The fingerprint.
     """
-    from .artifact import _META, _exits_json, fingerprint  # artifact imports this module lazily
+    from .artifact import _META, _exits_json, fingerprint, write_atomically  # artifact imports this module lazily
 
     exits = sorted(exits, key=lambda h: h.spec.position)
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in exported.weights.items()}
@@ -376,17 +373,7 @@ def save_graph_artifact(
         _META + "calibration": cal_text,
         _META + "fingerprint": fp,
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_atomically(path, tensors, metadata)
     return fp
 
 
