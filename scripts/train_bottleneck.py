@@ -1,6 +1,6 @@
 """Train a learned bottleneck (``learned:b<cut>``) into a copy of the demo artifact, the rest of the model frozen.
 
-    nice .venv/bin/python scripts/train_bottleneck.py            # writes edgeflow/weights/demo-bottleneck.safetensors
+    nice .venv/bin/python scripts/train_bottleneck.py            # writes edgeflow/weights/demo_bottleneck.safetensors
 
 Data: the demo's TRAINING split (plus seeded fresh renderings of its digits) trains; the calibration split reports a
 held-out accuracy while training. The test split is never read here (``benchmarks/bench_cuts.py`` measures on it).
@@ -30,7 +30,7 @@ from edgeflow.core.codecs.learned import Bottleneck, bottleneck_tensors  # noqa:
 from edgeflow.core.data import DEMO_WEIGHTS, augment_digits, load_demo_dataset, load_digit_split  # noqa: E402
 from edgeflow.core.partition import partition  # noqa: E402
 
-OUT = DEMO_WEIGHTS.with_name("demo-bottleneck.safetensors")
+OUT = DEMO_WEIGHTS.with_name("demo_bottleneck.safetensors")
 CUT = 20  # layer1's output, (8, 16, 16) in the demo
 
 

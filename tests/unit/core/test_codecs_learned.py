@@ -28,7 +28,7 @@ from edgeflow.errors import ArtifactError, CodecError
 
 FP_A = "a1" * 32
 FP_B = "b2" * 32
-BOTTLENECK_WEIGHTS = DEMO_WEIGHTS.with_name("demo-bottleneck.safetensors")
+BOTTLENECK_WEIGHTS = DEMO_WEIGHTS.with_name("demo_bottleneck.safetensors")
 
 
 @pytest.fixture(autouse=True)
@@ -214,7 +214,7 @@ def test_malformed_bottleneck_tensors_are_refused(tmp_path):
         load_artifact(path)
 
 
-@pytest.mark.skipif(not BOTTLENECK_WEIGHTS.is_file(), reason="demo-bottleneck.safetensors not built")
+@pytest.mark.skipif(not BOTTLENECK_WEIGHTS.is_file(), reason="demo_bottleneck.safetensors not built")
 def test_shipped_bottleneck_is_64x_and_keeps_the_answers():
     """The shipped artifact: >= 64x fewer bytes than fp32 at cut 20 (header included) on calibration images, and
     the answers mostly unchanged (the measured test-split loss is in benchmarks/results/cuts.json)."""
