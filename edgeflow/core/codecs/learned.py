@@ -20,8 +20,8 @@ Payload params (little-endian)::
     u32  CRC-32 of the body
 
 Body: the ANS stack as little-endian u32 words. Decoding checks the header's shape against the installed bottleneck,
-the params, the symbol count, the body length (4..4 * ceil(24 * symbols / 32) + 8 bytes: no symbol costs more than
-24 bits) and the body CRC before it decodes; it allocates only arrays of the declared (shape-checked) size.
+the params, the symbol count, the body length (0..4 * ceil(24 * symbols / 32) + 8 bytes: no symbol costs more than
+24 bits; ANS codes a run of the first symbol in no words at all) and the body CRC before it decodes; it allocates only arrays of the declared (shape-checked) size.
 
 ``max_abs_error`` is None: a learned codec has no hard bound; its measured accuracy cost is in
 ``benchmarks/results/cuts.json`` (codec names starting with ``learned``).
@@ -271,8 +271,8 @@ class LearnedCodec(Codec):
         if numel != expected:
             raise CodecError(f"learned params declare {numel} symbols; shape {header.shape} has {expected}")
         max_body = 4 * (-(-numel * _MAX_BITS_PER_SYMBOL // 32) + 2)
-        if len(body) % 4 or not 4 <= len(body) <= max_body:
-            raise CodecError(f"learned body is {len(body)} bytes; {numel} symbols need a multiple of 4 in 4..{max_body}")
+        if len(body) % 4 or len(body) > max_body:  # empty is valid: ANS codes a run of the first symbol in no words
+            raise CodecError(f"learned body is {len(body)} bytes; {numel} symbols need a multiple of 4 in 0..{max_body}")
         if zlib.crc32(body) != crc:
             raise CodecError(f"corrupt learned body: CRC-32 is {zlib.crc32(body):#010x}, params say {crc:#010x}")
         c = _constriction_mod()

@@ -376,7 +376,10 @@ class CostModel:
         stages = []
         for i, t in enumerate(ch.tiers):
             last = i == len(ch.tiers) - 1
-            stages.append(Stage(self.names[t], bounds[i], None if last else bounds[i + 1], None if last else hop_codecs[i]))
+            codec = None if last else hop_codecs[i]
+            if codec == "learned":  # a learned bottleneck is bound to its cut: learned:b<cut> (codecs/learned.py)
+                codec = f"learned:b{bounds[i + 1]}"
+            stages.append(Stage(self.names[t], bounds[i], None if last else bounds[i + 1], codec))
         return Plan(tuple(stages), tuple(ch.exits), ch.input_codec)
 
     def choice_of(self, plan: Plan) -> Choice:

@@ -140,7 +140,7 @@ def test_lying_params_are_refused_before_decoding():
     with pytest.raises(CodecError, match="declare 128000 symbols; shape"):
         decode(_repack(shape, lie, body))
     huge = bytes(4 * 200)  # longer than 128 symbols at 24 bits each can take
-    with pytest.raises(CodecError, match="multiple of 4 in 4..392"):
+    with pytest.raises(CodecError, match="multiple of 4 in 0..392"):
         decode(_repack(shape, struct.pack("<BH8sII", version, cut, prefix, numel, zlib.crc32(huge)), huge))
     with pytest.raises(CodecError, match="multiple of 4"):
         decode(_repack(shape, struct.pack("<BH8sII", version, cut, prefix, numel, zlib.crc32(body[:-1])), body[:-1]))
@@ -157,6 +157,10 @@ def test_lying_params_are_refused_before_decoding():
     # A batch beyond the limits is refused from the header, before any symbol array exists.
     with pytest.raises(CodecError, match="over the limit"):
         decode(_repack((10**6, 8, 16, 16), params, body), DecodeLimits(max_elements=2**20))
+    # An empty body is a valid stack (every symbol 0, the first of each model): it decodes to the decoder's output.
+    empty = _repack(shape, struct.pack("<BH8sII", version, cut, prefix, numel, zlib.crc32(b"")), b"")
+    with torch.no_grad():
+        assert torch.equal(decode(empty), _bottleneck().dec(torch.zeros(1, 2, 8, 8)))
     # Garbage words with a matching CRC: decoded (the count is bounded by the shape), then refused.
     junk = bytes(range(40))
     with pytest.raises(CodecError, match="corrupt learned body"):
