@@ -48,12 +48,12 @@ def tail(model: torch.nn.Module, f: torch.Tensor) -> torch.Tensor:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--latent", type=int, default=2)
+    ap.add_argument("--latent", type=int, default=3)
     ap.add_argument("--levels", type=int, default=4)
-    ap.add_argument("--hidden", type=int, default=32)
-    ap.add_argument("--epochs", type=int, default=30)
-    ap.add_argument("--renders", type=int, default=4, help="fresh renderings of each training digit, besides its own")
-    ap.add_argument("--rate", type=float, default=0.02, help="weight of the L1 pull of the latent towards level 0")
+    ap.add_argument("--hidden", type=int, default=64)
+    ap.add_argument("--epochs", type=int, default=60)
+    ap.add_argument("--renders", type=int, default=6, help="fresh renderings of each training digit, besides its own")
+    ap.add_argument("--rate", type=float, default=0.03, help="weight of the L1 pull of the latent towards level 0")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=OUT)
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             loss.backward()
             opt.step()
             sched.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
         if epoch % 5 == 4 or epoch == args.epochs - 1:
             b.eval()
             with torch.no_grad():
