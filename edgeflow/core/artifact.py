@@ -1,7 +1,9 @@
 """Model artifacts: one ``.safetensors`` file holding weights, exit heads and metadata.
 
 Layout:
-    tensors   ``model.<state-dict key>`` (backbone) and ``exits.<i>.<key>`` (exit head i)
+    tensors   ``model.<state-dict key>`` (backbone) and ``exits.<i>.<key>`` (exit head i); optionally
+              ``bottleneck.b<cut>.<key>`` (a learned codec's weights, ``core/codecs/learned.py``), built and
+              shape-checked on load (``Artifact.bottlenecks``) and covered by the fingerprint like every tensor
     metadata  ``edgeflow.format_version``  "1"
               ``edgeflow.arch``            registered architecture name
               ``edgeflow.config``          canonical JSON of the architecture's config dataclass
