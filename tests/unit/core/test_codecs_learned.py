@@ -243,3 +243,12 @@ def test_shipped_bottleneck_is_64x_and_keeps_the_answers():
             same += int(tail(decode(payload)).argmax(1)) == int(ref[i])
     assert 8192 * len(x) / nbytes >= 64
     assert same >= 0.9 * len(x)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_conformance_suite(batch):
+    from edgeflow.testing.codecs import check_codec
+
+    install_bottlenecks(FP_A, {20: _bottleneck()})
+    report = check_codec(LearnedCodec(20), _act(batch, seed=5), num_corruptions=16, max_truncations=12)
+    assert report.bound is None
