@@ -189,7 +189,8 @@ def main() -> None:
         **summarize(rows, n),
     }
     old = json.loads(args.out.read_text()) if args.out.exists() else {}
-    kept = [r for r in old.get("rows", []) if r.get("model", "demo") != args.model]
+    kept = [r for r in old.get("rows", []) if r.get("model", "demo") != args.model
+            or str(r.get("codec", "")).startswith("learned")]  # bench_learned.py's rows
     summaries = {**old.get("summaries", {}), args.model: summary}
     if "summary" in old and "summaries" not in old:  # a report from before rows named their model
         summaries.setdefault("demo", old["summary"])

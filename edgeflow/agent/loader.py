@@ -92,6 +92,10 @@ def load_runtime(config: NodeConfig) -> ModelRuntime:
     )
     rt.inputs = list(art.inputs)
     rt.calibration = art.calibration
+    if art.bottlenecks:  # learned:b<cut> codecs of this artifact: its encoder here, its decoder on the next tier
+        from edgeflow.core.codecs.learned import install_bottlenecks
+
+        install_bottlenecks(art.fingerprint, art.bottlenecks)
     return rt
 
 

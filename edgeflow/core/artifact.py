@@ -1,7 +1,9 @@
 """Model artifacts: one ``.safetensors`` file holding weights, exit heads and metadata.
 
 Layout:
-    tensors   ``model.<state-dict key>`` (backbone) and ``exits.<i>.<key>`` (exit head i)
+    tensors   ``model.<state-dict key>`` (backbone) and ``exits.<i>.<key>`` (exit head i); optionally
+              ``bottleneck.b<cut>.<key>`` (a learned codec's weights, ``core/codecs/learned.py``), built and
+              shape-checked on load (``Artifact.bottlenecks``) and covered by the fingerprint like every tensor
     metadata  ``edgeflow.format_version``  "1"
               ``edgeflow.arch``            registered architecture name
               ``edgeflow.config``          canonical JSON of the architecture's config dataclass
@@ -57,6 +59,7 @@ _FP_TAG = b"edgeflow-artifact-v" + FORMAT_VERSION.encode() + b"-fp2"
 MAX_METADATA_CHARS = 16 * 1024 * 1024  # one metadata value; the shipped demo's largest is ~35 KB
 MAX_PARAMS = 1_000_000_000  # a config may not ask for more (4 GB of float32): refused before allocation
 MAX_PARAM_BYTES = 4 * 1024**3
+_EXTRA_PREFIX = "bottleneck."  # tensors besides model/exits an artifact may hold (codecs/learned.py checks them)
 
 
 @dataclass
@@ -88,6 +91,8 @@ class Artifact:
     path: Path | None = None
     inputs: list[InputSpec] = field(default_factory=list)
     max_batch: int | None = None
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)  # bottleneck.* tensors (codecs/learned.py)
+    bottlenecks: dict[int, nn.Module] = field(default_factory=dict)  # cut -> learned bottleneck, built from extra
 
     def __post_init__(self) -> None:
         if not self.inputs:
@@ -183,6 +188,7 @@ def save_artifact(
     config: Any,
     exits: Sequence[ExitHead] = (),
     calibration: CalibrationTable | None = None,
+    extra: Mapping[str, torch.Tensor] | None = None,
 ) -> str:
     """Write ``model`` (+ exit heads, calibration) as one safetensors file, atomically.
 
@@ -193,6 +199,8 @@ def save_artifact(
         config: its config dataclass instance, or a dict of config fields.
         exits: exit heads to store with it.
         calibration: the calibration table for those exits.
+        extra: more tensors, every name starting with ``bottleneck.`` (a learned codec's weights); covered by the
+            fingerprint like the model's.
 
     Returns:
         The fingerprint.
@@ -210,6 +218,10 @@ def save_artifact(
         raise ArtifactError(f"cannot save artifact: {e}") from e
     exits = sorted(exits, key=lambda h: h.spec.position)
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in _tensors_of(model, exits).items()}
+    for k, v in (extra or {}).items():
+        if not k.startswith(_EXTRA_PREFIX):
+            raise ArtifactError(f"cannot save artifact: extra tensor {k!r} does not start with {_EXTRA_PREFIX!r}")
+        tensors[k] = v.detach().cpu().contiguous().clone()
     # Fail at save time, not at the far end's load time, if the weights don't fit the architecture.
     expected = get_architecture(arch).build(config).state_dict()
     _check_weights(expected, {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")})
@@ -358,11 +370,18 @@ def load_artifact(path: str | os.PathLike[str], expect_fingerprint: str | None =
     model = get_architecture(arch).build(config)
     _load_into(model, {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}, "model")
     heads = _load_heads(where, specs, tensors)
-    unknown = sorted(k for k in tensors if not k.startswith("model.") and not _is_exit_key(k, len(specs)))
+    unknown = sorted(k for k in tensors if not k.startswith(("model.", _EXTRA_PREFIX)) and not _is_exit_key(k, len(specs)))
     if unknown:
         raise ArtifactError(f"{where}: unexpected tensors {unknown[:8]}")
     model.eval()
-    return Artifact(model, arch, config, heads, calibration, fp, path)
+    extra = {k: v for k, v in tensors.items() if k.startswith(_EXTRA_PREFIX)}
+    bottlenecks: dict[int, nn.Module] = {}
+    if extra:
+        from .codecs.learned import bottlenecks_from_tensors
+
+        with _untrusted(where, "malformed bottleneck"):
+            bottlenecks = dict(bottlenecks_from_tensors(extra))
+    return Artifact(model, arch, config, heads, calibration, fp, path, extra=extra, bottlenecks=bottlenecks)
 
 
 def _load_heads(where: str, specs: Sequence[ExitSpec], tensors: Mapping[str, torch.Tensor]) -> nn.ModuleList:

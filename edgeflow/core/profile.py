@@ -163,6 +163,13 @@ def profile_compute(
     return [_median(samples[n]) for n in names], [flop_run.flops.get(n, 0) for n in names], _median(full)
 
 
+def _offered_at(codec: Any, position: int) -> bool:
+    """False where a codec is bound to another position (a learned bottleneck, ``only_at``, is trained for one cut:
+    another cut's tensor of the same shape would encode, and decode to garbage)."""
+    only = getattr(codec, "only_at", None)
+    return only is None or only == position
+
+
 def _takes(codec: Any, tensors: Sequence[torch.Tensor]) -> bool:
     """Whether ``codec`` encodes every tensor (an image codec refuses what is not an image batch)."""
     from edgeflow.errors import CodecError
@@ -241,6 +248,8 @@ def _fitted_codec_costs(
     out: dict[int, dict[str, CodecCost]] = {k: {} for k in values}
     for codec in codecs:
         for k, ts in values.items():
+            if not _offered_at(codec, k):
+                continue
             try:
                 payloads = [codec.encode(t) for t in ts]
             except CodecError:  # refused here (fp16 and a -3.4e38 attention mask): not offered at this position
@@ -336,7 +345,8 @@ def profile_model(
         if k == 0 and input_codecs:
             codecs = _codec_costs(values[0], input_codecs, codec_repeats, clock, disturb)  # those that take the input
         elif is_cut and activation_codecs:
-            codecs = fitted.get(k) or _codec_costs(values[k], activation_codecs, codec_repeats, clock, disturb)
+            here = [c for c in activation_codecs if _offered_at(c, k)]
+            codecs = fitted.get(k) or _codec_costs(values[k], here, codec_repeats, clock, disturb)
         positions.append(
             PositionProfile(
                 position=k,

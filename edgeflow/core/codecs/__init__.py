@@ -15,6 +15,7 @@ int8c       affine per channel (dim 1), 8 bits          max over channels of the
 int4        affine per tensor, 2 values per byte        scale / 2 + float rounding
 int2        affine per tensor, 4 values per byte        scale / 2 + float rounding
 dct         per-map DCT, one step, rANS (constriction)   sqrt(H*W) * 2.25 step + float rounding
+learned     an artifact's trained bottleneck, rANS      None: measured accuracy cost (cuts.json)
 png         lossless image batch (B, C in {1,3}, H, W)  0 (floats must be k/255, uint8 as is)
 jpeg        lossy image batch, quality 1..100           None: JPEG has no hard bound
 ==========  ==========================================  =============================================
@@ -31,6 +32,7 @@ from edgeflow.core.codecs.dct import DctCodec
 from edgeflow.core.codecs.floats import Bf16Codec, Fp16Codec
 from edgeflow.core.codecs.format import DEFAULT_LIMITS, DecodeLimits, PayloadHeader
 from edgeflow.core.codecs.image import JpegCodec, PngCodec
+from edgeflow.core.codecs.learned import LearnedCodec
 from edgeflow.core.codecs.lossless import LosslessCodec
 
 __all__ = [
@@ -54,4 +56,5 @@ __all__ = [
     "PngCodec",
     "JpegCodec",
     "DctCodec",
+    "LearnedCodec",
 ]

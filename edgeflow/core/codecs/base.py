@@ -36,9 +36,9 @@ CODEC_NAMES: tuple[str, ...] = tuple(n for n in CODEC_IDS if n != "delta")
 """Names accepted by ``get_codec``, in wire-id order (``delta`` payloads are stream residuals, decoded with their
 reference by ``edgeflow.core.codecs.delta``, never a plan's codec)."""
 
-OPT_IN_CODECS: tuple[str, ...] = ("dct",)
+OPT_IN_CODECS: tuple[str, ...] = ("dct", "learned")
 """Codecs a default codec list leaves out (an agent measures them only when its config names them): dct costs
-~0.2 us per element, which a start-up profile of a 224x224 model would pay at every cut."""
+~0.2 us per element, which a start-up profile of a 224x224 model would pay at every cut; learned works only at its bottleneck's cut."""
 
 FLOAT_DTYPES: frozenset[torch.dtype] = frozenset({torch.float32, torch.float16, torch.bfloat16, torch.float64})
 """dtypes the lossy codecs transform; any other dtype passes through them losslessly."""
@@ -46,7 +46,7 @@ FLOAT_DTYPES: frozenset[torch.dtype] = frozenset({torch.float32, torch.float16, 
 _REGISTRY: dict[str, type[Codec]] = {}
 _BY_ID: dict[int, type[Codec]] = {}
 # Spec tokens: one letter, then the value. "int8c:z3:a-1" == get_codec("int8c", level=3, axis=-1).
-_SPEC_KEYS = {"z": "level", "q": "quality", "a": "axis", "s": "shuffle", "d": "step"}
+_SPEC_KEYS = {"z": "level", "q": "quality", "a": "axis", "s": "shuffle", "d": "step", "b": "cut"}
 
 
 class Codec(abc.ABC):
@@ -180,7 +180,7 @@ def codec_from_spec(spec: str) -> Codec:
             key = None
         if key is None or key in params:
             raise CodecError(
-                f"bad codec spec {spec!r}: token {token!r} (expected z<level>, q<quality>, a<axis>, s<0|1>, d<step>)"
+                f"bad codec spec {spec!r}: token {token!r} (expected z<level>, q<quality>, a<axis>, s<0|1>, d<step>, b<cut>)"
             )
         params[key] = bool(value) if key == "shuffle" else value
     return get_codec(name, **params)

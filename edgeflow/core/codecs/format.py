@@ -67,6 +67,7 @@ CODEC_IDS: dict[str, int] = {
     "jpeg": 9,
     "delta": 10,  # a stream frame's residual against its reference (delta.py): decoded only with that reference
     "dct": 11,
+    "learned": 12,  # a trained bottleneck shipped in an artifact (learned.py)
 }
 _CODEC_NAMES_BY_ID = {v: k for k, v in CODEC_IDS.items()}
 

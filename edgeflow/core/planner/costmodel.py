@@ -74,10 +74,11 @@ IMAGE_CODECS = ("lossless", "png", "jpeg")  # codecs for the raw input at positi
 # measured 0.00 pts at all 18 measured demo cuts (benchmarks/results/cuts.json); int4 measured <= 0.56 and
 # int2 up to 6.67, so their defaults sit at or above the worst measured; jpeg (lossy input) gets int4's. dct (d15)
 # measured under 1 pt at layer1 but over 20 at layer3 (frontier.json): its default keeps an unmeasured dct out of
-# the default 1-point budget; give measured drops (codec_drops_from_cuts) to plan with it.
+# the default 1-point budget; give measured drops (codec_drops_from_cuts) to plan with it. learned (a trained
+# bottleneck, one cut only) likewise: its measured rows are cuts.json's ``learned`` ones (bench_learned.py).
 DEFAULT_CODEC_DROP_PTS: dict[str, float] = {
     "lossless": 0.0, "png": 0.0, "fp16": 0.0, "bf16": 0.0, "int8": 0.0, "int8c": 0.0,
-    "int4": 1.0, "int2": 7.0, "jpeg": 1.0, "dct": 4.0,
+    "int4": 1.0, "int2": 7.0, "jpeg": 1.0, "dct": 4.0, "learned": 4.0,
 }  # fmt: skip
 _EPS = 1e-9  # tolerance on accuracy budgets, in points
 
@@ -375,7 +376,10 @@ class CostModel:
         stages = []
         for i, t in enumerate(ch.tiers):
             last = i == len(ch.tiers) - 1
-            stages.append(Stage(self.names[t], bounds[i], None if last else bounds[i + 1], None if last else hop_codecs[i]))
+            codec = None if last else hop_codecs[i]
+            if codec == "learned":  # a learned bottleneck is bound to its cut: learned:b<cut> (codecs/learned.py)
+                codec = f"learned:b{bounds[i + 1]}"
+            stages.append(Stage(self.names[t], bounds[i], None if last else bounds[i + 1], codec))
         return Plan(tuple(stages), tuple(ch.exits), ch.input_codec)
 
     def choice_of(self, plan: Plan) -> Choice:

@@ -30,7 +30,7 @@ from edgeflow.testing.codecs import check_codec, zstd_bomb_frames
 # Each example runs the whole suite (hundreds of malformed payloads), so a few dozen examples per
 # property keep this file well under its 30 s budget on 2 cores.
 FAST = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
-TENSOR_CODECS = [n for n in CODEC_NAMES if n not in ("png", "jpeg")]
+TENSOR_CODECS = [n for n in CODEC_NAMES if n not in ("png", "jpeg", "learned")]  # learned: test_codecs_learned.py
 QUANT_CODECS = ["int8", "int8c", "int4", "int2"]
 SMALL_SHAPES = hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=5)
 
@@ -159,7 +159,7 @@ def test_image_codecs_on_image_batches(codec: Codec, t: torch.Tensor) -> None:
 
 
 def test_codec_names_are_the_documented_ones() -> None:
-    assert CODEC_NAMES == ("lossless", "fp16", "bf16", "int8", "int8c", "int4", "int2", "png", "jpeg", "dct")
+    assert CODEC_NAMES == ("lossless", "fp16", "bf16", "int8", "int8c", "int4", "int2", "png", "jpeg", "dct", "learned")
     for name in CODEC_NAMES:
         codec = get_codec(name)
         assert codec.name == name and isinstance(codec.lossless, bool)
