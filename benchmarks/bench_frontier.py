@@ -129,6 +129,8 @@ def main() -> None:
     }
     stem = args.out.with_suffix("") if args.split == "test" else args.out.with_name(args.out.stem + "_train")
     report["plot"] = plot(report, stem.with_suffix(".png"))
+    if Path(report["plot"]).is_absolute():  # the file's name in the repository, not on this machine
+        report["plot"] = str(Path(report["plot"]).resolve().relative_to(Path(__file__).resolve().parents[1]))
     stem.with_suffix(".json").write_text(json.dumps(report, indent=1))
     print(json.dumps({k: v for k, v in report.items() if k != "curves"}, indent=1))
 

@@ -342,25 +342,10 @@ def load_artifact(path: str | os.PathLike[str], expect_fingerprint: str | None =
             raise ValueError(f"config must be a JSON object, got {type(config_fields).__name__}")
         config = make_config(arch, **config_fields)
         config_json = config_to_json(config)  # refuses what JSON cannot carry back (inf, nan)
-    with _untrusted(where, "malformed exit specs"):
-        spec_list = _parse_json(meta("exits"))
-        if not isinstance(spec_list, list):
-            raise ValueError(f"exits must be a JSON list, got {type(spec_list).__name__}")
-        specs = [ExitSpec.from_json(d) for d in spec_list]
-    cal_text = meta("calibration")
-    with _untrusted(where, "malformed calibration table"):
-        _check_size(cal_text)
-        calibration = None if cal_text == "null" else CalibrationTable.from_json(cal_text)
+    specs, cal_text, calibration = read_exits(where, meta)
 
     fp = fingerprint(arch, config_json, tensors, specs, cal_text)
-    stored = meta("fingerprint")
-    if stored != fp:
-        raise ArtifactError(f"{where}: content fingerprint {fp[:16]}… does not match the stored {stored[:16]}… (tampered or corrupt)")
-    if expect_fingerprint is not None and expect_fingerprint != fp:
-        raise ArtifactError(
-            f"{where}: fingerprint {fp} differs from the pinned model.fingerprint {expect_fingerprint} "
-            "(another or a modified artifact)"
-        )
+    check_fingerprint(where, fp, meta("fingerprint"), expect_fingerprint)
 
     # Shapes first, on a build that allocates no storage: a config that asks for a huge model is refused here.
     _check_on_meta(
@@ -402,6 +387,32 @@ def _load_heads(where: str, specs: Sequence[ExitSpec], tensors: Mapping[str, tor
         _load_into(head, {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}, f"exit {i}")
         heads.append(head)
     return heads.eval()
+
+
+def read_exits(where: str, meta: Callable[[str], str]) -> tuple[list[ExitSpec], str, CalibrationTable | None]:
+    """The exit specs and the calibration table (with its text, which the fingerprint covers) of an artifact's
+    metadata (``meta``: key -> value, raising ArtifactError when missing)."""
+    with _untrusted(where, "malformed exit specs"):
+        spec_list = _parse_json(meta("exits"))
+        if not isinstance(spec_list, list):
+            raise ValueError(f"exits must be a JSON list, got {type(spec_list).__name__}")
+        specs = [ExitSpec.from_json(d) for d in spec_list]
+    cal_text = meta("calibration")
+    with _untrusted(where, "malformed calibration table"):
+        _check_size(cal_text)
+        calibration = None if cal_text == "null" else CalibrationTable.from_json(cal_text)
+    return specs, cal_text, calibration
+
+
+def check_fingerprint(where: str, fp: str, stored: str, expect: str | None) -> None:
+    """The content's fingerprint ``fp`` must equal the one stored in the file and the pinned one (if any)."""
+    if stored != fp:
+        raise ArtifactError(f"{where}: content fingerprint {fp[:16]}… does not match the stored {stored[:16]}… (tampered or corrupt)")
+    if expect is not None and expect != fp:
+        raise ArtifactError(
+            f"{where}: fingerprint {fp} differs from the pinned model.fingerprint {expect} "
+            "(another or a modified artifact)"
+        )
 
 
 class _untrusted:

@@ -390,8 +390,7 @@ def load_graph_artifact(
         ArtifactError: malformed metadata, fingerprint mismatch, a graph the whitelist refuses, weights that
             do not match the graph, inputs that do not match its placeholders.
     """
-    from .artifact import _META, _check_size, _parse_json, _untrusted, fingerprint
-    from .exits import ExitSpec
+    from .artifact import _META, _parse_json, _untrusted, check_fingerprint, fingerprint, read_exits
 
     def meta(key: str) -> str:
         try:
@@ -409,26 +408,11 @@ def load_graph_artifact(
             raise ValueError("expected an object with source, batch and num_outputs")
         if model_json["batch"] not in ("dynamic", "fixed") or not isinstance(model_json["source"], str):
             raise ValueError(f"batch must be 'dynamic' or 'fixed', got {str(model_json['batch'])[:40]!r}")
-    with _untrusted(where, "malformed exit specs"):
-        spec_list = _parse_json(meta("exits"))
-        if not isinstance(spec_list, list):
-            raise ValueError(f"exits must be a JSON list, got {type(spec_list).__name__}")
-        specs = [ExitSpec.from_json(d) for d in spec_list]
-    cal_text = meta("calibration")
-    with _untrusted(where, "malformed calibration table"):
-        _check_size(cal_text)
-        calibration = None if cal_text == "null" else CalibrationTable.from_json(cal_text)
+    specs, cal_text, calibration = read_exits(where, meta)
     with _untrusted(where, "graph cannot be fingerprinted"):
         config = graph_config_json(graph, inputs_to_json(inputs), model_json)
     fp = fingerprint(GRAPH_ARCH, config, tensors, specs, cal_text)
-    stored = meta("fingerprint")
-    if stored != fp:
-        raise ArtifactError(f"{where}: content fingerprint {fp[:16]}… does not match the stored {stored[:16]}… (tampered or corrupt)")
-    if expect_fingerprint is not None and expect_fingerprint != fp:
-        raise ArtifactError(
-            f"{where}: fingerprint {fp} differs from the pinned model.fingerprint {expect_fingerprint} "
-            "(another or a modified artifact)"
-        )
+    check_fingerprint(where, fp, meta("fingerprint"), expect_fingerprint)
     weights = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
     with _untrusted(where, "graph does not rebuild"):
         gm, placeholders = graph_from_json(graph, weights)
