@@ -103,7 +103,7 @@ def test_interrupt_stops_every_agent(tmp_path: Path, sig: signal.Signals) -> Non
             proc.kill()
             proc.wait()
     if sig == signal.SIGKILL:
-        end = time.monotonic() + 15  # the agents drain for their shutdown grace, then exit
+        end = time.monotonic() + 60  # the agents drain for their shutdown grace, then exit (a bound, not a budget)
         while time.monotonic() < end and processes_mentioning(str(out)):
             time.sleep(0.2)
     else:

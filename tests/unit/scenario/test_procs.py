@@ -41,7 +41,7 @@ def _state(pid: int) -> str:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
 
-def _wait_for(cond, timeout_s: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
+def _wait_for(cond, timeout_s: float = 60.0) -> bool:  # type: ignore[no-untyped-def]
     end = time.monotonic() + timeout_s
     while time.monotonic() < end:
         if cond():
