@@ -212,6 +212,8 @@ def bench_hop_overhead(repeats: int, n: int, bare_addr: str) -> dict[str, Any]:
         floor_ch.close()
         med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
         med["added_over_bare_p50_ms"] = med["overhead_p50_ms"] - med["bare_grpc_floor_p50_ms"]
+        # what no framework code can go below: the bare round trip plus the codec work the hop asks for
+        med["floor_plus_codec_p50_ms"] = med["bare_grpc_floor_p50_ms"] + med["codec_p50_ms"]
         return {
             "activation_nbytes": int(act.numel() * act.element_size()),
             "activation_shape": list(act.shape),
