@@ -11,10 +11,13 @@ processes on 127.0.0.1 (loopback), so client and server do not share a GIL. Each
    the model; overhead = client round trip - the agent's reported compute time. Target p50 <= 1 ms. Each request has
    its own id (a repeated id is answered from the reply cache). ``transport_only``: the same message through
    edgeflow's server and client with no agent behind it vs a bare grpcio handler.
-2. large_hop: a 10 MB activation sent through edgeflow's transport (our framing, AgentServer, PeerClient,
-   zero-copy parse at the server) vs a bare grpcio raw-bytes server (identity serializers, same options),
-   both answering a small message. Target >= 80 % of the bare throughput. Also reported, not targeted: the
-   same hop into a real agent that decodes the payload (lossless: zstd) and checks it against the model.
+2. large_hop: a codec's output for a 10 MB activation (header + zstd body) sent through edgeflow's transport
+   (the parts framed into the request with one copy, AgentServer, PeerClient, zero-copy parse at the server) vs
+   bare grpcio sending the same payload's bytes (joined once, as ``Codec.encode`` does) to a raw-bytes server
+   (identity serializers, same options), both answering a small message; calls interleaved. Target >= 95 % of the
+   bare throughput (issue 16). Also reported: a payload that already is one bytes object (edgeflow must copy it
+   into the message: gRPC Python sends one ``bytes``), the message framed beforehand, and, not targeted, the same
+   hop into a real agent that decodes the payload (lossless: zstd) and checks it against the model.
 3. pipeline: device (in process) > edge > cloud (child processes) with emulated slowdowns, inputs pipelined
    (several in flight); throughput vs the bound 1 / (slowest stage's median compute time). Target >= 90 %.
 """
@@ -209,6 +212,8 @@ def bench_hop_overhead(repeats: int, n: int, bare_addr: str) -> dict[str, Any]:
         floor_ch.close()
         med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
         med["added_over_bare_p50_ms"] = med["overhead_p50_ms"] - med["bare_grpc_floor_p50_ms"]
+        # what no framework code can go below: the bare round trip plus the codec work the hop asks for
+        med["floor_plus_codec_p50_ms"] = med["bare_grpc_floor_p50_ms"] + med["codec_p50_ms"]
         return {
             "activation_nbytes": int(act.numel() * act.element_size()),
             "activation_shape": list(act.shape),
@@ -260,49 +265,75 @@ def bench_transport_only(repeats: int, n: int, bare_addr: str, sink_addr: str, n
 
 
 # ------------------------------------------------------------------------------------------- 2. large hop
-def _throughput(fn: Callable[[], Any], nbytes: int, n: int) -> float:
-    t0 = time.perf_counter()
-    for _ in range(n):
-        fn()
-    return nbytes * n / (time.perf_counter() - t0)
+LARGE_TARGET = 0.95  # issue 16
+
+
+def _interleaved(variants: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:
+    """Median seconds per call of each variant, the variants taken in turn (the first one rotating), so that load
+    from other processes falls on all of them alike instead of on whichever block of calls it met."""
+    names = list(variants)
+    times: dict[str, list[float]] = {k: [] for k in names}
+    for r in range(rounds):
+        for k in names[r % len(names):] + names[: r % len(names)]:
+            t0 = time.perf_counter()
+            variants[k]()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def bench_large_hop(repeats: int, n: int, bare_addr: str, sink_addr: str) -> dict[str, Any]:
-    payload = os.urandom(LARGE_NBYTES)
+    x = torch.randn(LARGE_NBYTES // 4, generator=torch.Generator().manual_seed(0))  # 10 MB fp32, ~incompressible
+    parts = get_codec("lossless").encode_parts(x)  # the codec's output: header and zstd body, not joined
+    payload = parts.join()  # what LosslessCodec.encode returns
     bare_ch = grpc.insecure_channel(bare_addr, options=channel_options(LIMITS, Keepalive()))
     bare = bare_ch.unary_unary("/bench.Bare/Recv")
     peer = PeerClient(sink_addr, limits=LIMITS)
     shape = (LARGE_NBYTES // 4,)
     call = InferCall("large", "fp", 3, [WireTensor("x", "FP32", shape, "lossless", payload)])
-
-    def ours() -> None:  # includes framing the request: part of our path
-        peer.infer_bytes(encode_request(call), timeout_s=60)
-
-    def theirs() -> None:
-        bare(payload, timeout=60)
-
-    for _ in range(3):
-        ours()
-        theirs()
-    ratios, ours_bps, bare_bps = [], [], []
-    for _ in range(repeats):
-        b = _throughput(theirs, LARGE_NBYTES, n)
-        o = _throughput(ours, LARGE_NBYTES, n)
-        bare_bps.append(b)
-        ours_bps.append(o)
-        ratios.append(o / b)
+    as_parts = replace(call, tensors=[replace(call.tensors[0], payload=parts)])
+    framed = encode_request(call)
+    variants: dict[str, Callable[[], Any]] = {
+        # from the codec's output to the peer: bare grpcio sends the payload's bytes (the join encode() makes);
+        # edgeflow frames the parts into the request (one join, into the message), parses it at the server
+        "bare_codec": lambda: bare(parts.join(), timeout=60),
+        "ours_codec": lambda: peer.infer_bytes(encode_request(as_parts), timeout_s=60),
+        # a finished bytes payload: bare grpcio sends it as is; edgeflow copies it once into the message
+        "bare_payload": lambda: bare(payload, timeout=60),
+        "ours_payload": lambda: peer.infer_bytes(encode_request(call), timeout_s=60),
+        "ours_preframed": lambda: peer.infer_bytes(framed, timeout_s=60),  # the message framed beforehand
+    }
+    _interleaved(variants, 2 * len(variants))  # warm up
+    runs = [_interleaved(variants, n * len(variants)) for _ in range(repeats)]
     bare_ch.close()
     peer.close()
+
+    def ratio(ours: str, theirs: str) -> float:  # throughput ratio = their time / ours, per repeat, median
+        return statistics.median(r[theirs] / r[ours] for r in runs)
+
+    med = {k: statistics.median(r[k] for r in runs) for k in variants}
     result = {
-        "payload_nbytes": LARGE_NBYTES,
+        "payload_nbytes": len(payload),
         "sends_per_repeat": n,
         "repeats": repeats,
-        "bare_grpc_MBps": statistics.median(bare_bps) / 1e6,
-        "edgeflow_transport_MBps": statistics.median(ours_bps) / 1e6,
-        "ratio": statistics.median(ratios),
-        "target_ratio": 0.8,
+        "bare_grpc_MBps": len(payload) / med["bare_codec"] / 1e6,
+        "edgeflow_transport_MBps": len(payload) / med["ours_codec"] / 1e6,
+        "ratio": ratio("ours_codec", "bare_codec"),
+        "target_ratio": LARGE_TARGET,
+        "finished_payload": {
+            "bare_grpc_MBps": len(payload) / med["bare_payload"] / 1e6,
+            "edgeflow_transport_MBps": len(payload) / med["ours_payload"] / 1e6,
+            "ratio": ratio("ours_payload", "bare_payload"),
+            "ratio_preframed": ratio("ours_preframed", "bare_payload"),
+            "note": "a payload that exists as one bytes object: bare grpcio sends it as is, edgeflow must copy it once "
+                    "into the message (gRPC Python sends one bytes object); preframed: the message framed beforehand",
+        },
+        "note": "from a codec's output (header + 10 MB zstd body of random fp32) to the peer, both sides copying the body "
+                "once: bare grpcio joins it into the payload bytes (as Codec.encode does) and sends them to a raw-bytes "
+                "handler; edgeflow writes the parts straight into the InferRequest (PayloadParts), sends it with "
+                "PeerClient to an AgentServer that parses it (payloads as views) and answers an InferResponse. "
+                "Calls interleaved, median time per call; ratio = bare time / edgeflow time (= throughput ratio)",
     }
-    result["meets_target"] = result["ratio"] >= 0.8
+    result["meets_target"] = result["ratio"] >= LARGE_TARGET
     result["agent_hop"] = _agent_large_hop(repeats, max(2, n // 2))
     return result
 
@@ -427,7 +458,10 @@ def main(argv: list[str] | None = None) -> int:
             large = bench_large_hop(repeats, 5 if ns.quick else 10, bare_addr, sink_addr)
         finally:
             servers.stop()
-        print(f"10 MB hop: {large['edgeflow_transport_MBps']:.0f} MB/s vs bare {large['bare_grpc_MBps']:.0f} MB/s = {large['ratio']:.2f}", flush=True)
+        fin = large["finished_payload"]
+        print(f"10 MB hop: {large['edgeflow_transport_MBps']:.0f} MB/s vs bare {large['bare_grpc_MBps']:.0f} MB/s = "
+              f"{large['ratio']:.2f} (a finished bytes payload: {fin['ratio']:.2f}, preframed {fin['ratio_preframed']:.2f})",
+              flush=True)  # fmt: skip
         pipe = bench_pipeline(repeats, 20 if ns.quick else 40, Path(tmp))
         print(f"pipeline {pipe['throughput_rps']:.1f} req/s vs bound {pipe['bound_rps']:.1f} = {pipe['ratio']:.2f}", flush=True)
     report = {

@@ -491,7 +491,7 @@ class Agent:
                 coded = self._stream_code(stream, 0, str(ticket.plan), values, codec)
                 wire = coded.wire
             else:
-                wire = [self.wire_tensor(i.name, v, codec) for i, v in zip(info, values)]
+                wire = [self.wire_tensor(i.name, v, codec, to_send=True) for i, v in zip(info, values)]
             timing.encode_s = time.monotonic() - t
             answer = self._forward(request_id, 0, wire, values, timing, deadline, plan, str(ticket.plan), ticket=ticket,
                                    stream=coded)  # fmt: skip
@@ -582,7 +582,7 @@ class Agent:
             coded = self._stream_code(stream, stop, plan_text, outcome.values, hop)
             wire = coded.wire
         else:
-            wire = [self.wire_tensor(name, v, hop) for name, v in zip(names, outcome.values)]
+            wire = [self.wire_tensor(name, v, hop, to_send=True) for name, v in zip(names, outcome.values)]
         timing.encode_s = time.monotonic() - t
         answer = self._forward(request_id, stop, wire, outcome.values, timing, deadline, plan, plan_text, ticket=ticket,
                                stream=coded)  # fmt: skip
@@ -801,11 +801,14 @@ class Agent:
     def _codec(self, spec: str) -> Codec:
         return self.codecs.get(spec)
 
-    def wire_tensor(self, name: str, value: torch.Tensor, codec: Codec) -> WireTensor:
-        """``value`` encoded with ``codec``, as it travels."""
+    def wire_tensor(self, name: str, value: torch.Tensor, codec: Codec, *, to_send: bool = False) -> WireTensor:
+        """``value`` encoded with ``codec``, as it travels. ``to_send``: the tensor only goes into a request sent
+        upstream, so a float's payload stays as the codec's parts (``PayloadParts``), copied once, into the message."""
         dtype = str(value.dtype).removeprefix("torch.")
-        payload = codec.encode(value)
         spec = codec.spec
+        if to_send and value.is_floating_point():
+            return WireTensor(name, datatype_of(dtype), tuple(value.shape), spec, codec.encode_parts(value))
+        payload = codec.encode(value)
         if not value.is_floating_point() and read_header(payload).codec_name != spec.split(":")[0]:
             spec = "lossless"  # a lossy codec passes ints (e.g. a token mask crossing a cut) through losslessly: say so
         return WireTensor(name, datatype_of(dtype), tuple(value.shape), spec, payload)

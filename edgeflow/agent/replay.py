@@ -108,7 +108,7 @@ class ReplyCache:
             raise
         with self._lock:
             entry.reply, entry.finished_s = reply, self.clock()
-            entry.nbytes = sum(memoryview(t.payload).nbytes for t in reply.tensors)
+            entry.nbytes = sum(t.nbytes for t in reply.tensors)
             if self._entries.get(key) is entry:
                 if entry.nbytes > self.max_nbytes:
                     del self._entries[key]

@@ -83,6 +83,7 @@ def check_codec(
     payload = codec.encode(x)
     _expect(isinstance(payload, bytes), f"{codec.spec}: encode returned {type(payload).__name__}, not bytes")
     _expect(codec.encode(x) == payload, f"{codec.spec}: encoding the same tensor twice gave different bytes")
+    _expect(codec.encode_parts(x).join() == payload, f"{codec.spec}: encode_parts joined differs from encode")
     header = read_header(payload)
     _expect(
         header.shape == tuple(x.shape) and header.dtype == x.dtype,

@@ -14,6 +14,7 @@ from typing import Any
 from google.protobuf.message import DecodeError
 
 from edgeflow.core.codecs import DecodeLimits
+from edgeflow.core.codecs.format import PayloadParts
 from edgeflow.transport._gen import agent_pb2 as pb
 from edgeflow.errors import InvalidRequest, RequestTooLarge
 from edgeflow.transport.wire import frame, split_fields
@@ -108,18 +109,24 @@ class WireLimits:
 
 @dataclass
 class WireTensor:
-    """One named tensor as it travels: a codec payload plus the decoded tensor's datatype and shape."""
+    """One named tensor as it travels: a codec payload plus the decoded tensor's datatype and shape.
+
+    A tensor about to be sent may carry its payload as :class:`PayloadParts` (``Codec.encode_parts``): framing the
+    message then copies the codec's body once, not twice. Received tensors always carry a buffer (a view of the
+    message), and only those are decoded or hashed.
+    """
 
     name: str
     datatype: str
     shape: tuple[int, ...]
     codec: str
-    payload: bytes | memoryview
+    payload: bytes | memoryview | PayloadParts
 
     @property
     def nbytes(self) -> int:
         """Payload bytes on the wire."""
-        return memoryview(self.payload).nbytes
+        p = self.payload
+        return p.nbytes if isinstance(p, PayloadParts) else memoryview(p).nbytes
 
     def decode_limits(self) -> DecodeLimits:
         """Decoding bounded by the declaration: the declared shape's elements at the datatype's size (an unknown

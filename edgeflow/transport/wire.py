@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from edgeflow.core.codecs.format import PayloadParts
 from edgeflow.errors import InvalidRequest, RequestTooLarge
 
 __all__ = ["encode_varint", "frame", "split_fields"]
@@ -37,17 +38,23 @@ def encode_varint(value: int) -> bytes:
             return bytes(out)
 
 
-def frame(meta: bytes, field: int, payloads: Sequence[bytes | bytearray | memoryview]) -> bytes:
+def frame(meta: bytes, field: int, payloads: Sequence[bytes | bytearray | memoryview | PayloadParts]) -> bytes:
     """Append ``payloads`` as repeated ``bytes`` field ``field`` to the serialised message ``meta``.
 
-    One copy of each payload (into the returned ``bytes``, which gRPC then sends as is).
+    One copy of each payload, into the returned ``bytes`` (gRPC Python sends one ``bytes`` object, so this copy is
+    the least there is). A payload given as its :class:`PayloadParts` (a codec's header and body) is written part
+    by part: the copy that joining them would make first is saved.
     """
     tag = encode_varint((field << 3) | _WIRE_LEN)
     parts: list[bytes | bytearray | memoryview] = [meta]
     for p in payloads:
         parts.append(tag)
-        parts.append(encode_varint(memoryview(p).nbytes))
-        parts.append(p)
+        if isinstance(p, PayloadParts):
+            parts.append(encode_varint(p.nbytes))
+            parts.extend(p.parts)
+        else:
+            parts.append(encode_varint(memoryview(p).nbytes))
+            parts.append(p)
     return b"".join(parts)
 
 

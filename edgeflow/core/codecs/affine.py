@@ -26,7 +26,7 @@ import torch
 
 from edgeflow.core.codecs import _zstd
 from edgeflow.core.codecs.base import FLOAT_DTYPES, Codec, prepare_tensor, register
-from edgeflow.core.codecs.format import PayloadHeader, pack_payload
+from edgeflow.core.codecs.format import PayloadHeader, PayloadParts, pack_payload_parts
 from edgeflow.core.codecs.lossless import LosslessCodec
 from edgeflow.errors import CodecError
 
@@ -99,16 +99,19 @@ class _AffineCodec(Codec):
         return (1 << self.bits) - 1
 
     def encode(self, tensor: torch.Tensor) -> bytes:
+        return self.encode_parts(tensor).join()
+
+    def encode_parts(self, tensor: torch.Tensor) -> PayloadParts:
         t = prepare_tensor(tensor, self.name)
         if t.dtype not in FLOAT_DTYPES:
-            return LosslessCodec(self.level).encode(t)
+            return LosslessCodec(self.level).encode_parts(t)
         x = t.float()
         axis = self._channel_axis(x)
         mins, scales = self._stats(x, axis)
         q = _quantize(x, mins, scales, axis, self.levels)
         body = _zstd.compress(pack_bits(q, self.bits).numpy(), self.level)
         params = self._params(axis, mins, scales)
-        return pack_payload(self.codec_id, t.dtype, tuple(t.shape), params, body)
+        return pack_payload_parts(self.codec_id, t.dtype, tuple(t.shape), params, body)
 
     def max_abs_error(self, tensor: torch.Tensor) -> float:
         t = prepare_tensor(tensor, self.name)

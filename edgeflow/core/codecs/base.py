@@ -15,6 +15,7 @@ from edgeflow.core.codecs.format import (
     DTYPE_CODES,
     DecodeLimits,
     PayloadHeader,
+    PayloadParts,
     split_payload,
 )
 from edgeflow.errors import CodecError
@@ -91,6 +92,16 @@ class Codec(abc.ABC):
         Raises:
             CodecError: The codec cannot represent ``tensor`` (e.g. NaN under a quantizing codec).
         """
+
+    def encode_parts(self, tensor: torch.Tensor) -> PayloadParts:
+        """What :meth:`encode` returns, as its parts not joined yet (see ``PayloadParts``): for a writer that copies
+        the payload anyway. Codecs that join a header and a body override it to skip the join; this default is
+        the whole payload as one part.
+
+        Raises:
+            CodecError: as :meth:`encode`.
+        """
+        return PayloadParts((self.encode(tensor),))
 
     @abc.abstractmethod
     def max_abs_error(self, tensor: torch.Tensor) -> float | None:

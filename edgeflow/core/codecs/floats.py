@@ -18,7 +18,7 @@ import torch
 
 from edgeflow.core.codecs import _zstd
 from edgeflow.core.codecs.base import FLOAT_DTYPES, Codec, prepare_tensor, register
-from edgeflow.core.codecs.format import PayloadHeader, pack_payload
+from edgeflow.core.codecs.format import PayloadHeader, PayloadParts, pack_payload_parts
 from edgeflow.core.codecs.lossless import LosslessCodec, raw_bytes
 from edgeflow.errors import CodecError
 
@@ -52,16 +52,19 @@ class _HalfCodec(Codec):
             raise CodecError(f"{self.name}: shuffle must be a bool, got {self.shuffle!r}")
 
     def encode(self, tensor: torch.Tensor) -> bytes:
+        return self.encode_parts(tensor).join()
+
+    def encode_parts(self, tensor: torch.Tensor) -> PayloadParts:
         t = prepare_tensor(tensor, self.name)
         if t.dtype not in FLOAT_DTYPES:
-            return LosslessCodec(self.level).encode(t)
+            return LosslessCodec(self.level).encode_parts(t)
         h = self._cast(t)
         raw = raw_bytes(h)
         if self.shuffle:
             raw = raw.view(-1, 2).t().contiguous().view(-1)  # (2 * N,): low-byte plane, high-byte plane
         body = _zstd.compress(raw.numpy(), self.level)
         params = bytes([_SHUFFLE if self.shuffle else 0])
-        return pack_payload(self.codec_id, t.dtype, tuple(t.shape), params, body)
+        return pack_payload_parts(self.codec_id, t.dtype, tuple(t.shape), params, body)
 
     def max_abs_error(self, tensor: torch.Tensor) -> float:
         t = prepare_tensor(tensor, self.name)

@@ -43,8 +43,10 @@ __all__ = [
     "DecodeLimits",
     "DEFAULT_LIMITS",
     "PayloadHeader",
+    "PayloadParts",
     "as_byte_view",
     "pack_payload",
+    "pack_payload_parts",
     "split_payload",
 ]
 
@@ -167,6 +169,44 @@ def as_byte_view(payload: object) -> memoryview:
     return view.toreadonly()
 
 
+@dataclass(frozen=True)
+class PayloadParts:
+    """A payload as the buffers that make it, in order, not joined yet: ``join()`` is the payload's bytes.
+
+    Whoever copies a payload anyway takes its parts and saves the copy a join makes: the transport writes them
+    straight into the message it sends (``edgeflow.transport.wire.frame``), so a hop's body is copied once after
+    the codec made it instead of twice (a 10 MB body: ~0.5-1 ms per copy on the reference VM).
+
+    Attributes:
+        parts: the header (with shape and params) and the body, as views of the codec's own buffers.
+    """
+
+    parts: tuple[bytes | memoryview, ...]
+
+    @property
+    def nbytes(self) -> int:
+        """Size of the payload."""
+        return sum(memoryview(p).nbytes for p in self.parts)
+
+    def join(self) -> bytes:
+        """The payload's bytes (one copy)."""
+        return b"".join(self.parts)
+
+
+def pack_payload_parts(
+    codec_id: int, dtype: torch.dtype, shape: tuple[int, ...], params: bytes, body: object
+) -> PayloadParts:
+    """What :func:`pack_payload` returns, as its header and body not joined yet (the body not copied).
+
+    Args: as :func:`pack_payload`.
+    """
+    body_view = memoryview(body).cast("B")  # type: ignore[arg-type]
+    shape_bytes = struct.pack(f"<{len(shape)}q", *shape)
+    fixed = _FIXED.pack(MAGIC, FORMAT_VERSION, codec_id, DTYPE_CODES[dtype], len(shape), len(params), body_view.nbytes)
+    crc = zlib.crc32(params, zlib.crc32(shape_bytes, zlib.crc32(fixed)))
+    return PayloadParts((b"".join((fixed, _CRC.pack(crc), shape_bytes, params)), body_view))
+
+
 def pack_payload(
     codec_id: int, dtype: torch.dtype, shape: tuple[int, ...], params: bytes, body: object
 ) -> bytes:
@@ -182,11 +222,7 @@ def pack_payload(
     Returns:
         The payload.
     """
-    body_view = memoryview(body).cast("B")  # type: ignore[arg-type]
-    shape_bytes = struct.pack(f"<{len(shape)}q", *shape)
-    fixed = _FIXED.pack(MAGIC, FORMAT_VERSION, codec_id, DTYPE_CODES[dtype], len(shape), len(params), body_view.nbytes)
-    crc = zlib.crc32(params, zlib.crc32(shape_bytes, zlib.crc32(fixed)))
-    return b"".join((fixed, _CRC.pack(crc), shape_bytes, params, body_view))
+    return pack_payload_parts(codec_id, dtype, shape, params, body).join()
 
 
 def split_payload(payload: object, limits: DecodeLimits) -> tuple[PayloadHeader, memoryview, memoryview]:

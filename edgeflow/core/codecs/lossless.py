@@ -8,7 +8,7 @@ import torch
 
 from edgeflow.core.codecs import _zstd
 from edgeflow.core.codecs.base import Codec, prepare_tensor, register
-from edgeflow.core.codecs.format import PayloadHeader, pack_payload
+from edgeflow.core.codecs.format import PayloadHeader, PayloadParts, pack_payload_parts
 from edgeflow.errors import CodecError
 
 __all__ = ["LosslessCodec", "raw_bytes"]
@@ -39,9 +39,12 @@ class LosslessCodec(Codec):
         _zstd.check_level(self.level)
 
     def encode(self, tensor: torch.Tensor) -> bytes:
+        return self.encode_parts(tensor).join()
+
+    def encode_parts(self, tensor: torch.Tensor) -> PayloadParts:
         t = prepare_tensor(tensor, self.name)
         body = _zstd.compress(raw_bytes(t).numpy(), self.level)
-        return pack_payload(self.codec_id, t.dtype, tuple(t.shape), b"", body)
+        return pack_payload_parts(self.codec_id, t.dtype, tuple(t.shape), b"", body)
 
     def max_abs_error(self, tensor: torch.Tensor) -> float:
         prepare_tensor(tensor, self.name)  # same acceptance as encode

@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+import torch
 
+from edgeflow.core.codecs import codec_from_spec, decode
+from edgeflow.core.codecs.format import PayloadParts
 from edgeflow.transport._gen import agent_pb2 as pb
 from edgeflow.errors import InvalidRequest, RequestTooLarge
 from edgeflow.transport.messages import (
@@ -64,6 +67,27 @@ def test_standard_protobuf_clients_read_our_messages() -> None:
     assert [t.name for t in msg.inputs] == ["a", "b"]
     assert list(msg.raw_input_contents) == [b"payload-a", b"pb"]
     assert msg.parameters["output_codec"].string_param == "fp16"
+
+
+@pytest.mark.parametrize("spec", ["lossless", "int8:z3", "fp16", "jpeg"])
+def test_a_payload_sent_as_its_parts_frames_the_same_message(spec: str) -> None:
+    """A tensor about to be sent carries its codec's parts (header, body), written into the message without joining
+    them first: the bytes are exactly those of the joined payload, and protobuf itself reads them as the message
+    built the normal way."""
+    x = torch.rand(2, 3, 8, 8)
+    codec = codec_from_spec(spec)
+    parts = codec.encode_parts(x)
+    assert isinstance(parts, PayloadParts) and parts.nbytes == len(codec.encode(x))
+    joined = replace(_call(), tensors=[WireTensor("a", "FP32", (2, 3, 8, 8), spec, parts.join())])
+    ours = encode_request(replace(joined, tensors=[replace(joined.tensors[0], payload=parts)]))
+    assert ours == encode_request(joined)
+    normal = pb.InferRequest(id="req-1", model_fingerprint="fp", start=7, raw_input_contents=[parts.join()])
+    normal.inputs.add(name="a", datatype="FP32", shape=[2, 3, 8, 8]).parameters["codec"].string_param = spec
+    normal.parameters["output_codec"].string_param = "fp16"
+    assert pb.InferRequest.FromString(ours) == normal
+    got = decode_request(ours, LIMITS)
+    assert bytes(got.tensors[0].payload) == parts.join() and got.tensors[0].nbytes == parts.nbytes
+    assert torch.equal(decode(got.tensors[0].payload), decode(parts.join()))
 
 
 def test_description_round_trip() -> None:
