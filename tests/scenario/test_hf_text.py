@@ -82,4 +82,10 @@ def test_device_process_is_sent_text_and_answers_like_the_unsplit_model(scenario
         assert m["accuracy"] is None and 0.99 <= m["cosine"]["min"], m.get("cosine")
     assert summary["baselines"]["device-only"]["bit_exact"] == 1.0  # text in, the unsplit model's answer out
     assert summary["planner"]["device"].startswith("agent process")
+    from edgeflow.testing.tinybert import SENTENCES
+
+    for run in ("edgeflow", "device-only"):  # the device got the text: its request's size follows the sentence's
+        mine = [r for r in records if r["run"] == run]
+        extra = {r["stages"][0]["bytes_in"] - len(SENTENCES[r["sample"]].encode()) for r in mine}
+        assert len(mine) == 6 and len(extra) == 1, (run, extra)
     assert not processes_mentioning(str(out)), "agent processes left behind"
