@@ -22,6 +22,7 @@ import torch
 
 from edgeflow.agent.agent import Agent
 from edgeflow.agent.gcfreeze import freeze_startup_objects, thaw
+from edgeflow.agent.textin import TEXT_INPUT
 from edgeflow.agent.live import LivePlanner
 from edgeflow.agent.wiring import build_agent, start_live_planning
 from edgeflow.config import NodeConfig
@@ -42,7 +43,6 @@ from edgeflow.transport import (
 )
 from edgeflow.transport.metrics import Metrics
 from edgeflow.transport.strings import BYTES, encode_strings
-from edgeflow.agent.textin import TEXT_INPUT
 
 __all__ = ["Result", "DeviceClient", "AgentClient"]
 
