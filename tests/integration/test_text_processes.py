@@ -115,3 +115,15 @@ def test_bad_text_is_refused_by_name_and_the_device_keeps_serving(bert: dict[str
             client.peer.infer(_text_call(client, encode_strings(["a"]), 1, name="prompt"), timeout_s=60)
         hidden, _ = _reference(bert["folder"], ["still serving"])
         assert torch.equal(client.infer(["still serving"], timeout_s=60).output[0], hidden)
+
+
+def test_edgeflow_infer_sends_a_sentence_file_as_text(bert: dict[str, Any], tools: Any, tmp_path: Path) -> None:
+    import json
+
+    (tmp_path / "s.txt").write_text("# two sentences\nText never leaves the device.\nThe cloud runs the rest.\n")
+    cmd = tools.edgeflow_cmd("infer", "--via", bert["device"].address, "--input", str(tmp_path / "s.txt"), "--json")
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=tools.env(), cwd=str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["output_shape"] == [2, LENGTH, 16] and data["answered_by"] == "cloud"
+    assert [t["tier"] for t in data["tiers"]] == ["device", "cloud"] and data["tiers"][1]["start"] == bert["cut"]
