@@ -226,8 +226,10 @@ def tokenizer_from_folder(folder: str | Path, inputs: Sequence[InputSpec], *, tr
     if pad_token is None:
         raise ConfigError(f"{path}: no pad token in the vocabulary (looked for {candidates})")
     pad_id = int(tok.token_to_id(pad_token))
-    max_length = inputs[0].shape[1] if len(inputs[0].shape) == 2 else 0
-    spec = TokenizerSpec(text, max_length or 1, truncation, pad_id, pad_token, tuple(s.name for s in inputs))
+    if len(inputs[0].shape) != 2:
+        raise ConfigError(f"{path}: cannot feed the model's inputs: input {inputs[0].name!r} has shape "
+                          f"{list(inputs[0].shape)}; the tokenizer makes (B, T)")  # fmt: skip
+    spec = TokenizerSpec(text, inputs[0].shape[1], truncation, pad_id, pad_token, tuple(s.name for s in inputs))
     try:
         spec.check_inputs(inputs)
     except ValueError as e:

@@ -85,8 +85,10 @@ def _artifact_text_source(spec: WorkloadSpec, artifact: str, scenario_dir: Path)
             f"tokenizer.json (edgeflow export hf:DIR)"
         )
 
-    if ":" in artifact.split("/", 1)[0] or not Path(artifact).is_file():  # builtin:, zoo:, or no file
+    if ":" in artifact.split("/", 1)[0]:  # builtin:, zoo:
         raise not_text()
+    if not Path(artifact).is_file():
+        raise ScenarioError(f"model.artifact: no file {artifact!r}")
     path = text_source_path(spec.source, scenario_dir)
     try:
         art = load_artifact(artifact)  # the fingerprint covers the tokenizer: a tampered one is refused here
