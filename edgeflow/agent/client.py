@@ -278,6 +278,8 @@ class AgentClient:
               stream: str = "", frame: int = -1) -> InferCall:  # fmt: skip
         d = self.describe()
         if isinstance(x, list):  # sentences: one BYTES tensor, tokenized by the agent (edgeflow.agent.textin)
+            if not all(isinstance(s, str) for s in x):
+                raise TypeError("a list input is sentences (str); give several tensors as a tuple")
             text = WireTensor(TEXT_INPUT, BYTES, (len(x),), "", encode_strings(x))
             return InferCall(request_id or _request_id("client"), d.fingerprint, 0, [text], plan=plan, stream=stream,
                              frame=frame)  # fmt: skip
