@@ -4,7 +4,8 @@ Whatever tensors reach an agent from the wire — a request's inputs, or payload
 itself (a fallback) — pass :meth:`Admission.admit` once:
 
 1. **checked** against what crosses that position of the model (:meth:`ModelRuntime.check_wire_tensors`: count,
-   names, datatypes, shapes, batch size), before anything is decoded;
+   names, datatypes, shapes, batch size), before anything is decoded; text (a ``BYTES`` model input) is checked
+   and tokenized by :mod:`edgeflow.agent.textin` instead of decoded;
 2. **budgeted**: the decoded size implied by the declared shapes is taken from the agent's memory budget
    (``compute.memory_cap_mb``) for as long as the values are held;
 3. **decoded**: each payload's codec must be known and its header must agree with the declaration; decoding is
@@ -30,6 +31,7 @@ import torch
 from edgeflow.agent.compute import MemoryBudget
 from edgeflow.agent.runtime import ModelRuntime
 from edgeflow.agent.streams import StreamReceiver, StreamRef
+from edgeflow.agent.textin import check_text, is_text, tokenize_text
 from edgeflow.core.codecs import CODEC_NAMES, Codec, DecodeLimits, codec_from_spec, decode, read_header
 from edgeflow.core.plan import TIERS, Plan
 from edgeflow.errors import BadReply, CodecError
@@ -101,13 +103,20 @@ class Admission:
             CodecError: a corrupt or truncated payload.
             StreamRejected: a stream frame that does not apply to the stream's state here.
         """
-        self.runtime.check_wire_tensors(position, tensors)
         infos = self.runtime.cut_info(position).tensors
-        nbytes = sum(_numel(t.shape) * _itemsize(i.dtype) for t, i in zip(tensors, infos))
+        text = is_text(position, tensors)  # sentences: tokenized here, the model's token inputs budgeted
+        if text:
+            batch = check_text(self.runtime, tensors)
+            nbytes = sum(batch * _numel(i.shape[1:]) * _itemsize(i.dtype) for i in infos)
+        else:
+            self.runtime.check_wire_tensors(position, tensors)
+            nbytes = sum(_numel(t.shape) * _itemsize(i.dtype) for t, i in zip(tensors, infos))
         self.memory.acquire(nbytes)
         try:
             t0 = time.monotonic()
-            if stream is not None and self.streams is not None:
+            if text:
+                values = tokenize_text(self.runtime, tensors)
+            elif stream is not None and self.streams is not None:
                 values = self.streams.decode(stream, position, tensors, lambda i, t: self._decode(i, t, position))
                 device = self.runtime.device
                 values = [v.to(device) if device.type != "cpu" else v for v in values]

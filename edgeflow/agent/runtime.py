@@ -83,6 +83,9 @@ class ModelRuntime:
         self.exits = {int(k): v.eval().to(self.device) for k, v in (exits or {}).items()}
         self.max_batch = max_batch
         self.calibration: Any = None  # the artifact's exit calibration table, when loaded from one (planner input)
+        # text in, the model's token inputs out (edgeflow.agent.textin); None: this runtime takes no text, and why
+        self.tokenizer: Any = None
+        self.tokenizer_error = ""
         # the artifact's input spec (edgeflow.core.inputs.InputSpec), when loaded from one; else from the trace
         self.inputs: list[InputSpec] = _inputs_of(self.partition.cut_info(0))
         self._batch_dims: dict[tuple[int, ...], bool] = {}  # positions -> every value there has a batch dim

@@ -5,6 +5,7 @@ ask a running agent what it is and has been through.
     edgeflow agent --node nodes/edge.yaml --port 0 --upstream 127.0.0.1:50051
     edgeflow infer --node nodes/device.yaml --input digit.png  # device tier in process, rich table
     edgeflow infer --via 127.0.0.1:50050 --input x.npy --json  # submit to a running agent
+    edgeflow infer --via 127.0.0.1:50050 --input sentences.txt # text: the device agent tokenizes it
     edgeflow describe 127.0.0.1:50052 [--json]                 # role, plan, model, upstream, counters
 
 The agent prints one line ``edgeflow agent <role> listening on <host:port>`` to stdout once it serves
@@ -111,6 +112,10 @@ def load_input(path: Path, image_size: tuple[int, int] | None, names: list[str] 
     import torch
 
     suffix = path.suffix.lower()
+    if suffix == ".txt":  # sentences, one a line: text for a model that carries a tokenizer (returned as a list)
+        from edgeflow.core.text import read_sentences
+
+        return read_sentences(path)
     try:
         if suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -138,7 +143,7 @@ def load_input(path: Path, image_size: tuple[int, int] | None, names: list[str] 
         raise
     except Exception as e:  # PIL, numpy and safetensors raise their own types on a malformed file
         raise ConfigError(f"--input {path}: cannot load: {type(e).__name__}: {e}") from None
-    raise ConfigError(f"--input {path}: unsupported file type {suffix!r}; use .png, .jpg, .npy or .safetensors")
+    raise ConfigError(f"--input {path}: unsupported file type {suffix!r}; use .png, .jpg, .npy, .safetensors or .txt")
 
 
 def _setup_logging(level: str) -> None:
@@ -200,7 +205,8 @@ def agent(
 
 
 def infer(
-    input: Path = typer.Option(..., "--input", help="image (.png/.jpg), .npy array, or .safetensors of named inputs"),
+    input: Path = typer.Option(..., "--input", help="image (.png/.jpg), .npy array, .safetensors of named inputs, or .txt "
+                               "of sentences (one a line) for a model that carries a tokenizer"),
     node: Optional[Path] = typer.Option(None, "--node", help="run the device tier in process from this node file"),
     via: Optional[str] = typer.Option(None, "--via", help="instead, submit to a running agent at host:port"),
     token_file: Optional[Path] = typer.Option(None, "--token-file", help="with --via: bearer token file (agent's auth)"),
@@ -241,6 +247,11 @@ def infer(
                 example = device.agent.runtime.example_input[0]
                 names = [t.name for t in device.agent.runtime.cut_info(0).tensors]
                 x = load_input(input, tuple(example.shape[-2:]) if example.dim() == 4 else None, names)
+                if isinstance(x, list):  # sentences: this process is the device, so they are tokenized here
+                    tokenizer = device.agent.runtime.tokenizer
+                    if tokenizer is None:
+                        raise ConfigError(f"--input {input}: sentences, but the model takes no text (inputs {names})")
+                    x = tuple(tokenizer.encode(x))
                 result = device.infer(x, timeout_s=timeout_s)
                 plan_text = str(device.agent.plan)
     except EdgeflowError as e:

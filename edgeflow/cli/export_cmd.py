@@ -8,6 +8,10 @@
 SOURCE is ``MODULE:FACTORY`` (an importable module, or a ``.py`` file, and a callable in it that takes no
 arguments and returns an ``nn.Module``; a module class works), ``torchvision:NAME`` / ``timm:NAME`` (built
 with random weights: nothing is downloaded), or ``hf:DIR`` (a Hugging Face model folder, read offline).
+
+An ``hf:`` folder's ``tokenizer.json`` goes into the artifact with its settings (``edgeflow.core.tokenizer``:
+max length = the token inputs' dim 1, padding to it, truncation unless ``--no-truncation``), covered by the
+fingerprint: the device tokenizes text itself (a sentence workload, or text sent to a device agent).
 """
 
 from __future__ import annotations
@@ -161,6 +165,8 @@ def export(
     out: Path = typer.Option(..., "--out", help="artifact file to write, e.g. model.ef"),
     input_shape: Optional[str] = typer.Option(None, "--input-shape", help="one float32 input, e.g. 1,3,224,224 (dim 0: batch)"),
     inputs: Optional[List[str]] = typer.Option(None, "--input", help="NAME:SHAPE:DTYPE, repeatable, e.g. input_ids:1,16:int64"),
+    truncation: bool = typer.Option(True, "--truncation/--no-truncation",
+                                    help="hf: the carried tokenizer cuts text longer than the inputs' length (else refuses it)"),
 ) -> None:
     """Export a PyTorch model into a self-contained artifact (graph, weights, input spec, fingerprint)."""
     from edgeflow.core.artifact import load_artifact
@@ -171,6 +177,10 @@ def export(
         model = load_source(source)
         specs = _input_specs(model, source, input_shape, list(inputs or []))
         exported = export_model(model, specs, source=source)
+        if source.startswith("hf:"):
+            from edgeflow.core.tokenizer import tokenizer_from_folder
+
+            exported.tokenizer = tokenizer_from_folder(source[3:], exported.inputs, truncation=truncation)
         fp = save_graph_artifact(out, exported)
         art = load_artifact(out)  # what an agent will load: the file, not the object in memory
         p = partition(art.model, tuple(art.example_inputs(1).values()))
@@ -185,6 +195,13 @@ def export(
     _out.print(f"graph: {len(exported.graph['nodes'])} nodes, {exported.num_outputs} output(s), "
                f"{len(exported.weights)} tensors ({nbytes / 1e6:.1f} MB); {p.num_positions} positions, "
                f"{len(p.cuts)} candidate cuts", highlight=False)  # fmt: skip
+    if exported.tokenizer is not None:
+        t = exported.tokenizer
+        _out.print(f"tokenizer: tokenizer.json, fills {' '.join(t.fills)}, max_length {t.max_length}, padding "
+                   f"{t.padding} ({t.pad_token}), truncation {'on' if t.truncation else 'off'}", highlight=False)  # fmt: skip
+    elif source.startswith("hf:"):
+        _err.print("note: no tokenizer carried (the folder has no tokenizer.json, or the model takes inputs other than "
+                   "input_ids/attention_mask/token_type_ids): text must be tokenized by the caller", highlight=False)  # fmt: skip
     _out.print(f"fingerprint: {fp}", highlight=False)
     if source.split(":", 1)[0] in ("torchvision", "timm"):
         _err.print("note: built with seeded random weights (nothing is downloaded): latency and bytes are real, "

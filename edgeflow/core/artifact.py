@@ -93,6 +93,7 @@ class Artifact:
     max_batch: int | None = None
     extra: dict[str, torch.Tensor] = field(default_factory=dict)  # bottleneck.* tensors (codecs/learned.py)
     bottlenecks: dict[int, nn.Module] = field(default_factory=dict)  # cut -> learned bottleneck, built from extra
+    tokenizer: Any = None  # an exported text model's TokenizerSpec (edgeflow.core.tokenizer), covered by the fingerprint
 
     def __post_init__(self) -> None:
         if not self.inputs:
@@ -324,13 +325,15 @@ def load_artifact(path: str | os.PathLike[str], expect_fingerprint: str | None =
     if version == GRAPH_FORMAT_VERSION:  # an exported graph (edgeflow export), no registered architecture
         from .export import GRAPH_ARCH, load_graph_artifact
 
-        gm, inputs, model_fields, specs, calibration, fp = load_graph_artifact(where, metadata, tensors, expect_fingerprint)
+        gm, inputs, model_fields, specs, calibration, fp, tok = load_graph_artifact(where, metadata, tensors,
+                                                                                    expect_fingerprint)  # fmt: skip
         heads = _load_heads(where, specs, tensors)
         unknown = sorted(k for k in tensors if not k.startswith("model.") and not _is_exit_key(k, len(specs)))
         if unknown:
             raise ArtifactError(f"{where}: unexpected tensors {unknown[:8]}")
         max_batch = inputs[0].shape[0] if model_fields["batch"] == "fixed" else None
-        return Artifact(gm.eval(), GRAPH_ARCH, model_fields, heads, calibration, fp, path, inputs, max_batch)
+        return Artifact(gm.eval(), GRAPH_ARCH, model_fields, heads, calibration, fp, path, inputs, max_batch,
+                        tokenizer=tok)  # fmt: skip
     if version != FORMAT_VERSION:
         raise ArtifactError(
             f"{where}: format version {version!r} is not supported (expected {FORMAT_VERSION!r} or {GRAPH_FORMAT_VERSION!r})"

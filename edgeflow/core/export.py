@@ -11,11 +11,12 @@ writes both into one safetensors file (the format of :mod:`edgeflow.core.artifac
               ``edgeflow.inputs``          JSON input spec (:mod:`edgeflow.core.inputs`)
               ``edgeflow.model``           JSON ``{"source", "batch": "dynamic" | "fixed", "num_outputs"}``
               ``edgeflow.exits``, ``edgeflow.calibration``, ``edgeflow.fingerprint``  as in format "1"
+              ``edgeflow.tokenizer``       optional: JSON :class:`~edgeflow.core.tokenizer.TokenizerSpec` (``hf:`` models)
 
 The fingerprint is :func:`edgeflow.core.artifact.fingerprint` with architecture ``"edgeflow.graph"`` and, as
-config, the canonical JSON of graph, inputs and model fields — so it covers the graph, the input spec, the
-weights, the exit heads and the calibration. Loading re-checks it, rebuilds the graph through the op
-whitelist, and never unpickles anything.
+config, the canonical JSON of graph, inputs, model fields and the tokenizer (when there is one) — so it covers
+the graph, the input spec, the tokenizer, the weights, the exit heads and the calibration. Loading re-checks it,
+rebuilds the graph through the op whitelist, and never unpickles anything.
 
 The model's outputs are flattened (``torch.utils._pytree``): one tensor comes back bare, anything else (a
 tuple, a dict, a Hugging Face ``ModelOutput``) as a tuple of its tensors in flattening order.
@@ -42,6 +43,7 @@ from ..errors import ArtifactError
 from .exits import CalibrationTable, ExitHead
 from .graphjson import DROPPED_TARGETS, check_sizes, graph_from_json, graph_to_json, target_name
 from .inputs import InputSpec, check_names, inputs_from_json, inputs_to_json
+from .tokenizer import TokenizerSpec
 
 __all__ = ["GRAPH_FORMAT_VERSION", "ExportedModel", "export_model", "save_graph_artifact"]
 
@@ -63,6 +65,7 @@ class ExportedModel:
         source: where the model came from (``MODULE:FACTORY``, ``torchvision:NAME``...), for people.
         exact: whether the rebuilt graph reproduced the model bit-exactly on the example inputs.
         max_abs_diff: the largest difference seen when it did not.
+        tokenizer: the tokenizer that turns text into the model's inputs (an ``hf:`` folder's), or None.
     """
 
     graph: dict[str, Any]
@@ -73,6 +76,7 @@ class ExportedModel:
     source: str = ""
     exact: bool = True
     max_abs_diff: float = 0.0
+    tokenizer: TokenizerSpec | None = None
 
     def model_json(self) -> dict[str, Any]:
         return {"source": self.source, "batch": self.batch, "num_outputs": self.num_outputs}
@@ -333,9 +337,13 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
-def graph_config_json(graph: Any, inputs_json: str, model_json: Any) -> str:
-    """What the fingerprint covers besides tensors, exits and calibration (canonical JSON)."""
-    return canonical_json({"graph": graph, "inputs": json.loads(inputs_json), "model": model_json})
+def graph_config_json(graph: Any, inputs_json: str, model_json: Any, tokenizer: TokenizerSpec | None = None) -> str:
+    """What the fingerprint covers besides tensors, exits and calibration (canonical JSON). Without a tokenizer
+    the text is what it was before tokenizers were carried, so older artifacts keep their fingerprints."""
+    config = {"graph": graph, "inputs": json.loads(inputs_json), "model": model_json}
+    if tokenizer is not None:
+        config["tokenizer"] = tokenizer.to_json()
+    return canonical_json(config)
 
 
 def save_graph_artifact(
@@ -362,7 +370,12 @@ def save_graph_artifact(
     cal_text = calibration.to_json() if calibration is not None else "null"
     inputs_json = inputs_to_json(exported.inputs)
     model_json = exported.model_json()
-    config = graph_config_json(exported.graph, inputs_json, model_json)
+    if exported.tokenizer is not None:
+        try:
+            exported.tokenizer.check_inputs(exported.inputs)
+        except ValueError as e:
+            raise ArtifactError(f"cannot save the tokenizer: {e}") from None
+    config = graph_config_json(exported.graph, inputs_json, model_json, exported.tokenizer)
     fp = fingerprint(GRAPH_ARCH, config, tensors, specs, cal_text)
     metadata = {
         _META + "format_version": GRAPH_FORMAT_VERSION,
@@ -373,6 +386,8 @@ def save_graph_artifact(
         _META + "calibration": cal_text,
         _META + "fingerprint": fp,
     }
+    if exported.tokenizer is not None:
+        metadata[_META + "tokenizer"] = canonical_json(exported.tokenizer.to_json())
     write_atomically(path, tensors, metadata)
     return fp
 
@@ -380,11 +395,11 @@ def save_graph_artifact(
 # -------------------------------------------------------------------------------------------- loading
 def load_graph_artifact(
     where: str, metadata: Mapping[str, str], tensors: Mapping[str, torch.Tensor], expect_fingerprint: str | None
-) -> tuple[fx.GraphModule, list[InputSpec], dict[str, Any], list[Any], CalibrationTable | None, str]:
+) -> tuple[fx.GraphModule, list[InputSpec], dict[str, Any], list[Any], CalibrationTable | None, str, TokenizerSpec | None]:
     """The graph half of :func:`edgeflow.core.artifact.load_artifact` (format "2"): check, then rebuild.
 
     Returns:
-        (graph module, inputs, model fields, exit specs, calibration, fingerprint).
+        (graph module, inputs, model fields, exit specs, calibration, fingerprint, tokenizer or None).
 
     Raises:
         ArtifactError: malformed metadata, fingerprint mismatch, a graph the whitelist refuses, weights that
@@ -409,8 +424,12 @@ def load_graph_artifact(
         if model_json["batch"] not in ("dynamic", "fixed") or not isinstance(model_json["source"], str):
             raise ValueError(f"batch must be 'dynamic' or 'fixed', got {str(model_json['batch'])[:40]!r}")
     specs, cal_text, calibration = read_exits(where, meta)
+    tokenizer = None
+    if _META + "tokenizer" in metadata:
+        with _untrusted(where, "malformed tokenizer"):
+            tokenizer = TokenizerSpec.from_json(_parse_json(meta("tokenizer")))
     with _untrusted(where, "graph cannot be fingerprinted"):
-        config = graph_config_json(graph, inputs_to_json(inputs), model_json)
+        config = graph_config_json(graph, inputs_to_json(inputs), model_json, tokenizer)
     fp = fingerprint(GRAPH_ARCH, config, tensors, specs, cal_text)
     check_fingerprint(where, fp, meta("fingerprint"), expect_fingerprint)
     weights = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
@@ -420,4 +439,7 @@ def load_graph_artifact(
         raise ArtifactError(f"{where}: the graph takes inputs {placeholders}, the input spec names {[s.name for s in inputs]}")
     with _untrusted(where, "graph refused"):
         check_sizes(gm, [s.example(1) for s in inputs])
-    return gm, inputs, model_json, specs, calibration, fp
+    if tokenizer is not None:
+        with _untrusted(where, "tokenizer does not fit the inputs"):
+            tokenizer.check_inputs(inputs)
+    return gm, inputs, model_json, specs, calibration, fp, tokenizer

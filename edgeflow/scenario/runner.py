@@ -451,6 +451,8 @@ class ScenarioRunner:
         swap_all(live, live=False, mean=spec.adaptive)
         senders: list[Sender] = []
         notes: list[str] = []
+        # a device agent process is sent a sentence workload as text and tokenizes it itself (edgeflow.agent.textin)
+        sent = workload.texts if self.device_process and workload.texts is not None else workload.inputs
         try:
             for d, link in enumerate(device_links):
                 senders.append(self._sender(spec, runtime, d, link, take(workload.inputs, 0, 1)))
@@ -458,7 +460,7 @@ class ScenarioRunner:
             for s in senders:  # warm-up: handshakes, first runs of ranges; not measured
                 for i in range(min(_WARMUP_REQUESTS, len(workload))):
                     try:
-                        s.warm_up(f"{spec.name}-warmup-{i}", take(workload.inputs, i, i + 1), time.monotonic() + sc.workload.timeout_s)
+                        s.warm_up(f"{spec.name}-warmup-{i}", take(sent, i, i + 1), time.monotonic() + sc.workload.timeout_s)
                     except EdgeflowError as e:
                         notes.append(f"warm-up request failed: {type(e).__name__}: {e}")
             # A collection inside a measured compute would be multiplied by the emulated slowdown (a 10 ms pause
@@ -473,7 +475,7 @@ class ScenarioRunner:
             if self._tracer is None:
                 self._tracer = Tracer.create("edgeflow-device", exporter="jsonl", path=self._spans_path)
             _, outcomes = drive(
-                workload.inputs, workload.send_s, workload.device_of, senders, run_name=spec.name,
+                sent, workload.send_s, workload.device_of, senders, run_name=spec.name,
                 timeout_s=sc.workload.timeout_s, concurrency=sc.workload.concurrency, start=t0,
                 streamed=sc.workload.streamed,
                 on_done=lambda o: self.events.on_request(spec.name, o), tracer=self._tracer,

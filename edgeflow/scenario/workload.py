@@ -22,11 +22,15 @@ __all__ = ["Inputs", "Workload", "ExpectedInput", "expected_inputs", "check_work
 
 # A batch of model inputs: one tensor, or one tensor per model input (e.g. token ids and attention mask), dim 0 the
 # request index in every one.
-Inputs = Union[torch.Tensor, tuple[torch.Tensor, ...]]
+# A list of sentences stands for a text model's token inputs where the device tokenizes them (Workload.texts).
+Inputs = Union[torch.Tensor, tuple[torch.Tensor, ...], list[str]]
 
 
 def take(inputs: Inputs, start: int, stop: int) -> Inputs:
-    """Requests ``start..stop-1`` of ``inputs``, contiguous (a tensor stays a tensor, a tuple a tuple)."""
+    """Requests ``start..stop-1`` of ``inputs``, contiguous (a tensor stays a tensor, a tuple a tuple, sentences a
+    list)."""
+    if isinstance(inputs, list):  # sentences, sent as text to a device agent process
+        return inputs[start:stop]
     if isinstance(inputs, tuple):
         return tuple(t[start:stop].contiguous() for t in inputs)
     return inputs[start:stop].contiguous()
@@ -34,6 +38,8 @@ def take(inputs: Inputs, start: int, stop: int) -> Inputs:
 
 def count(inputs: Inputs) -> int:
     """The number of requests in ``inputs``."""
+    if isinstance(inputs, list):
+        return len(inputs)
     return int((inputs[0] if isinstance(inputs, tuple) else inputs).shape[0])
 
 
@@ -50,6 +56,7 @@ class Workload:
         sample_index: (R,) index of each input in its data set.
         spec: what it was built from.
         labels_from: where the labels come from, in words; None without labels.
+        texts: (R,) a sentence workload's sentences (``inputs`` are their tokens), else None.
     """
 
     inputs: Inputs
@@ -59,6 +66,7 @@ class Workload:
     sample_index: np.ndarray
     spec: WorkloadSpec
     labels_from: str | None = None
+    texts: list[str] | None = None
 
     def __len__(self) -> int:
         return count(self.inputs)
@@ -202,8 +210,9 @@ def build_workload(spec: WorkloadSpec, inputs: tuple[int, ...] | Sequence[Expect
 
     if is_text_source(spec.source):
         rng = np.random.default_rng(spec.seed)
-        tokens, order = tokenize_workload(spec, artifact, base_dir or Path.cwd(), rng)
-        return Workload(tokens, None, _send_times(spec, rng), np.arange(spec.requests) % spec.devices, order, spec)
+        tokens, order, texts = tokenize_workload(spec, artifact, base_dir or Path.cwd(), rng)
+        return Workload(tokens, None, _send_times(spec, rng), np.arange(spec.requests) % spec.devices, order, spec,
+                        texts=texts)  # fmt: skip
     expected = _as_expected(inputs)
     _check_workload_size(spec, expected)
     rng = np.random.default_rng(spec.seed)
@@ -276,9 +285,12 @@ def _send_times(spec: WorkloadSpec, rng: np.random.Generator) -> np.ndarray | No
 def reference_predictions(model: torch.nn.Module, inputs: Inputs, batch_size: int = 128) -> np.ndarray:
     """What ``agreement`` compares against: the unsplit fp32 model's top-1 predictions, (R,) int64; for a model
     of several inputs (a sentence encoder) its outputs themselves, (R, C) float32 (compared by cosine), computed one
-    request at a time as the device sends them (a batched matmul may round differently: bit-exact is checked)."""
+    request at a time as the device sends them (a batched matmul may round differently: bit-exact is checked).
+    A model of several outputs (a Hugging Face encoder: hidden states, pooled) is compared on its first, as the
+    senders answer with it, flattened per request, (R, T*C)."""
     if isinstance(inputs, tuple):
         outs = [model(*take(inputs, i, i + 1)) for i in range(count(inputs))]
+        outs = [(o[0] if isinstance(o, (tuple, list)) else o).reshape(1, -1) for o in outs]
         return torch.cat(outs).float().numpy() if outs else np.zeros((0, 0), dtype=np.float32)
     out = [model(inputs[i : i + batch_size]).argmax(dim=-1) for i in range(0, len(inputs), batch_size)]
     return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.int64)

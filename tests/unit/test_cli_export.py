@@ -141,6 +141,24 @@ def test_hf_folder_exports_with_token_inputs(tmp_path: Path) -> None:
         want = model(input_ids=ids, attention_mask=mask, return_dict=False)
         got = art.model(ids, mask)
     assert len(got) == 2 and all(torch.equal(g, w) for g, w in zip(got, want))
+    assert art.tokenizer is None and "no tokenizer carried" in " ".join(r.stderr.split())  # the folder has none
+
+
+def test_hf_folder_with_a_tokenizer_carries_it(tmp_path: Path) -> None:
+    pytest.importorskip("transformers", reason="the text extra (transformers) is not installed")
+    from edgeflow.testing.tinybert import tiny_bert_folder
+
+    folder = tiny_bert_folder(tmp_path / "tiny-bert")
+    out = tmp_path / "bert.ef"
+    args = ["export", f"hf:{folder}", "--input", "input_ids:1,8:int64", "--input", "attention_mask:1,8:int64",
+            "--input", "token_type_ids:1,8:int64", "--no-truncation", "--out", str(out)]  # fmt: skip
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert ("tokenizer: tokenizer.json, fills input_ids attention_mask token_type_ids, max_length 8, padding "
+            "max_length ([PAD]), truncation off") in " ".join(r.stdout.split()), r.stdout  # fmt: skip
+    art = load_artifact(out)
+    assert art.tokenizer is not None and art.tokenizer.truncation is False
+    assert art.tokenizer.tokenizer_json == (folder / "tokenizer.json").read_text()
 
 
 def test_a_scenario_loads_an_exported_artifact_relative_to_its_file(user_file: Path, tmp_path: Path) -> None:

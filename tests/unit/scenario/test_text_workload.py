@@ -27,6 +27,8 @@ def test_take_and_count_keep_tensors_and_tuples() -> None:
     pair = (x, x * 2)
     got = take(pair, 2, 3)
     assert isinstance(got, tuple) and count(pair) == 4 and torch.equal(got[1], x[2:3] * 2)
+    sentences = ["a", "b", "c"]  # a sentence workload sent as text (edgeflow run --device-process)
+    assert count(sentences) == 3 and take(sentences, 1, 2) == ["b"]
 
 
 def test_embedding_fidelity_and_metrics() -> None:
@@ -68,3 +70,36 @@ def test_sentences_are_drawn_by_seed_and_tokenized(tmp_path: Path) -> None:
     short.write_text("Fine.\n" + "token " * 50 + "\n")
     with pytest.raises(ScenarioError, match=r"sentence 2 .* has 52 tokens, more than the model's max_length 32"):
         build_workload(WorkloadSpec(source=str(short)), (1, 32), artifact="text:all-MiniLM-L6-v2", base_dir=tmp_path)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("transformers") is None or importlib.util.find_spec("tokenizers") is None,
+                    reason="the text extra (transformers, tokenizers) is not installed")
+def test_an_exported_hf_artifact_tokenizes_with_its_own_tokenizer(tmp_path: Path) -> None:
+    from edgeflow.cli.export_cmd import load_source
+    from edgeflow.core.artifact import load_artifact
+    from edgeflow.core.export import export_model, save_graph_artifact
+    from edgeflow.core.inputs import parse_input
+    from edgeflow.core.tokenizer import TextEncoder, tokenizer_from_folder
+    from edgeflow.testing.tinybert import SENTENCES, tiny_bert_folder
+
+    folder = tiny_bert_folder(tmp_path / "tiny-bert")
+    ex = export_model(load_source(f"hf:{folder}"), [parse_input("input_ids:1,12:int64"), parse_input("attention_mask:1,12:int64")])
+    save_graph_artifact(tmp_path / "plain.ef", ex)
+    ex.tokenizer = tokenizer_from_folder(folder, ex.inputs, truncation=False)
+    save_graph_artifact(tmp_path / "bert.ef", ex)
+    (tmp_path / "s.txt").write_text("\n".join(SENTENCES[:3]) + "\n")
+    spec = WorkloadSpec(source="s.txt", requests=5, seed=1)
+    w = build_workload(spec, (), artifact=str(tmp_path / "bert.ef"), base_dir=tmp_path)
+    assert w.texts is not None and len(w.texts) == 5 and w.texts == [SENTENCES[i] for i in w.sample_index]
+    want = TextEncoder(load_artifact(tmp_path / "bert.ef").tokenizer).encode(w.texts)
+    assert len(w.inputs) == 2 and all(torch.equal(g, x) for g, x in zip(w.inputs, want))
+    ref = reference_predictions(load_artifact(tmp_path / "bert.ef").model, take(w.inputs, 0, 2))
+    assert ref.shape == (2, 12 * 16)  # the first output (hidden states), flattened per request
+    with pytest.raises(ScenarioError, match=r"model.artifact: no file 'plain.ef'"):
+        build_workload(spec, (), artifact="plain.ef", base_dir=tmp_path)  # relative to the cwd: not here
+    with pytest.raises(ScenarioError, match=r"model.artifact '.*plain.ef' is not a text model: .*edgeflow export hf:DIR"):
+        build_workload(spec, (), artifact=str(tmp_path / "plain.ef"), base_dir=tmp_path)
+    (tmp_path / "long.txt").write_text("short\n" + "text " * 20 + "\n")
+    with pytest.raises(ScenarioError, match=r"sentence 2 .* has 22 tokens, more than the artifact's max_length 12, and "
+                                            r"its tokenizer does not truncate"):
+        build_workload(WorkloadSpec(source="long.txt"), (), artifact=str(tmp_path / "bert.ef"), base_dir=tmp_path)
