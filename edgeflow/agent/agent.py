@@ -48,6 +48,7 @@ from edgeflow.agent.replay import ReplyCache, request_key
 from edgeflow.agent.runtime import ModelRuntime, RunOutcome
 from edgeflow.agent.memory import Remembered, ResultMemory
 from edgeflow.agent.source import Source, Ticket
+from edgeflow.agent.streamcost import own_hop
 from edgeflow.agent.streams import Coded, StreamReceiver, StreamRef, StreamSender, is_resync
 from edgeflow.agent.upstream import Upstream
 from edgeflow.agent.validate import Validator
@@ -407,7 +408,13 @@ class Agent:
             hit = memory.get(key)
             if hit is not None:  # no ticket: nothing runs, nothing to predict or learn from
                 return self._remembered(request_id, hit, now_plan, t0, decode_s, bytes_in)
+        if stream is not None and source is not None and source.planner is not None and learn:
+            source.planner.offer_frame(stream, values)  # the planner samples a stream's other hops (streamcost.py)
         ticket = source.ticket(forced, t0) if source is not None else Ticket(forced or self.plan, forced=forced is not None)
+        if stream is not None and source is not None and self.stream_sender is not None:
+            hop = own_hop(ticket.plan, self.runtime.num_positions)
+            if hop is not None and self.stream_sender.keys_next(stream, hop[0], self._codec(hop[1]), str(ticket.plan)):
+                ticket = source.key_frame(ticket)
         try:
             answer, timing = self._enter_as(request_id, values, deadline, ticket, block=block, decode_s=decode_s,
                                             bytes_in=bytes_in, stream=stream)  # fmt: skip
