@@ -189,6 +189,7 @@ class LivePlanner:
                 self._decide(now)
         if self.settings.probe:
             self._probe_stale(now)
+        self.sampler.kick()
 
     def _observe_codecs(self, breakdown: Breakdown, plan: Plan) -> None:
         """Each hop's measured encode (at its sender) and decode (at its receiver) against the profile (lock held)."""

@@ -53,6 +53,8 @@ _RESIDUAL_WEIGHT = 0.2  # residual frames' share: as the planner's other moving 
 _RUN_WEIGHT = 0.2  # a key right after a key
 _STREAMS_KEPT = 4  # streams whose last frame the sampler keeps (one frame each, only right before a sample is due)
 _SAMPLE_DEADLINE_S = 30.0  # a sample waiting this long for the compute unit is dropped
+_IDLE_WAIT_S = 5.0  # a due sample waits this long for the compute unit to be idle, then is dropped
+_IDLE_POLL_S = 0.005
 # activation hops coded per sample, in turns from the input outward (the demo model has 69 cuts x 5 codecs: coding a
 # frame pair at all of them took ~2 s on one host core, 12 take ~0.1 s); the input's hops, which need no compute,
 # are coded in every sample
@@ -177,6 +179,7 @@ class CutSampler:
         self._since = 0  # frames offered since the last sample was queued
         self._prev: OrderedDict[tuple[str, str], tuple[int, list[torch.Tensor]]] = OrderedDict()
         self._job: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
+        self._kicked = False  # the frame that completed the pair was answered: the job may run
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self.sampled = threading.Condition(self._lock)  # notified after each sample (tests wait on it)
@@ -202,13 +205,20 @@ class CutSampler:
             if (prev is not None and prev[0] == ref.frame - 1 and self._job is None and self._since > self.every_frames
                     and self._affordable(now)):  # fmt: skip
                 self._job = (prev[1], [v.detach().clone() for v in values])
-                self._since = 0
+                self._since, self._kicked = 0, False
                 self._start()
-                self._wake.notify_all()
             elif self._since >= self.every_frames and self._job is None and self._affordable(now):
                 self._prev[ref.key] = (ref.frame, [v.detach().clone() for v in values])  # the next frame may pair
                 while len(self._prev) > _STREAMS_KEPT:
                     self._prev.popitem(last=False)
+
+    def kick(self) -> None:
+        """A request was answered: a queued sample may run now (after the frame that completed its pair, so it does
+        not take the compute unit from that frame)."""
+        with self._lock:
+            if self._job is not None and not self._kicked:
+                self._kicked = True
+                self._wake.notify_all()
 
     def _start(self) -> None:
         if self._thread is None:
@@ -218,7 +228,7 @@ class CutSampler:
     def _loop(self) -> None:
         while True:
             with self._lock:
-                while self._job is None and not self._closed:
+                while (self._job is None or not self._kicked) and not self._closed:
                     self._wake.wait()
                 if self._closed:
                     return
@@ -226,14 +236,17 @@ class CutSampler:
             assert job is not None
             t = time.perf_counter()
             try:
+                self._wait_idle()
+                t = time.perf_counter()  # the wait is the requests' time, not the sample's
                 shares = self.measure(*job)
             except Exception as e:  # noqa: BLE001 - a failed sample must neither stop sampling nor the device
                 if not isinstance(e, EdgeflowError):
                     _log.exception("stream sampler: a sample failed")
+                _log.debug("stream sampler: sample dropped: %s", e)
                 shares = None
             with self._lock:
                 self.spent_s += time.perf_counter() - t
-                self._job = None
+                self._job, self._kicked = None, False
                 if shares is None:
                     self.dropped += 1
                 else:
@@ -246,6 +259,14 @@ class CutSampler:
             with self._lock:
                 self.sampled.notify_all()
 
+    def _wait_idle(self) -> None:
+        """Requests go first: wait (bounded) until the compute unit has nothing running or queued."""
+        end = time.monotonic() + _IDLE_WAIT_S
+        while not self.compute.idle:
+            if time.monotonic() > end or self._closed:
+                raise EdgeflowError(f"the compute unit was busy for {_IDLE_WAIT_S:g} s")
+            time.sleep(_IDLE_POLL_S)
+
     def measure(self, prev: Sequence[torch.Tensor], cur: Sequence[torch.Tensor]) -> dict[Hop, float | None]:
         """``cur`` coded against ``prev`` at the input's hops and the next :data:`HOPS_PER_SAMPLE` of the others:
         ``{hop: residual bytes / key bytes, or None}`` (None: the stream sender would send ``cur`` as a key frame).
@@ -253,8 +274,6 @@ class CutSampler:
         Raises:
             EdgeflowError: the compute unit did not run it (busy, stopping, past the deadline).
         """
-        if not self.compute.idle:
-            raise EdgeflowError("the compute unit is busy")
         hops = self._inputs + [self._cuts[(self._turn + i) % len(self._cuts)]
                                for i in range(min(HOPS_PER_SAMPLE, len(self._cuts)))]  # fmt: skip
         self._turn = (self._turn + HOPS_PER_SAMPLE) % max(1, len(self._cuts))
