@@ -189,3 +189,20 @@ def test_the_live_planner_prices_sampled_hops_and_predicts_key_frames_at_full_by
             assert hop not in live.stream_estimate
     finally:
         live.close()
+
+
+def test_the_sender_tells_which_frames_go_as_key_frames(runtime) -> None:  # type: ignore[no-untyped-def]
+    from edgeflow.agent.streams import StreamSender
+
+    sender, codec = StreamSender(StreamsConfig(key_ratio=1.0, key_interval=3)), get_codec("lossless")
+    names = [i.name for i in runtime.cut_info(0).tensors]
+    ref = StreamRef("local", "cam", 0)
+    assert sender.keys_next(ref, 0, codec, "p")  # nothing sent yet
+    sender.encode(ref, 0, "p", names, [_video(1)[0]], codec)
+    assert not sender.keys_next(StreamRef("local", "cam", 1), 0, codec, "p")
+    assert sender.keys_next(StreamRef("local", "cam", 1), 0, codec, "another plan")  # a plan switch starts again
+    assert sender.keys_next(StreamRef("local", "cam", 1), 0, get_codec("int8"), "p")
+    assert not sender.keys_next(ref, 0, get_codec("jpeg"), "p")  # never delta coded: priced as it is anyway
+    for k in (1, 2):
+        sender.encode(StreamRef("local", "cam", k), 0, "p", names, [_video(1)[0]], codec)
+    assert sender.keys_next(StreamRef("local", "cam", 3), 0, codec, "p")  # the key interval ends
