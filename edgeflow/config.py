@@ -307,6 +307,10 @@ class MemoryConfig(_Section):
     enabled: bool = False
     max_entries: int = Field(1024, ge=1, le=1_000_000)
     max_mb: float = Field(64.0, gt=0, le=65536)
+    # near-duplicate inputs answered too, within a distance calibrated on the demo's training split so that such
+    # answers agree with the full model at near_agreement (edgeflow.agent.nearmemory)
+    near: bool = False
+    near_agreement: float = Field(0.995, ge=0.9, lt=1)
 
 
 VALIDATE_MODES = ("off", "flag", "recompute-locally")

@@ -234,10 +234,13 @@ def _memory(ok: list[dict[str, Any]]) -> dict[str, Any] | None:
     if not used:
         return None
     hits = sum(1 for r in used if r["memory"] == "hit")
+    near = [r for r in used if r["memory"] == "near"]  # answered from a near-duplicate's answer (memory.near)
     moved = sum(r["bytes"][h]["up"] + r["bytes"][h]["down"] for r in ok for h in _HOPS)
     saved = sum(int(r.get("memory_saved_bytes") or 0) for r in used)
-    return {"hits": hits, "misses": len(used) - hits, "hit_rate": hits / len(used), "bytes_saved": saved,
-            "bytes_moved": moved, "bytes_without_memory": moved + saved}  # fmt: skip
+    return {"hits": hits, "misses": len(used) - hits - len(near), "hit_rate": hits / len(used), "bytes_saved": saved,
+            "bytes_moved": moved, "bytes_without_memory": moved + saved, "near_hits": len(near),
+            "near_hit_rate": len(near) / len(used),
+            "near_agreement": float(np.mean([r["agree"] for r in near])) if near else None}  # fmt: skip
 
 
 def _prediction_error(ok: list[dict[str, Any]]) -> dict[str, Any] | None:
