@@ -164,7 +164,8 @@ class Agent:
         if self.role == TIERS[0]:
             self.source = Source(config, config.parsed_plan, idle=lambda: self.compute.idle)
         # identical inputs answered again without compute or transfer (a device, ``memory.enabled``)
-        near = calibrate_demo(runtime, config.memory.near_agreement) if config.memory.enabled and config.memory.near else None
+        memory = config.memory  # near-duplicates too with ``memory.near`` (agent/nearmemory.py)
+        near = calibrate_demo(runtime, memory.near_agreement) if memory.enabled and memory.near else None
         self.result_memory = ResultMemory(config.memory, self.fingerprint, near) if config.memory.enabled else None
         # upstream answers checked against the device's own exit head (a device, ``validate``)
         self.validator = (Validator(config.validate_, runtime)
