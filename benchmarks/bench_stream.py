@@ -1,6 +1,6 @@
 """Stream mode: bytes per frame against coding each frame on its own, and end-to-end latency on a 1 Mbit/s link.
 
-    python benchmarks/bench_stream.py [--frames 120] [--requests 40] [--skip-e2e]
+    python benchmarks/bench_stream.py [--frames 120] [--requests 40] [--skip-e2e] [--skip-auto]
                                       [--out benchmarks/results/stream.json]
 
 1. **Bytes per frame at equal fidelity** (in process, the demo model, real codecs): the synthetic video of
@@ -16,6 +16,10 @@
    1 Mbit/s device-edge link; p50 and bytes per frame of each. Goal: p50 >= 2x lower with delta coding. The
    comparison that matters is against the best *independent* way to send a frame (``input|jpeg``, which cannot be
    delta coded), reported beside the same plan without delta coding.
+3. **Planned live** (``edgeflow run --device-process``, a real device agent process): ``scenarios/stream-auto.yaml``
+   (``plan: auto``) with the device's stream samples on and off (``streams.sample_every_frames: 0``,
+   :mod:`edgeflow.agent.streamcost`): the plans the planner took, in order (``stream.by_plan``), p50 and bytes per
+   frame of each run, and the ratios off / on.
 """
 
 from __future__ import annotations
@@ -111,11 +115,35 @@ def end_to_end(tmp: Path, plan: str, stream: bool, requests: int) -> dict[str, A
             "fallbacks": s["fallbacks"]}  # fmt: skip
 
 
+def planned_live(tmp: Path, sample: bool) -> dict[str, Any]:
+    """``scenarios/stream-auto.yaml`` with a device agent process, its stream samples on or off."""
+    data = yaml.safe_load((REPO / "scenarios" / "stream-auto.yaml").read_text())
+    for tier, ref in data["nodes"].items():
+        ref["file"] = str(REPO / "nodes" / f"{tier}.yaml")
+    if not sample:
+        data["nodes"]["device"]["overrides"] = {"streams.sample_every_frames": 0}
+    data["baselines"] = []
+    path, out = tmp / f"auto-{sample}.yaml", tmp / f"out-auto-{sample}"
+    path.write_text(yaml.safe_dump(data))
+    cmd = [sys.executable, "-m", "edgeflow", "run", str(path), "--out", str(out), "--baselines", "none", "--json",
+           "--no-plots", "--no-progress", "--device-process"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+    s = json.loads(proc.stdout)
+    st = s.get("stream") or {}
+    return {"samples": sample, "p50_ms": s["latency_ms"]["p50"], "p95_ms": s["latency_ms"]["p95"],
+            "bytes_per_frame": st.get("bytes_per_frame"), "bytes_per_frame_independent": st.get("bytes_per_frame_independent"),
+            "plan_switches": s["plan_switches"], "by_plan": st.get("by_plan"), "agreement": s["agreement"],
+            "lost": s["lost"], "fallbacks": s["fallbacks"]}  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--frames", type=int, default=120)
     ap.add_argument("--requests", type=int, default=40)
     ap.add_argument("--skip-e2e", action="store_true")
+    ap.add_argument("--skip-auto", action="store_true")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "stream.json")
     args = ap.parse_args()
     t0 = time.monotonic()
@@ -147,6 +175,14 @@ def main() -> None:
         off = next((r for r in e2e if r["plan"] == plan and not r["stream"]), None)
         if on and off:
             ratios[plan] = {"p50_off_over_on": off["p50_ms"] / on["p50_ms"]}
+    auto: list[dict[str, Any]] = []
+    if not args.skip_auto:
+        with tempfile.TemporaryDirectory() as d:
+            for sample in (True, False):
+                auto.append(planned_live(Path(d), sample))
+                r = auto[-1]
+                print(f"auto, samples {'on ' if sample else 'off'}: p50 {r['p50_ms']:7.1f} ms, "
+                      f"{r['bytes_per_frame']:8.0f} B/frame, plans {list(r['by_plan'] or {})}")  # fmt: skip
     best_alone = min((r for r in e2e if not r["stream"]), key=lambda r: r["p50_ms"], default=None)
     best_delta = min((r for r in e2e if r["stream"]), key=lambda r: r["p50_ms"], default=None)
     out = {
@@ -155,7 +191,8 @@ def main() -> None:
         "host": {"cpus": os.cpu_count(), "python": platform.python_version(), "machine": platform.machine()},
         "setup": {"model": "builtin:demo", "frames": args.frames, "streams": StreamsConfig().model_dump(),
                   "e2e": "scenarios/stream.yaml, fixed plans, 1 Mbit/s device-edge, 2 frames/s",
-                  "e2e_requests": args.requests},  # fmt: skip
+                  "e2e_requests": args.requests,
+                  "auto": "scenarios/stream-auto.yaml, plan auto, device agent process 256x slower, 60 frames"},  # fmt: skip
         "bytes": hops,
         "goal_static_5x_at_0.5pt": {"met_at": [f"{r['codec']}@{r['position']}" for r in static_ok],
                                     "missed_at": [f"{r['codec']}@{r['position']}" for r in hops["static"]
@@ -164,6 +201,10 @@ def main() -> None:
         "e2e_ratios_same_plan": ratios,
         "e2e_best_independent_over_best_delta_p50": (best_alone["p50_ms"] / best_delta["p50_ms"]
                                                      if best_alone and best_delta else None),  # fmt: skip
+        "auto": auto,
+        "auto_samples_off_over_on": ({"p50": auto[1]["p50_ms"] / auto[0]["p50_ms"],
+                                      "bytes_per_frame": auto[1]["bytes_per_frame"] / auto[0]["bytes_per_frame"]}
+                                     if len(auto) == 2 and auto[0]["bytes_per_frame"] else None),  # fmt: skip
         "seconds": round(time.monotonic() - t0, 1),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -307,6 +307,10 @@ class MemoryConfig(_Section):
     enabled: bool = False
     max_entries: int = Field(1024, ge=1, le=1_000_000)
     max_mb: float = Field(64.0, gt=0, le=65536)
+    # near-duplicate inputs answered too, within a distance calibrated on the demo's training split so that such
+    # answers agree with the full model at near_agreement (edgeflow.agent.nearmemory)
+    near: bool = False
+    near_agreement: float = Field(0.995, ge=0.9, lt=1)
 
 
 VALIDATE_MODES = ("off", "flag", "recompute-locally")
@@ -351,6 +355,10 @@ class StreamsConfig(_Section):
     max_streams: int = Field(256, ge=1, le=100_000)
     max_mb: float = Field(64.0, gt=0, le=65536)
     max_stream_mb: float = Field(16.0, gt=0, le=65536)
+    # the live planner's estimates at hops a stream does not use (edgeflow.agent.streamcost): two consecutive frames
+    # sampled at most every that many frames (0: off), while sampling takes at most that share of the device's time
+    sample_every_frames: int = Field(8, ge=0, le=1_000_000)
+    sample_budget: float = Field(0.05, gt=0, le=1)
 
 
 class TracingConfig(_Section):

@@ -48,6 +48,8 @@ from edgeflow.agent.replay import ReplyCache, request_key
 from edgeflow.agent.runtime import ModelRuntime, RunOutcome
 from edgeflow.agent.memory import Remembered, ResultMemory
 from edgeflow.agent.source import Source, Ticket
+from edgeflow.agent.nearmemory import calibrate_demo
+from edgeflow.agent.streamcost import own_hop
 from edgeflow.agent.streams import Coded, StreamReceiver, StreamRef, StreamSender, is_resync
 from edgeflow.agent.upstream import Upstream
 from edgeflow.agent.validate import Validator
@@ -162,7 +164,9 @@ class Agent:
         if self.role == TIERS[0]:
             self.source = Source(config, config.parsed_plan, idle=lambda: self.compute.idle)
         # identical inputs answered again without compute or transfer (a device, ``memory.enabled``)
-        self.result_memory = ResultMemory(config.memory, self.fingerprint) if config.memory.enabled else None
+        memory = config.memory  # near-duplicates too with ``memory.near`` (agent/nearmemory.py)
+        near = calibrate_demo(runtime, memory.near_agreement) if memory.enabled and memory.near else None
+        self.result_memory = ResultMemory(config.memory, self.fingerprint, near) if config.memory.enabled else None
         # upstream answers checked against the device's own exit head (a device, ``validate``)
         self.validator = (Validator(config.validate_, runtime)
                           if self.role == TIERS[0] and config.validate_.mode != "off" else None)  # fmt: skip
@@ -401,13 +405,20 @@ class Agent:
         t0 = time.monotonic()
         source = self.source
         memory, key, now_plan = (self.result_memory if learn else None), b"", ""  # a warm-up neither hits nor stays
+        embedding = None
         if memory is not None:
             now_plan = str(forced or (source.current_plan() if source is not None else self.plan))
-            key = memory.key(values, now_plan)
-            hit = memory.get(key)
-            if hit is not None:  # no ticket: nothing runs, nothing to predict or learn from
-                return self._remembered(request_id, hit, now_plan, t0, decode_s, bytes_in)
+            key, embedding = memory.key(values, now_plan), memory.embed(values)
+            found = memory.find(key, embedding, now_plan)
+            if found is not None:  # no ticket: nothing runs, nothing to predict or learn from
+                return self._remembered(request_id, found[0], now_plan, t0, decode_s, bytes_in, how=found[1])
+        if stream is not None and source is not None and source.planner is not None and learn:
+            source.planner.offer_frame(stream, values)  # the planner samples a stream's other hops (streamcost.py)
         ticket = source.ticket(forced, t0) if source is not None else Ticket(forced or self.plan, forced=forced is not None)
+        if stream is not None and source is not None and self.stream_sender is not None:
+            hop = own_hop(ticket.plan, self.runtime.num_positions)
+            if hop is not None and self.stream_sender.keys_next(stream, hop[0], self._codec(hop[1]), str(ticket.plan)):
+                ticket = source.key_frame(ticket)
         try:
             answer, timing = self._enter_as(request_id, values, deadline, ticket, block=block, decode_s=decode_s,
                                             bytes_in=bytes_in, stream=stream)  # fmt: skip
@@ -429,7 +440,8 @@ class Agent:
                     key = memory.key(values, str(ticket.plan))
                 memory.put(key, out, position=answer.position, answered_by=b.answered_by,
                            exit_position=b.exit_position, exit_confidence=b.exit_confidence,
-                           saved_bytes=sum(t.bytes_out + t.bytes_back for t in b.tiers))  # fmt: skip
+                           saved_bytes=sum(t.bytes_out + t.bytes_back for t in b.tiers), plan=str(ticket.plan),
+                           embedding=embedding)  # fmt: skip
         if source is not None:
             if learn:
                 source.learn(ticket, answer.breakdown)
@@ -469,11 +481,11 @@ class Agent:
         self.validator.recomputed()
 
     def _remembered(self, request_id: str, hit: Remembered, plan: str, t0: float, decode_s: float,
-                    bytes_in: int) -> LocalAnswer:  # fmt: skip
+                    bytes_in: int, how: str = "hit") -> LocalAnswer:  # fmt: skip
         """An input answered from the result memory: the tier that computed the answer first is ``answered_by``."""
         timing = TierTiming(self.role, 0, 0, decode_s=decode_s, bytes_in=bytes_in)
         self._finish(timing, t0)
-        b = Breakdown([timing], hit.answered_by, hit.exit_position, hit.exit_confidence, memory="hit",
+        b = Breakdown([timing], hit.answered_by, hit.exit_position, hit.exit_confidence, memory=how,
                       memory_saved_bytes=hit.saved_bytes)  # fmt: skip
         return LocalAnswer(request_id, [v.clone() for v in hit.values], hit.position, b, plan)
 

@@ -31,6 +31,8 @@ import torch
 from edgeflow.agent.agent import Agent
 from edgeflow.agent.measure import ChainMeasurement, measure_chain
 from edgeflow.agent.probes import PROBE_TIMEOUT_S, RTT_PROBES, RelayedPeer, probe_link
+from edgeflow.agent.streamcost import CutSampler, HopShares, own_hop, stream_hops
+from edgeflow.agent.streams import StreamRef
 from edgeflow.config import PlannerConfig
 from edgeflow.core.plan import ExitPoint, Plan
 from edgeflow.core.planner import Breakdown as CostBreakdown
@@ -84,8 +86,14 @@ class LivePlanner:
         self._switches: deque[PlanSwitch] = deque(maxlen=_SWITCHES_KEPT)
         self.last_reason = "start"
         self.requests = 0
-        # per hop (position, codec): stream frames' bytes over coding each on its own (moving average)
+        # per hop (position, codec): stream frames' bytes over coding each on its own, where frames went
+        # (stream_share) and where only the device's samples tell (stream_estimate); see agent/streamcost.py
         self.stream_share: dict[tuple[int, str], float] = {}
+        self.stream_estimate: dict[tuple[int, str], float] = {}
+        streams = agent.config.streams
+        self._shares = HopShares(streams.key_interval)
+        self.sampler = CutSampler(agent.runtime, agent.compute, stream_hops(self.model) if streams.enabled else (),
+                                  agent.codecs.get, streams, self._sampled, clock=clock)  # fmt: skip
         self._lock = threading.Lock()
         self._probe: threading.Thread | None = None
         self._closed = False
@@ -181,6 +189,7 @@ class LivePlanner:
                 self._decide(now)
         if self.settings.probe:
             self._probe_stale(now)
+        self.sampler.kick()
 
     def _observe_codecs(self, breakdown: Breakdown, plan: Plan) -> None:
         """Each hop's measured encode (at its sender) and decode (at its receiver) against the profile (lock held)."""
@@ -222,12 +231,55 @@ class LivePlanner:
                 continue
             share = min(1.0, moved / (moved + saved))  # a refused residual may cost more: never above a key frame
             for _, pos, codec in group:
-                old = self.stream_share.get((pos, codec))
-                new = share if old is None else 0.8 * old + 0.2 * share
+                new = self._shares.frame((pos, codec), share)
                 self.stream_share[(pos, codec)] = new
                 changed |= self.model.scale_hop_nbytes(pos, codec, new)
         if changed:
             self.replanner.planner._tput = None  # the throughput search's tables hold the bytes
+
+    def offer_frame(self, ref: StreamRef, values: Sequence[torch.Tensor]) -> None:
+        """A stream frame's inputs entering the chain at the device: the sampler may pair it with the next frame to
+        estimate the hops the current plan does not use (see :mod:`edgeflow.agent.streamcost`)."""
+        self.sampler.offer(ref, values)
+
+    def _sampled(self, shares: dict[tuple[int, str], float | None]) -> None:
+        """A sample's residual shares: price the hops the current plan does not use with them (frames measure the
+        hops it uses); the next decision plans with them."""
+        with self._lock:
+            resolved = self.replanner.current.resolved(self.model.num_positions)
+            used = {(st.stop or 0, st.codec or "lossless") for st in resolved.stages[:-1]}
+            if resolved.sends_input:
+                used.add((0, resolved.input_codec or "lossless"))
+            changed = False
+            for hop, share in shares.items():
+                if hop in used:
+                    continue
+                self.stream_estimate[hop] = new = self._shares.sample(hop, share)
+                changed |= self.model.scale_hop_nbytes(hop[0], hop[1], new)
+            if changed:
+                self.replanner.planner._tput = None
+            best = min(((h, self.stream_estimate[h]) for h in shares if h in self.stream_estimate), key=lambda x: x[1],
+                       default=None)  # fmt: skip
+            _log.info("live planner: stream sample %d (%.2f s so far): %d hops estimated%s", self.sampler.samples,
+                      self.sampler.spent_s, len(shares), f", least share {best[1]:.3f} at {best[0][1]}@{best[0][0]}"
+                      if best else "")  # fmt: skip
+
+    def predict_key_frame(self, plan: Plan) -> CostBreakdown | None:
+        """``plan``'s predicted cost for a stream frame that goes as a key frame on the device's hop (the hop at its
+        profiled bytes); None where the hop is priced so anyway (see :mod:`edgeflow.agent.streamcost`)."""
+        hop = own_hop(plan, self.model.num_positions)
+        with self._lock:
+            share = self._shares.share(hop) if hop is not None else None
+            cond = self.replanner.tracker.conditions(self.clock())
+            if hop is None or share is None or share >= 1.0 or cond is None:
+                return None
+            self.model.scale_hop_nbytes(hop[0], hop[1], 1.0)
+            try:
+                return self.model.evaluate(plan, cond)
+            except EdgeflowError:
+                return None
+            finally:
+                self.model.scale_hop_nbytes(hop[0], hop[1], share)
 
     def down_tiers(self) -> frozenset[str]:
         """The tiers found down (a reply fell back at the tier before) and not answering probes since."""
@@ -455,6 +507,7 @@ class LivePlanner:
     def close(self) -> None:
         self._closed = True
         self._wake.set()
+        self.sampler.close()
         if self._probe is not None:
             self._probe.join(timeout=PROBE_TIMEOUT_S + 1)
         if self._watch is not None:

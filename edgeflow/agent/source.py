@@ -40,7 +40,7 @@ import queue
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 from edgeflow.agent.failover import latency_target_s, stall_after_s
@@ -164,6 +164,22 @@ class Source:
         if stall is not None and str(plan) not in self._warm:
             stall = max(stall, _COLD_STALL_S)  # a plan's first request: its path is cold (channels, range builds)
         return Ticket(plan, predicted, target, stall, live=True, id=n, t0=t0, cost=cost, wait_s=wait)
+
+    def key_frame(self, ticket: Ticket) -> Ticket:
+        """``ticket`` for a stream frame that goes as a key frame on the device's hop: predicted, and given its stall
+        budget, at the hop's full bytes (the plan is priced at the stream's average, see agent/streamcost.py), so a
+        key frame's longer call does not make its upstream suspect."""
+        planner = self.planner
+        if planner is None or ticket.cost is None or ticket.predicted_s is None:
+            return ticket
+        cost = planner.predict_key_frame(ticket.plan)
+        if cost is None or cost.latency_s <= ticket.cost.latency_s:
+            return ticket
+        predicted = ticket.predicted_s + cost.latency_s - ticket.cost.latency_s
+        stall = ticket.stall_s
+        if stall is not None:
+            stall = max(stall, stall_after_s(self.config.fallback, predicted - ticket.wait_s) or 0.0)
+        return replace(ticket, predicted_s=predicted, stall_s=stall, cost=cost)
 
     def _predict(self, cost: CostBreakdown | None, t0: float) -> tuple[float | None, float]:
         """``(predicted latency, its wait for the device's compute unit)`` of a request starting at ``t0`` whose

@@ -403,6 +403,17 @@ class StreamSender:
         with self.table.lock:
             self.table.put(ref.key, _Sent(sig, ref.frame, recon, steps, 0), _nbytes(recon))
 
+    def keys_next(self, ref: StreamRef, position: int, codec: Codec, plan: str) -> bool:
+        """Whether ``ref``'s frame, sent at ``position`` under ``plan`` with ``codec``, goes as a key frame for sure
+        (no reference for that hop, or the key interval ends); False where it cannot be delta coded at all."""
+        if not self.config.enabled or codec.name not in STREAM_CODECS:
+            return False
+        with self.table.lock:
+            e = self.table.get(ref.key)
+        if e is None:
+            return True
+        return e.signature[:3] != (position, codec.spec, plan) or e.since_key + 1 >= self.config.key_interval
+
     def forget(self, ref: StreamRef) -> None:
         """The receiver's state is unknown (a call failed): the stream's next frame goes as a key frame."""
         with self.table.lock:

@@ -205,16 +205,26 @@ def _stream(ok: list[dict[str, Any]]) -> dict[str, Any] | None:
     """Stream frames over a run (None unless requests were frames of a stream): the request bytes each frame
     moved up over every hop, and what coding every frame on its own would have moved (measured in the same run:
     each hop's sender codes every frame both ways and sends the smaller, ``stream_saved_bytes`` being the
-    difference; a residual the receiver refused counts against it)."""
+    difference; a residual the receiver refused counts against it). ``by_plan``: the same per plan the frames went
+    by (with ``plan: auto``, what the live planner chose, in the order it chose them), with their median latency."""
     frames = [r for r in ok if r.get("streamed")]
     if not frames:
         return None
     up = [sum(r["bytes"][h]["up"] for h in _HOPS) for r in frames]
     independent = [u + int(r["stream_saved_bytes"]) for u, r in zip(up, frames)]
     per_frame, alone = float(np.mean(up)), float(np.mean(independent))
+    by_plan: dict[str, dict[str, Any]] = {}
+    for plan in dict.fromkeys(r["plan"] for r in frames):  # in the order the run took them
+        idx = [i for i, r in enumerate(frames) if r["plan"] == plan]
+        by_plan[plan] = {"frames": len(idx), "bytes_per_frame": float(np.mean([up[i] for i in idx])),
+                         "bytes_per_frame_independent": float(np.mean([independent[i] for i in idx])),
+                         "delta_hops_per_frame": float(np.mean([frames[i]["stream_delta_hops"] for i in idx])),
+                         "latency_p50_ms": float(np.median([frames[i]["latency_ms"] for i in idx]))}  # fmt: skip
     return {"frames": len(frames), "bytes_per_frame": per_frame, "bytes_per_frame_independent": alone,
             "ratio_independent_over_delta": alone / per_frame if per_frame else None,
-            "delta_hops_per_frame": float(np.mean([r["stream_delta_hops"] for r in frames]))}  # fmt: skip
+            "delta_hops_per_frame": float(np.mean([r["stream_delta_hops"] for r in frames])),
+            "delta_coded_frames": sum(1 for r in frames if r["stream_delta_hops"] > 0),
+            "bytes_saved": int(sum(independent) - sum(up)), "by_plan": by_plan}  # fmt: skip
 
 
 def _memory(ok: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -224,10 +234,13 @@ def _memory(ok: list[dict[str, Any]]) -> dict[str, Any] | None:
     if not used:
         return None
     hits = sum(1 for r in used if r["memory"] == "hit")
+    near = [r for r in used if r["memory"] == "near"]  # answered from a near-duplicate's answer (memory.near)
     moved = sum(r["bytes"][h]["up"] + r["bytes"][h]["down"] for r in ok for h in _HOPS)
     saved = sum(int(r.get("memory_saved_bytes") or 0) for r in used)
-    return {"hits": hits, "misses": len(used) - hits, "hit_rate": hits / len(used), "bytes_saved": saved,
-            "bytes_moved": moved, "bytes_without_memory": moved + saved}  # fmt: skip
+    return {"hits": hits, "misses": len(used) - hits - len(near), "hit_rate": hits / len(used), "bytes_saved": saved,
+            "bytes_moved": moved, "bytes_without_memory": moved + saved, "near_hits": len(near),
+            "near_hit_rate": len(near) / len(used),
+            "near_agreement": float(np.mean([r["agree"] for r in near])) if near else None}  # fmt: skip
 
 
 def _prediction_error(ok: list[dict[str, Any]]) -> dict[str, Any] | None:

@@ -207,7 +207,8 @@ class Breakdown:
     exit_position: int = -1
     exit_confidence: float = 0.0
     fallback: str = ""
-    memory: str = ""  # the device's result memory: "hit" (answered from it), "miss", "" (off, or not an input)
+    memory: str = ""  # the device's result memory: "hit" (answered from it), "near" (from a near-duplicate's answer,
+    # agent/nearmemory.py), "miss", "" (off, or not an input)
     memory_saved_bytes: int = 0  # on a hit: the bytes the original request moved over every hop
     # the device's check of an upstream answer (node section validate): "ok", "flagged", "recomputed", "unchecked",
     # "" (off, or the device answered); why it was flagged; the classes the upstream answered (one per sample)
@@ -391,7 +392,7 @@ _TIMING_NUMBERS = tuple(f.name for f in fields(TierTiming) if f.name != "tier")
 MAX_REPLY_META_BYTES = 256 * 1024  # a reply's fields but its payloads (a few names, shapes, timings, a reason)
 MAX_BREAKDOWN_TIERS = 16  # tier timings in a reply's breakdown (a chain has three tiers; relays add none)
 MAX_REASON_CHARS = 4096  # a reply's fallback reason or error message
-_MEMORY_OUTCOMES = ("hit", "miss")  # Breakdown.memory on the wire; anything else is dropped
+_MEMORY_OUTCOMES = ("hit", "near", "miss")  # Breakdown.memory on the wire; anything else is dropped
 _VALIDATIONS = ("ok", "flagged", "recomputed", "unchecked")  # Breakdown.validation on the wire; else dropped
 _MAX_CLASSES_CHARS = 4096  # Breakdown.upstream_classes on the wire ("3,7,1")
 
@@ -600,7 +601,7 @@ def decode_reply(data: bytes | memoryview, limits: WireLimits) -> InferReply:
     memory = msg.parameters["memory"].string_param if "memory" in msg.parameters else ""
     if memory in _MEMORY_OUTCOMES:
         breakdown.memory = memory
-        breakdown.memory_saved_bytes = max(0, msg.parameters["memory_saved_bytes"].int64_param) if memory == "hit" else 0
+        breakdown.memory_saved_bytes = max(0, msg.parameters["memory_saved_bytes"].int64_param) if memory != "miss" else 0
     validation = msg.parameters["validation"].string_param if "validation" in msg.parameters else ""
     if validation in _VALIDATIONS:
         breakdown.validation = validation

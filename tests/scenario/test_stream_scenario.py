@@ -81,3 +81,44 @@ def test_the_stream_scenario_reports_bytes_per_frame_against_independent_coding(
 def test_the_shipped_stream_scenario_checks(tmp_path: Path) -> None:
     proc = run_cli("stream", "--check")
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_the_live_planner_finds_a_delta_coded_plan_from_the_devices_samples(tmp_path: Path) -> None:
+    """``scenarios/stream-auto.yaml``, the device as its own agent process: every independent way to send a frame
+    costs more than the stream's residuals, which only the device's samples tell the planner (agent/streamcost.py)."""
+    data = yaml.safe_load((REPO / "scenarios" / "stream-auto.yaml").read_text())
+    for tier, ref in data["nodes"].items():
+        ref["file"] = str(REPO / "nodes" / f"{tier}.yaml")
+    path, out = tmp_path / "stream-auto.yaml", tmp_path / "run"
+    path.write_text(yaml.safe_dump(data))
+    proc = run_cli(str(path), "--out", str(out), "--requests", "40", "--baselines", "none", "--no-plots",
+                   "--no-progress", "--device-process")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary, _ = load_report(out)
+    assert summary["lost"] == 0
+    by_plan = summary["stream"]["by_plan"]
+    delta = {plan: s for plan, s in by_plan.items() if s["delta_hops_per_frame"] > 0.5}
+    assert delta, by_plan  # the planner took a plan whose frames went up as residuals
+    assert all(s["bytes_per_frame"] * 3 < s["bytes_per_frame_independent"] for s in delta.values())
+    log = (out / "logs" / "device0.log").read_text()
+    assert "live planner: stream sample 1 " in log  # what the device sampled is what it planned with
+    assert "suspect" not in log  # a delta-coded plan's key frames are predicted at their full bytes
+
+
+def test_near_duplicate_frames_are_answered_from_the_devices_memory(tmp_path: Path) -> None:
+    """A still camera's frames are near-duplicates: with ``memory.near`` the device (its own agent process) answers
+    them from an earlier frame's answer, counted apart from exact hits (agent/nearmemory.py)."""
+    path = _scenario(tmp_path)
+    data = yaml.safe_load(path.read_text())
+    data["nodes"]["device"]["overrides"] = {"memory.enabled": True, "memory.near": True}
+    path.write_text(yaml.safe_dump(data))
+    out = tmp_path / "run"
+    proc = run_cli(str(path), "--out", str(out), "--requests", "12", "--baselines", "none", "--no-plots",
+                   "--no-progress", "--device-process")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary, records = load_report(out)
+    m = summary["memory"]
+    assert summary["lost"] == 0 and m["near_hits"] > 0 and m["hits"] + m["near_hits"] + m["misses"] == 12
+    near = [r for r in records if r["memory"] == "near"]
+    assert len(near) == m["near_hits"] and all(r["bytes"]["device_edge"]["up"] == 0 for r in near)
+    assert m["near_agreement"] is not None and summary["agreement"] >= 0.9
