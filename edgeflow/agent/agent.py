@@ -407,7 +407,10 @@ class Agent:
             hit = memory.get(key)
             if hit is not None:  # no ticket: nothing runs, nothing to predict or learn from
                 return self._remembered(request_id, hit, now_plan, t0, decode_s, bytes_in)
-        ticket = source.ticket(forced, t0) if source is not None else Ticket(forced or self.plan, forced=forced is not None)
+        if source is not None:  # a stream frame's hops carry residuals: its content does not price them
+            ticket = source.ticket(forced, t0, values if stream is None else None)
+        else:
+            ticket = Ticket(forced or self.plan, forced=forced is not None)
         try:
             answer, timing = self._enter_as(request_id, values, deadline, ticket, block=block, decode_s=decode_s,
                                             bytes_in=bytes_in, stream=stream)  # fmt: skip

@@ -35,6 +35,7 @@ from edgeflow.config import PlannerConfig
 from edgeflow.core.plan import ExitPoint, Plan
 from edgeflow.core.planner import Breakdown as CostBreakdown
 from edgeflow.core.planner import Planner, Replanner
+from edgeflow.core.planner.content import ContentBytes, hop_deltas
 from edgeflow.errors import EdgeflowError
 from edgeflow.transport import Breakdown, Description, LinkReading, LiveState, PlanSwitch
 
@@ -86,6 +87,7 @@ class LivePlanner:
         self.requests = 0
         # per hop (position, codec): stream frames' bytes over coding each on its own (moving average)
         self.stream_share: dict[tuple[int, str], float] = {}
+        self.content = ContentBytes()  # per hop: its bytes against the input's content proxy (core/planner/content.py)
         self._lock = threading.Lock()
         self._probe: threading.Thread | None = None
         self._closed = False
@@ -146,8 +148,9 @@ class LivePlanner:
         with self._lock:
             return list(self._switches)
 
-    def observe(self, breakdown: Breakdown, plan: Plan | str, *, decide: bool = True) -> None:
-        """Feed one reply's breakdown (the request went by ``plan``), then re-plan (``decide``)."""
+    def observe(self, breakdown: Breakdown, plan: Plan | str, *, decide: bool = True, proxy: float | None = None) -> None:
+        """Feed one reply's breakdown (the request went by ``plan``; ``proxy``: its input's content proxy, see
+        :meth:`content_s`), then re-plan (``decide``)."""
         plan = plan if isinstance(plan, Plan) else Plan.parse(plan)
         now = self.clock()
         names = self.model.names
@@ -174,6 +177,8 @@ class LivePlanner:
                 self._observe_codecs(breakdown, plan)
                 if breakdown.stream_frame:
                     self._observe_stream(breakdown, plan)
+                elif proxy is not None:
+                    self._observe_content(breakdown, plan, proxy)
             if breakdown.fallback:
                 sent_s = now - (breakdown.tiers[0].total_s if breakdown.tiers else 0.0)
                 self._mark_down(breakdown.fallback_tier, breakdown.fallback, sent_s, now)
@@ -198,6 +203,31 @@ class LivePlanner:
             codecs.observe(sender, encode=(out.encode_s, predicted[0]))
             if into is not None and into.start == position:
                 codecs.observe(receiver, decode=(into.decode_s, predicted[1]))
+
+    def _observe_content(self, breakdown: Breakdown, plan: Plan, proxy: float) -> None:
+        """Each hop's measured bytes against the input's content proxy (lock held)."""
+        sent = {t.tier: t.bytes_out for t in breakdown.tiers if t.bytes_out > 0}
+        resolved = plan.resolved(self.model.num_positions)
+        hops = [(st.tier, st.stop or 0, st.codec or "lossless") for st in resolved.stages[:-1]]
+        if resolved.sends_input:
+            hops.insert(0, (self.model.names[0], 0, resolved.input_codec or "lossless"))
+        for sender, position, codec in hops:
+            if sender in sent:  # (not sent: an exit answered first)
+                self.content.observe(position, codec.split(":")[0], proxy, sent[sender])
+
+    def content_s(self, plan: Plan, proxy: float) -> tuple[float, dict[int, float]]:
+        """How much an input whose content proxy is ``proxy`` (:func:`~edgeflow.core.planner.content.content_proxy`)
+        adds to ``plan``'s predicted latency through its hops' expected bytes, under the link estimates now:
+        ``(expected, per exit outcome)`` (see :func:`~edgeflow.core.planner.content.hop_deltas`); zeros where the
+        plan cannot be priced."""
+        with self._lock:
+            cond = self.replanner.tracker.conditions(self.clock())
+            if cond is None:
+                return 0.0, {}
+            try:
+                return hop_deltas(self.model, plan, cond, proxy, self.content)
+            except EdgeflowError:
+                return 0.0, {}
 
     def _observe_stream(self, breakdown: Breakdown, plan: Plan) -> None:
         """A stream frame: each hop of the plan is priced at the stream's measured bytes over what coding each frame

@@ -41,11 +41,14 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Sequence
+
+import torch
 
 from edgeflow.agent.failover import latency_target_s, stall_after_s
 from edgeflow.config import NodeConfig
 from edgeflow.core.plan import ExitPoint, Plan
+from edgeflow.core.planner.content import content_proxy
 from edgeflow.errors import EdgeflowError
 from edgeflow.transport import Breakdown, LiveState
 
@@ -78,6 +81,9 @@ class Ticket:
         t0: ``time.monotonic()`` value it started at.
         cost: its plan's predicted cost breakdown (None without a prediction).
         wait_s: its predicted wait for the device's compute unit (in ``predicted_s``).
+        proxy: its input's content proxy (None: not taken, e.g. a device-only plan sends nothing).
+        content_s: what its content adds to each exit outcome's path (answering position -> seconds; the
+            expected value is in ``predicted_s``), from its hops' expected bytes.
     """
 
     plan: Plan
@@ -90,6 +96,8 @@ class Ticket:
     t0: float = 0.0
     cost: CostBreakdown | None = None
     wait_s: float = 0.0
+    proxy: float | None = None
+    content_s: Mapping[int, float] | None = None
 
     def predicted_outcome_s(self, exit_position: int) -> float | None:
         """The prediction for the path the request took: answered by the exit at ``exit_position`` (-1: the model
@@ -97,8 +105,10 @@ class Ticket:
         if self.cost is None or not self.cost.outcome_latency_s:
             return None
         paths = self.cost.outcome_latency_s
-        path = paths.get(exit_position) if exit_position >= 0 else paths[max(paths)]
-        return None if path is None else path - self.cost.source_queue_s + self.wait_s
+        x = exit_position if exit_position >= 0 else max(paths)
+        path = paths.get(x)
+        extra = self.content_s.get(x, 0.0) if self.content_s else 0.0
+        return None if path is None else path - self.cost.source_queue_s + self.wait_s + extra
 
 
 class Source:
@@ -138,8 +148,10 @@ class Source:
             self.ready.set()
 
     # ------------------------------------------------------------------------------------ per request
-    def ticket(self, forced: Plan | None = None, t0: float | None = None) -> Ticket:
-        """The plan, prediction, target and stall budget of a request starting at ``t0`` (default: now)."""
+    def ticket(self, forced: Plan | None = None, t0: float | None = None,
+               values: Sequence[torch.Tensor] | None = None) -> Ticket:  # fmt: skip
+        """The plan, prediction, target and stall budget of a request starting at ``t0`` (default: now) whose input
+        is ``values`` (its content refines the prediction of its hops' bytes; None: priced at the profiled bytes)."""
         t0 = self.clock() if t0 is None else t0
         if self._urgent:
             with self._learned:
@@ -152,18 +164,24 @@ class Source:
         if forced is not None:
             cost = planner.predict(forced) if planner is not None else None
             predicted, wait = self._predict(cost, t0)
+            proxy, extra, paths = _content(planner, forced, values, cost)
+            predicted = predicted + extra if predicted is not None else None
             return Ticket(forced, predicted, _at(t0, latency_target_s(fallback, None)), None, forced=True,
-                          live=planner is not None, id=n, t0=t0, cost=cost, wait_s=wait)  # fmt: skip
+                          live=planner is not None, id=n, t0=t0, cost=cost, wait_s=wait, proxy=proxy,
+                          content_s=paths)  # fmt: skip
         if planner is None:
             return Ticket(self.safe_plan, None, _at(t0, latency_target_s(fallback, self.config.planner.slo_ms)),
                           id=n, t0=t0)  # fmt: skip
         plan, cost = planner.current_breakdown()
         predicted, wait = self._predict(cost, t0)
+        proxy, extra, paths = _content(planner, plan, values, cost)
+        predicted = predicted + extra if predicted is not None else None
         target = _at(t0, latency_target_s(fallback, planner.settings.slo_ms))
         stall = stall_after_s(fallback, predicted - wait if predicted is not None else None)
         if stall is not None and str(plan) not in self._warm:
             stall = max(stall, _COLD_STALL_S)  # a plan's first request: its path is cold (channels, range builds)
-        return Ticket(plan, predicted, target, stall, live=True, id=n, t0=t0, cost=cost, wait_s=wait)
+        return Ticket(plan, predicted, target, stall, live=True, id=n, t0=t0, cost=cost, wait_s=wait, proxy=proxy,
+                      content_s=paths)  # fmt: skip
 
     def _predict(self, cost: CostBreakdown | None, t0: float) -> tuple[float | None, float]:
         """``(predicted latency, its wait for the device's compute unit)`` of a request starting at ``t0`` whose
@@ -294,7 +312,7 @@ class Source:
                 ticket, breakdown = item
                 planner = self.planner
                 if planner is not None:
-                    planner.observe(breakdown, ticket.plan, decide=not ticket.forced)
+                    planner.observe(breakdown, ticket.plan, decide=not ticket.forced, proxy=ticket.proxy)
                 self.release(ticket)  # its overdue call, if it was one, taught what it could
             except Exception:  # noqa: BLE001 - a planner bug must not stop learning from the next reply
                 _log.exception("live planner: learning from a reply failed")
@@ -377,6 +395,19 @@ class Source:
         # a builder still measuring is not waited for: it ends once the agent closes its upstream under it
         if self.planner is not None:
             self.planner.close()
+
+
+def _content(planner: LivePlanner | None, plan: Plan, values: Sequence[torch.Tensor] | None,
+             cost: CostBreakdown | None) -> tuple[float | None, float, dict[int, float] | None]:  # fmt: skip
+    """``(proxy, expected extra seconds, extra seconds per exit outcome)`` of an input's content on ``plan``: only
+    for a plan that sends something from the device (a device-only plan's latency does not depend on bytes)."""
+    if planner is None or values is None or cost is None:
+        return None, 0.0, None
+    if len(plan.stages) < 2 and plan.stages[0].tier == planner.model.names[0]:
+        return None, 0.0, None
+    proxy = content_proxy(values)
+    extra, paths = planner.content_s(plan, proxy)
+    return proxy, extra, paths
 
 
 def _at(t0: float, after_s: float | None) -> float | None:
