@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Sequence
 import torch
 
 from edgeflow.agent.failover import latency_target_s, stall_after_s
+from edgeflow.agent.residual import Residual
 from edgeflow.config import NodeConfig
 from edgeflow.core.plan import ExitPoint, Plan
 from edgeflow.core.planner.content import content_proxy
@@ -84,6 +85,8 @@ class Ticket:
         proxy: its input's content proxy (None: not taken, e.g. a device-only plan sends nothing).
         content_s: what its content adds to each exit outcome's path (answering position -> seconds; the
             expected value is in ``predicted_s``), from its hops' expected bytes.
+        residual_s: the mean time its plan's requests spent beyond every modelled term (in ``predicted_s``; see
+            :mod:`edgeflow.agent.residual`).
     """
 
     plan: Plan
@@ -98,6 +101,7 @@ class Ticket:
     wait_s: float = 0.0
     proxy: float | None = None
     content_s: Mapping[int, float] | None = None
+    residual_s: float = 0.0
 
     def predicted_outcome_s(self, exit_position: int) -> float | None:
         """The prediction for the path the request took: answered by the exit at ``exit_position`` (-1: the model
@@ -108,7 +112,7 @@ class Ticket:
         x = exit_position if exit_position >= 0 else max(paths)
         path = paths.get(x)
         extra = self.content_s.get(x, 0.0) if self.content_s else 0.0
-        return None if path is None else path - self.cost.source_queue_s + self.wait_s + extra
+        return None if path is None else path - self.cost.source_queue_s + self.wait_s + extra + self.residual_s
 
 
 class Source:
@@ -141,6 +145,7 @@ class Source:
         self._calls: dict[int, tuple[Ticket, str, float]] = {}  # upstream calls out: id -> (ticket, tier, since)
         self._suspected: dict[int, str] = {}  # ticket id -> the tier its overdue call made suspect
         self._busy_until = 0.0  # when the device's compute unit finishes the work ahead (predicted)
+        self.residual = Residual()  # per tier set: the time beyond every modelled term (agent/residual.py)
         self._warm: dict[str, tuple[str, ...]] = {}  # plans answered without a fallback since their tiers last failed
         # (their paths are warm) -> their tiers
         self._closed = False
@@ -165,23 +170,25 @@ class Source:
             cost = planner.predict(forced) if planner is not None else None
             predicted, wait = self._predict(cost, t0)
             proxy, extra, paths = _content(planner, forced, values, cost)
-            predicted = predicted + extra if predicted is not None else None
+            left = self.residual.seconds(forced.tiers) if predicted is not None else 0.0
+            predicted = predicted + extra + left if predicted is not None else None
             return Ticket(forced, predicted, _at(t0, latency_target_s(fallback, None)), None, forced=True,
                           live=planner is not None, id=n, t0=t0, cost=cost, wait_s=wait, proxy=proxy,
-                          content_s=paths)  # fmt: skip
+                          content_s=paths, residual_s=left)  # fmt: skip
         if planner is None:
             return Ticket(self.safe_plan, None, _at(t0, latency_target_s(fallback, self.config.planner.slo_ms)),
                           id=n, t0=t0)  # fmt: skip
         plan, cost = planner.current_breakdown()
         predicted, wait = self._predict(cost, t0)
         proxy, extra, paths = _content(planner, plan, values, cost)
-        predicted = predicted + extra if predicted is not None else None
+        left = self.residual.seconds(plan.tiers) if predicted is not None else 0.0
+        predicted = predicted + extra + left if predicted is not None else None
         target = _at(t0, latency_target_s(fallback, planner.settings.slo_ms))
         stall = stall_after_s(fallback, predicted - wait if predicted is not None else None)
         if stall is not None and str(plan) not in self._warm:
             stall = max(stall, _COLD_STALL_S)  # a plan's first request: its path is cold (channels, range builds)
         return Ticket(plan, predicted, target, stall, live=True, id=n, t0=t0, cost=cost, wait_s=wait, proxy=proxy,
-                      content_s=paths)  # fmt: skip
+                      content_s=paths, residual_s=left)  # fmt: skip
 
     def _predict(self, cost: CostBreakdown | None, t0: float) -> tuple[float | None, float]:
         """``(predicted latency, its wait for the device's compute unit)`` of a request starting at ``t0`` whose
@@ -275,6 +282,8 @@ class Source:
     def learn(self, ticket: Ticket, breakdown: Breakdown) -> None:
         """Queue a reply for the live planner (no-op without one)."""
         self.answered(ticket, breakdown)
+        if ticket.live:
+            self.residual.observe(ticket.plan.tiers, breakdown)
         if not ticket.live or self.planner is None or self._closed:
             self.release(ticket)
             return

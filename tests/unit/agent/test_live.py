@@ -298,3 +298,40 @@ def test_a_relay_that_does_not_forward_is_not_read_as_an_instant_link() -> None:
 
     with pytest.raises(PeerUnavailable, match="did not forward the probe to cloud:2"):
         RelayedPeer(OldEdge(), "cloud:2").probe(send_nbytes=1000)
+
+
+def test_each_request_is_priced_at_its_own_contents_bytes(chain: ChainFactory, runtime: ModelRuntime) -> None:
+    """Through the device's Source (the path both the in-process client and a device agent process take): replies
+    teach the hop's bytes against the input's content proxy, and a later input's ticket prices its own bytes."""
+    from edgeflow.agent.wiring import start_live_planning
+    from edgeflow.core.data import load_demo_dataset
+    from edgeflow.core.planner.content import content_proxy
+
+    agents = chain("auto", roles=("device", "cloud"))
+    start_live_planning(agents[0], wait=True, settings=PlannerConfig(), profile_repeats=1)
+    source = agents[0].source
+    assert source is not None and source.planner is not None
+    live = source.planner
+    device = DeviceClient(agents[0])
+    images = list(torch.nn.functional.avg_pool2d(load_demo_dataset("test")[0][:40], 4).split(1))  # (1, 3, 16, 16)
+    plan = Plan.parse("device[0:1]|int4 > cloud[1:]")
+    sent = [device.infer(x, plan=plan).breakdown.tiers[0].bytes_out for x in images[:30]]
+    assert source.settle()
+    assert live.content.samples(1, "int4") == pytest.approx(30, abs=3)  # decayed a little
+    # on inputs it has not seen, the fit predicts each hop's bytes better than the profiled (one image's) bytes
+    md = live.model
+    i, k = md.hop_pos.tolist().index(1), md.codecs.index("int4")
+    profiled = float(md.nbytes[0, i, k])
+    fit_err, flat_err = [], []
+    for x in images[30:]:
+        got = device.infer(x, plan=plan).breakdown.tiers[0].bytes_out
+        fit_err.append(abs(live.content.predict(1, "int4", content_proxy([x]), profiled) - got) / got)
+        flat_err.append(abs(profiled - got) / got)
+    assert sum(fit_err) < 0.6 * sum(flat_err)
+    # a ticket adds what its content's bytes cost on the link, to the paths that cross the hop
+    busy = max(images[30:], key=lambda x: content_proxy([x]))
+    t = source.ticket(plan, values=[busy])
+    assert t.proxy == content_proxy([busy]) and t.content_s
+    source.release(t)
+    assert source.ticket(Plan.parse("device[0:]"), values=[busy]).proxy is None  # sends nothing: no proxy taken
+    assert sent and sum(sent) > 0
