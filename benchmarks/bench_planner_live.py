@@ -148,6 +148,7 @@ def _sweep_point(edge: str, rate_mbit: float, args: argparse.Namespace, images: 
             rounds = 0
             given: list[float] = []  # per request: |measured - predicted for the exit it took| / measured
             flat: list[float] = []  # the same without the content's bytes (each hop at the profiled bytes)
+            signed: list[float] = []  # (measured - predicted for the exit it took) / measured: a bias shows here
             order = list(measured_plans)
             for r in range(args.rounds):
                 if r >= 2 and time.monotonic() > t_end:
@@ -165,6 +166,7 @@ def _sweep_point(edge: str, rate_mbit: float, args: argparse.Namespace, images: 
                     path = out.predicted_path_s if out.predicted_path_s is not None else outcomes.get(took)
                     if path is not None:  # the device's own prediction for the path it took (its exit, or the output)
                         given.append(abs(out.latency_s - path) / out.latency_s)
+                        signed.append((out.latency_s - path) / out.latency_s)
                         path_flat = path - content.get(took, 0.0)
                         flat.append(abs(out.latency_s - path_flat) / out.latency_s)
                 rounds += 1
@@ -209,6 +211,7 @@ def _sweep_point(edge: str, rate_mbit: float, args: argparse.Namespace, images: 
         "mape_per_request": statistics.mean(errors) if errors else None,
         "mape_per_request_given_exit": statistics.mean(given) if given else None,
         "mape_per_request_given_exit_profiled_bytes": statistics.mean(flat) if flat else None,
+        "median_signed_error_given_exit": statistics.median(signed) if signed else None,
         "content_samples": {f"{pos}:{codec}": round(live.content.samples(pos, codec), 1)
                             for pos, codec in sorted(live.content._fits)},  # fmt: skip
         "mape_per_plan": statistics.mean(plan_errors),

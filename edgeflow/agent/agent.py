@@ -160,7 +160,8 @@ class Agent:
         self.source: Source | None = None
         self.metrics: Metrics | None = None  # set by wiring.build_agent; observes local inputs (submit_local)
         if self.role == TIERS[0]:
-            self.source = Source(config, config.parsed_plan, idle=lambda: self.compute.idle)
+            self.source = Source(config, config.parsed_plan, idle=lambda: self.compute.idle,
+                                 queued=lambda: self.compute.queued)
         # identical inputs answered again without compute or transfer (a device, ``memory.enabled``)
         self.result_memory = ResultMemory(config.memory, self.fingerprint) if config.memory.enabled else None
         # upstream answers checked against the device's own exit head (a device, ``validate``)

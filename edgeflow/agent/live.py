@@ -48,6 +48,8 @@ _RELAY_RECONNECT_S = 1.0  # 2x the channels' reconnect backoff cap (transport/op
 _SWITCHES_KEPT = 4096  # switch history kept in memory (a long-running device switches a few times a minute)
 _SWITCHES_DESCRIBED = 64  # the latest switches Describe reports
 _BOUND_FOLLOW_UPS = 3  # probes right after one that only bounded a link's rate from below
+_QUICK = 0.75  # a message this much quicker than the link estimate allows says the estimate is stale: probe
+_QUICK_PROBE_S = 0.25  # ... at most this often per link
 _STALLED = "did not answer in time"  # what a fallback's reason says of a peer that stalled (edgeflow.agent.failover)
 
 
@@ -163,8 +165,9 @@ class LivePlanner:
                 i = names.index(t.tier)
                 if t.bytes_out > 0 and i + 1 < len(names):
                     bounded = rp.tracker.links[i].bounded_s
+                    quick = self._quicker_than_estimated(i, t.bytes_out + t.bytes_back, t.network_s, now)
                     rp.observe_transfer(i, t.bytes_out + t.bytes_back, t.network_s, now)
-                    if rp.tracker.links[i].bounded_s != bounded:  # a reply quicker than the estimate allows
+                    if rp.tracker.links[i].bounded_s != bounded or quick:  # a reply quicker than the estimate allows
                         self._rebound.add(i)  # measure the link's new level with probes now
                 if t.stop > t.start and t.compute_s > 0:
                     heads = tuple(e.position for e in plan.exits if t.start < e.position <= t.stop)
@@ -186,6 +189,21 @@ class LivePlanner:
                 self._decide(now)
         if self.settings.probe:
             self._probe_stale(now)
+
+    def _quicker_than_estimated(self, link: int, nbytes: int, network_s: float, now: float) -> bool:
+        """Whether a message of ``nbytes`` on ``link`` took well under what the link's estimate says it takes, and
+        the estimate's rate made up a good part of that (lock held). Such a message is too small to time the link
+        (mostly round trip: its rate reading is rejected, and its lower bound on the rate may not reach the
+        estimator's restart threshold), yet it shows the estimate is stale: a link back from an outage was priced
+        at the bound one small message allowed (~3 Mbit/s for 2.5 KB over a 20 ms round trip) until the next stale
+        probe, 2 s on, and its requests predicted 43 ms took 30. A probe, sized for the estimate, times it now."""
+        est = self.replanner.tracker.links[link]
+        bw, rtt = est.bandwidth_bps(now), est.rtt_s(now)
+        if bw is None or rtt is None or now - self._probed_at.get(link, -1e9) < _QUICK_PROBE_S:
+            return False
+        transfer = 8.0 * nbytes / bw
+        expected = rtt + est.overhead_s + transfer
+        return network_s < _QUICK * expected and transfer > (1.0 - _QUICK) * expected
 
     def _observe_codecs(self, breakdown: Breakdown, plan: Plan) -> None:
         """Each hop's measured encode (at its sender) and decode (at its receiver) against the profile (lock held)."""

@@ -20,10 +20,11 @@ like the in-process one:
 
 Adapt before the deadline: each ticket's prediction adds the wait for the device's own compute unit (the virtual
 work of the inputs ahead of it, each at its plan's predicted device compute: a Lindley recursion, reset whenever
-the unit is idle), and the Source keeps the upstream calls in flight. When a new request finds one overdue (out
-longer than ``planner.suspect_factor`` x its prediction, at least ``planner.suspect_min_ms``), the tier it went to
-is *suspect*: the planner plans without it at once, so requests stop queueing behind a link that has just died
-instead of each waiting for the stall rule; a call given up (stalled, or for the latency target) or failed makes
+the unit is idle, and never below the predicted compute of the jobs still queued at the unit: a job that overruns
+its prediction leaves the recursion behind), and the Source keeps the upstream calls in flight. When a new request
+finds one overdue (out longer than ``planner.suspect_factor`` x its prediction, at least ``planner.suspect_min_ms``),
+the tier it went to is *suspect*: the planner plans without it at once, so requests stop queueing behind a link
+that has just died instead of each waiting for the stall rule; a call given up (stalled, or for the latency target) or failed makes
 its tier suspect at once, before its fallback has computed. The suspicion ends when that call's reply has been
 learned from (its slow transfer teaches the link's new rate; a fallback marks the tier down).
 
@@ -125,9 +126,10 @@ class Source:
     """
 
     def __init__(self, config: NodeConfig, safe_plan: Plan, *, clock: Callable[[], float] = time.monotonic,
-                 idle: Callable[[], bool] = lambda: False):  # fmt: skip
+                 idle: Callable[[], bool] = lambda: False, queued: Callable[[], int] = lambda: 0):  # fmt: skip
         self.config = config
         self.idle = idle  # whether the device's compute unit has nothing running or waiting
+        self.queued = queued  # how many jobs wait for the device's compute unit (not counting the one running)
         self.safe_plan = safe_plan
         self.clock = clock
         self.planner: LivePlanner | None = None
@@ -202,6 +204,9 @@ class Source:
                 self._busy_until = t0
             wait = max(0.0, self._busy_until - t0) if service > 0 else 0.0
             if service > 0:
+                # the unit overran the work predicted ahead (a job far over its prediction: a pause there counts
+                # 64x on a board-class device) and jobs still wait: each of them takes its turn first
+                wait = max(wait, self.queued() * service)
                 self._busy_until = t0 + wait + service
         return base + wait, wait
 

@@ -335,3 +335,40 @@ def test_each_request_is_priced_at_its_own_contents_bytes(chain: ChainFactory, r
     source.release(t)
     assert source.ticket(Plan.parse("device[0:]"), values=[busy]).proxy is None  # sends nothing: no proxy taken
     assert sent and sum(sent) > 0
+
+
+def test_a_message_quicker_than_the_estimate_allows_gets_the_link_probed(chain: ChainFactory) -> None:
+    """A small message cannot time a fast link, but one far quicker than the estimate prices it says the estimate
+    is stale (a link back from an outage): the link is probed at once, not when the estimate expires."""
+    agents = chain("auto", roles=("device", "cloud"))
+    clock = [100.0]
+    peer = _Peer()
+    live = LivePlanner.start(agents[0], PlannerConfig(hold_s=0.0, min_interval_s=0.0, idle_probe_s=3600),
+                             descriptions=[agents[1].describe()], peers=[peer], profile_repeats=1)  # fmt: skip
+    live.clock = lambda: clock[0]
+    try:
+        est = live.replanner.tracker.links[0]
+        est.overhead_s, est.stale_after_s = 0.0, 60.0  # no stale probe meanwhile
+        for _ in range(4):  # 1 MB in 4 s over a 20 ms round trip: a 2 Mbit/s link
+            clock[0] += 0.05
+            live.replanner.tracker.observe_rtt(0, 0.02, clock[0])
+            live.observe(*_reply(1_000_000, 4.02))
+        assert 1.5e6 < (live.estimate_bps(0) or 0) < 2.5e6
+
+        def probed_after(nbytes: int, network_s: float) -> bool:
+            before = peer.probes
+            clock[0] += 0.3
+            live.observe(*_reply(nbytes, network_s))
+            for _ in range(200):  # the probe runs on a thread of its own
+                if peer.probes > before or (live._probe is not None and not live._probe.is_alive()):
+                    break
+                time.sleep(0.01)
+            if live._probe is not None:
+                live._probe.join(timeout=5.0)
+            return peer.probes > before
+
+        assert not probed_after(5000, 0.04)  # 5 KB in 40 ms: the 2 Mbit/s estimate says 40 ms, as it took
+        assert probed_after(5000, 0.021)  # the same in 21 ms: the link is faster than the estimate says
+        assert (live.estimate_bps(0) or 0) > 1e7  # the probe (1 Gbit/s) moved it
+    finally:
+        live.close()
