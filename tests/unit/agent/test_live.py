@@ -99,7 +99,7 @@ class _Flipper:
     def predict(self, plan: Plan) -> None:
         return None
 
-    def observe(self, breakdown: Breakdown, plan: str, *, decide: bool = True) -> None:
+    def observe(self, breakdown: Breakdown, plan: str, *, decide: bool = True, proxy: float | None = None) -> None:
         with self._lock:
             self.observed.append(plan)
 
@@ -349,10 +349,19 @@ def test_a_message_quicker_than_the_estimate_allows_gets_the_link_probed(chain: 
     try:
         est = live.replanner.tracker.links[0]
         est.overhead_s, est.stale_after_s = 0.0, 60.0  # no stale probe meanwhile
+
+        def settle() -> None:
+            if live._probe is not None:
+                live._probe.join(timeout=5.0)
+
+        live.replanner.tracker.observe_rtt(0, 0.02, clock[0])
+        live.observe(*_reply(1_000_000, 4.02))  # a link the current plan does not use is probed once now: let it end
+        settle()
         for _ in range(4):  # 1 MB in 4 s over a 20 ms round trip: a 2 Mbit/s link
             clock[0] += 0.05
             live.replanner.tracker.observe_rtt(0, 0.02, clock[0])
             live.observe(*_reply(1_000_000, 4.02))
+        settle()
         assert 1.5e6 < (live.estimate_bps(0) or 0) < 2.5e6
 
         def probed_after(nbytes: int, network_s: float) -> bool:
@@ -363,8 +372,7 @@ def test_a_message_quicker_than_the_estimate_allows_gets_the_link_probed(chain: 
                 if peer.probes > before or (live._probe is not None and not live._probe.is_alive()):
                     break
                 time.sleep(0.01)
-            if live._probe is not None:
-                live._probe.join(timeout=5.0)
+            settle()
             return peer.probes > before
 
         assert not probed_after(5000, 0.04)  # 5 KB in 40 ms: the 2 Mbit/s estimate says 40 ms, as it took
