@@ -331,7 +331,8 @@ def main() -> None:
             point = _sweep_point(edge.address, b, args, images)
             print(f"{b:g} Mbit/s: choice {point['choice']} mean {point['choice_mean_ms']:.1f} ms, best {point['best_mean_ms']:.1f} ms "
                   f"(x{point['ratio']:.3f}; medians x{point['ratio_median']:.3f}), MAPE given exit "
-                  f"{point['mape_per_request_given_exit']:.1%} (profiled bytes {point['mape_per_request_given_exit_profiled_bytes']:.1%}) / expected {point['mape_per_request']:.1%} / plan {point['mape_per_plan']:.1%}, "
+                  f"{point['mape_per_request_given_exit']:.1%} "
+                  f"(profiled bytes {point['mape_per_request_given_exit_profiled_bytes']:.1%}) / expected {point['mape_per_request']:.1%} / plan {point['mape_per_plan']:.1%}, "
                   f"{point['plans_measured']} plans", flush=True)  # fmt: skip
             sweep.append(point)
         adapt = _adaptation(edge.address, args, images)

@@ -150,7 +150,8 @@ class LivePlanner:
         with self._lock:
             return list(self._switches)
 
-    def observe(self, breakdown: Breakdown, plan: Plan | str, *, decide: bool = True, proxy: float | None = None) -> None:
+    def observe(self, breakdown: Breakdown, plan: Plan | str, *, decide: bool = True,
+                proxy: float | None = None) -> None:  # fmt: skip
         """Feed one reply's breakdown (the request went by ``plan``; ``proxy``: its input's content proxy, see
         :meth:`content_s`), then re-plan (``decide``)."""
         plan = plan if isinstance(plan, Plan) else Plan.parse(plan)

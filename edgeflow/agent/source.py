@@ -24,9 +24,9 @@ the unit is idle, and never below the predicted compute of the jobs still queued
 its prediction leaves the recursion behind), and the Source keeps the upstream calls in flight. When a new request
 finds one overdue (out longer than ``planner.suspect_factor`` x its prediction, at least ``planner.suspect_min_ms``),
 the tier it went to is *suspect*: the planner plans without it at once, so requests stop queueing behind a link
-that has just died instead of each waiting for the stall rule; a call given up (stalled, or for the latency target) or failed makes
-its tier suspect at once, before its fallback has computed. The suspicion ends when that call's reply has been
-learned from (its slow transfer teaches the link's new rate; a fallback marks the tier down).
+that has just died instead of each waiting for the stall rule; a call given up (stalled, or for the latency target)
+or failed makes its tier suspect at once, before its fallback has computed. The suspicion ends when that call's
+reply has been learned from (its slow transfer teaches the link's new rate; a fallback marks the tier down).
 
 Serve while planning: :meth:`Source.start_live` measures the chain and picks the first plan in the background
 (:meth:`LivePlanner.start`); requests go by the safe plan until :attr:`Source.ready` is set. Bad requests never
