@@ -24,7 +24,11 @@ one-way delay); between edge and cloud another at 100 Mbit/s, 2 ms.
   prediction when it sent the request: per request *given the exit it took* (the cost model's latency for the path
   the request took, with the wait for the device's compute unit; issue 13 target: <= 10%); per request against
   the expected value the planner minimises (it cannot predict which requests exit, so with exits this mixes the
-  cost model's error with the spread of exit outcomes); and per plan (mean measured vs mean predicted).
+  cost model's error with the spread of exit outcomes); and per plan (mean measured vs mean predicted). Each
+  request's prediction prices its hops at the bytes its own content is expected to make (the live planner's
+  ``ContentBytes``, learned online against a proxy of the input, ``edgeflow/core/planner/content.py``);
+  ``mape_per_request_given_exit_profiled_bytes`` scores the same requests with that part taken off (every hop at
+  its profiled bytes, as before), and ``content_proxy_us`` is what the proxy costs per input.
 - **adaptation**: an in-process emulated link steps from ``--drop-from`` to a tenth of it; time and requests from
   the step until the plan switches (target <= 500 ms or 3 requests); switches in 5 s on a steady link (target <=
   1); estimate / shaped rate (target within 20%).
@@ -54,6 +58,7 @@ from edgeflow.agent import DeviceClient  # noqa: E402
 from edgeflow.cli.agent_cmds import read_node_file  # noqa: E402
 from edgeflow.core.data import load_demo_dataset  # noqa: E402
 from edgeflow.core.planner import Choice  # noqa: E402
+from edgeflow.core.planner.content import content_proxy  # noqa: E402
 from edgeflow.core.traces import steps  # noqa: E402
 from edgeflow.netem import LinkEmulator, LinkSpec  # noqa: E402
 from edgeflow.scenario.procs import AgentProcess, ChildProcess, child_env  # noqa: E402
@@ -142,6 +147,8 @@ def _sweep_point(edge: str, rate_mbit: float, args: argparse.Namespace, images: 
                 dev.infer(images[0], plan=p)
             rounds = 0
             given: list[float] = []  # per request: |measured - predicted for the exit it took| / measured
+            flat: list[float] = []  # the same without the content's bytes (each hop at the profiled bytes)
+            signed: list[float] = []  # (measured - predicted for the exit it took) / measured: a bias shows here
             order = list(measured_plans)
             for r in range(args.rounds):
                 if r >= 2 and time.monotonic() > t_end:
@@ -149,13 +156,19 @@ def _sweep_point(edge: str, rate_mbit: float, args: argparse.Namespace, images: 
                 rng.shuffle(order)  # a fixed order would always run the choice first, right after another plan
                 for p in order:
                     outcomes = _outcome_predictions(live, p)
-                    out = dev.infer(images[(r + 1) % len(images)], plan=p)
+                    image = images[(r + 1) % len(images)]
+                    sends = len(p.stages) > 1 or p.stages[0].tier != live.model.names[0]
+                    content = live.content_s(p, content_proxy([image]))[1] if sends else {}  # what the ticket adds
+                    out = dev.infer(image, plan=p)
                     lat[str(p)].append(out.latency_s)
                     preds[str(p)].append(out.predicted_latency_s if out.predicted_latency_s is not None else float("nan"))
                     took = out.exit_position if out.exit_position >= 0 else live.model.num_positions
                     path = out.predicted_path_s if out.predicted_path_s is not None else outcomes.get(took)
                     if path is not None:  # the device's own prediction for the path it took (its exit, or the output)
                         given.append(abs(out.latency_s - path) / out.latency_s)
+                        signed.append((out.latency_s - path) / out.latency_s)
+                        path_flat = path - content.get(took, 0.0)
+                        flat.append(abs(out.latency_s - path_flat) / out.latency_s)
                 rounds += 1
             est_after = live.estimate_bps(0)
             end = live.replanner.planner.search(live.replanner.tracker.conditions(time.monotonic()), top_k=0).best
@@ -197,6 +210,10 @@ def _sweep_point(edge: str, rate_mbit: float, args: argparse.Namespace, images: 
         "rounds": rounds,
         "mape_per_request": statistics.mean(errors) if errors else None,
         "mape_per_request_given_exit": statistics.mean(given) if given else None,
+        "mape_per_request_given_exit_profiled_bytes": statistics.mean(flat) if flat else None,
+        "median_signed_error_given_exit": statistics.median(signed) if signed else None,
+        "content_samples": {f"{pos}:{codec}": round(live.content.samples(pos, codec), 1)
+                            for pos, codec in sorted(live.content._fits)},  # fmt: skip
         "mape_per_plan": statistics.mean(plan_errors),
         "estimate_over_shaped_after_warmup": (est / (rate_mbit * 1e6)) if est else None,
         "estimate_over_shaped_end": (est_after / (rate_mbit * 1e6)) if est_after else None,
@@ -314,7 +331,8 @@ def main() -> None:
             point = _sweep_point(edge.address, b, args, images)
             print(f"{b:g} Mbit/s: choice {point['choice']} mean {point['choice_mean_ms']:.1f} ms, best {point['best_mean_ms']:.1f} ms "
                   f"(x{point['ratio']:.3f}; medians x{point['ratio_median']:.3f}), MAPE given exit "
-                  f"{point['mape_per_request_given_exit']:.1%} / expected {point['mape_per_request']:.1%} / plan {point['mape_per_plan']:.1%}, "
+                  f"{point['mape_per_request_given_exit']:.1%} "
+                  f"(profiled bytes {point['mape_per_request_given_exit_profiled_bytes']:.1%}) / expected {point['mape_per_request']:.1%} / plan {point['mape_per_plan']:.1%}, "
                   f"{point['plans_measured']} plans", flush=True)  # fmt: skip
             sweep.append(point)
         adapt = _adaptation(edge.address, args, images)
@@ -324,6 +342,12 @@ def main() -> None:
             p.stop()
     mape = [p["mape_per_request"] for p in sweep if p["mape_per_request"] is not None]
     mape_given = [p["mape_per_request_given_exit"] for p in sweep if p.get("mape_per_request_given_exit") is not None]
+    mape_flat = [p["mape_per_request_given_exit_profiled_bytes"] for p in sweep
+                 if p.get("mape_per_request_given_exit_profiled_bytes") is not None]  # fmt: skip
+    t = time.perf_counter()
+    for x in images:
+        content_proxy([x])
+    proxy_us = (time.perf_counter() - t) / len(images) * 1e6
     out = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "host": {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count()},
@@ -341,6 +365,11 @@ def main() -> None:
             "mape_per_request": statistics.mean(mape) if mape else None,
             "mape_per_plan": statistics.mean(p["mape_per_plan"] for p in sweep),
             "mape_per_request_given_exit": statistics.mean(mape_given) if mape_given else None,
+            # the same requests, their prediction less what the content's bytes added (each hop at its profiled bytes)
+            "mape_per_request_given_exit_profiled_bytes": statistics.mean(mape_flat) if mape_flat else None,
+            "mape_per_request_given_exit_by_rate": {f"{p['rate_mbit']:g}": round(p["mape_per_request_given_exit"], 4)
+                                                    for p in sweep if p["mape_per_request_given_exit"] is not None},
+            "content_proxy_us": proxy_us,  # the cost of the content proxy per input (3x64x64), on this host
             "time_to_switch_ms": adapt["time_to_switch_ms"],
             "requests_to_switch": adapt["requests_on_old_plan_after_drop"],
             "switches_per_5s_steady": adapt["switches_per_5s_steady"],

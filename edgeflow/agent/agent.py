@@ -162,7 +162,8 @@ class Agent:
         self.source: Source | None = None
         self.metrics: Metrics | None = None  # set by wiring.build_agent; observes local inputs (submit_local)
         if self.role == TIERS[0]:
-            self.source = Source(config, config.parsed_plan, idle=lambda: self.compute.idle)
+            self.source = Source(config, config.parsed_plan, idle=lambda: self.compute.idle,
+                                 queued=lambda: self.compute.queued)
         # identical inputs answered again without compute or transfer (a device, ``memory.enabled``)
         memory = config.memory  # near-duplicates too with ``memory.near`` (agent/nearmemory.py)
         near = calibrate_demo(runtime, memory.near_agreement) if memory.enabled and memory.near else None
@@ -414,7 +415,10 @@ class Agent:
                 return self._remembered(request_id, found[0], now_plan, t0, decode_s, bytes_in, how=found[1])
         if stream is not None and source is not None and source.planner is not None and learn:
             source.planner.offer_frame(stream, values)  # the planner samples a stream's other hops (streamcost.py)
-        ticket = source.ticket(forced, t0) if source is not None else Ticket(forced or self.plan, forced=forced is not None)
+        if source is not None:  # a stream frame's hops carry residuals: its content does not price them
+            ticket = source.ticket(forced, t0, values if stream is None else None)
+        else:
+            ticket = Ticket(forced or self.plan, forced=forced is not None)
         if stream is not None and source is not None and self.stream_sender is not None:
             hop = own_hop(ticket.plan, self.runtime.num_positions)
             if hop is not None and self.stream_sender.keys_next(stream, hop[0], self._codec(hop[1]), str(ticket.plan)):

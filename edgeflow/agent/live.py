@@ -37,6 +37,7 @@ from edgeflow.config import PlannerConfig
 from edgeflow.core.plan import ExitPoint, Plan
 from edgeflow.core.planner import Breakdown as CostBreakdown
 from edgeflow.core.planner import Planner, Replanner
+from edgeflow.core.planner.content import ContentBytes, hop_deltas
 from edgeflow.errors import EdgeflowError
 from edgeflow.transport import Breakdown, Description, LinkReading, LiveState, PlanSwitch
 
@@ -49,6 +50,8 @@ _RELAY_RECONNECT_S = 1.0  # 2x the channels' reconnect backoff cap (transport/op
 _SWITCHES_KEPT = 4096  # switch history kept in memory (a long-running device switches a few times a minute)
 _SWITCHES_DESCRIBED = 64  # the latest switches Describe reports
 _BOUND_FOLLOW_UPS = 3  # probes right after one that only bounded a link's rate from below
+_QUICK = 0.75  # a message this much quicker than the link estimate allows says the estimate is stale: probe
+_QUICK_PROBE_S = 0.25  # ... at most this often per link
 _STALLED = "did not answer in time"  # what a fallback's reason says of a peer that stalled (edgeflow.agent.failover)
 
 
@@ -94,6 +97,7 @@ class LivePlanner:
         self._shares = HopShares(streams.key_interval)
         self.sampler = CutSampler(agent.runtime, agent.compute, stream_hops(self.model) if streams.enabled else (),
                                   agent.codecs.get, streams, self._sampled, clock=clock)  # fmt: skip
+        self.content = ContentBytes()  # per hop: its bytes against the input's content proxy (core/planner/content.py)
         self._lock = threading.Lock()
         self._probe: threading.Thread | None = None
         self._closed = False
@@ -154,8 +158,10 @@ class LivePlanner:
         with self._lock:
             return list(self._switches)
 
-    def observe(self, breakdown: Breakdown, plan: Plan | str, *, decide: bool = True) -> None:
-        """Feed one reply's breakdown (the request went by ``plan``), then re-plan (``decide``)."""
+    def observe(self, breakdown: Breakdown, plan: Plan | str, *, decide: bool = True,
+                proxy: float | None = None) -> None:  # fmt: skip
+        """Feed one reply's breakdown (the request went by ``plan``; ``proxy``: its input's content proxy, see
+        :meth:`content_s`), then re-plan (``decide``)."""
         plan = plan if isinstance(plan, Plan) else Plan.parse(plan)
         now = self.clock()
         names = self.model.names
@@ -168,8 +174,9 @@ class LivePlanner:
                 i = names.index(t.tier)
                 if t.bytes_out > 0 and i + 1 < len(names):
                     bounded = rp.tracker.links[i].bounded_s
+                    quick = self._quicker_than_estimated(i, t.bytes_out + t.bytes_back, t.network_s, now)
                     rp.observe_transfer(i, t.bytes_out + t.bytes_back, t.network_s, now)
-                    if rp.tracker.links[i].bounded_s != bounded:  # a reply quicker than the estimate allows
+                    if rp.tracker.links[i].bounded_s != bounded or quick:  # a reply quicker than the estimate allows
                         self._rebound.add(i)  # measure the link's new level with probes now
                 if t.stop > t.start and t.compute_s > 0:
                     heads = tuple(e.position for e in plan.exits if t.start < e.position <= t.stop)
@@ -182,6 +189,8 @@ class LivePlanner:
                 self._observe_codecs(breakdown, plan)
                 if breakdown.stream_frame:
                     self._observe_stream(breakdown, plan)
+                elif proxy is not None:
+                    self._observe_content(breakdown, plan, proxy)
             if breakdown.fallback:
                 sent_s = now - (breakdown.tiers[0].total_s if breakdown.tiers else 0.0)
                 self._mark_down(breakdown.fallback_tier, breakdown.fallback, sent_s, now)
@@ -190,6 +199,21 @@ class LivePlanner:
         if self.settings.probe:
             self._probe_stale(now)
         self.sampler.kick()
+
+    def _quicker_than_estimated(self, link: int, nbytes: int, network_s: float, now: float) -> bool:
+        """Whether a message of ``nbytes`` on ``link`` took well under what the link's estimate says it takes, and
+        the estimate's rate made up a good part of that (lock held). Such a message is too small to time the link
+        (mostly round trip: its rate reading is rejected, and its lower bound on the rate may not reach the
+        estimator's restart threshold), yet it shows the estimate is stale: a link back from an outage was priced
+        at the bound one small message allowed (~3 Mbit/s for 2.5 KB over a 20 ms round trip) until the next stale
+        probe, 2 s on, and its requests predicted 43 ms took 30. A probe, sized for the estimate, times it now."""
+        est = self.replanner.tracker.links[link]
+        bw, rtt = est.bandwidth_bps(now), est.rtt_s(now)
+        if bw is None or rtt is None or now - self._probed_at.get(link, -1e9) < _QUICK_PROBE_S:
+            return False
+        transfer = 8.0 * nbytes / bw
+        expected = rtt + est.overhead_s + transfer
+        return network_s < _QUICK * expected and transfer > (1.0 - _QUICK) * expected
 
     def _observe_codecs(self, breakdown: Breakdown, plan: Plan) -> None:
         """Each hop's measured encode (at its sender) and decode (at its receiver) against the profile (lock held)."""
@@ -207,6 +231,31 @@ class LivePlanner:
             codecs.observe(sender, encode=(out.encode_s, predicted[0]))
             if into is not None and into.start == position:
                 codecs.observe(receiver, decode=(into.decode_s, predicted[1]))
+
+    def _observe_content(self, breakdown: Breakdown, plan: Plan, proxy: float) -> None:
+        """Each hop's measured bytes against the input's content proxy (lock held)."""
+        sent = {t.tier: t.bytes_out for t in breakdown.tiers if t.bytes_out > 0}
+        resolved = plan.resolved(self.model.num_positions)
+        hops = [(st.tier, st.stop or 0, st.codec or "lossless") for st in resolved.stages[:-1]]
+        if resolved.sends_input:
+            hops.insert(0, (self.model.names[0], 0, resolved.input_codec or "lossless"))
+        for sender, position, codec in hops:
+            if sender in sent:  # (not sent: an exit answered first)
+                self.content.observe(position, codec.split(":")[0], proxy, sent[sender])
+
+    def content_s(self, plan: Plan, proxy: float) -> tuple[float, dict[int, float]]:
+        """How much an input whose content proxy is ``proxy`` (:func:`~edgeflow.core.planner.content.content_proxy`)
+        adds to ``plan``'s predicted latency through its hops' expected bytes, under the link estimates now:
+        ``(expected, per exit outcome)`` (see :func:`~edgeflow.core.planner.content.hop_deltas`); zeros where the
+        plan cannot be priced."""
+        with self._lock:
+            cond = self.replanner.tracker.conditions(self.clock())
+            if cond is None:
+                return 0.0, {}
+            try:
+                return hop_deltas(self.model, plan, cond, proxy, self.content)
+            except EdgeflowError:
+                return 0.0, {}
 
     def _observe_stream(self, breakdown: Breakdown, plan: Plan) -> None:
         """A stream frame: each hop of the plan is priced at the stream's measured bytes over what coding each frame

@@ -20,12 +20,13 @@ like the in-process one:
 
 Adapt before the deadline: each ticket's prediction adds the wait for the device's own compute unit (the virtual
 work of the inputs ahead of it, each at its plan's predicted device compute: a Lindley recursion, reset whenever
-the unit is idle), and the Source keeps the upstream calls in flight. When a new request finds one overdue (out
-longer than ``planner.suspect_factor`` x its prediction, at least ``planner.suspect_min_ms``), the tier it went to
-is *suspect*: the planner plans without it at once, so requests stop queueing behind a link that has just died
-instead of each waiting for the stall rule; a call given up (stalled, or for the latency target) or failed makes
-its tier suspect at once, before its fallback has computed. The suspicion ends when that call's reply has been
-learned from (its slow transfer teaches the link's new rate; a fallback marks the tier down).
+the unit is idle, and never below the predicted compute of the jobs still queued at the unit: a job that overruns
+its prediction leaves the recursion behind), and the Source keeps the upstream calls in flight. When a new request
+finds one overdue (out longer than ``planner.suspect_factor`` x its prediction, at least ``planner.suspect_min_ms``),
+the tier it went to is *suspect*: the planner plans without it at once, so requests stop queueing behind a link
+that has just died instead of each waiting for the stall rule; a call given up (stalled, or for the latency target)
+or failed makes its tier suspect at once, before its fallback has computed. The suspicion ends when that call's
+reply has been learned from (its slow transfer teaches the link's new rate; a fallback marks the tier down).
 
 Serve while planning: :meth:`Source.start_live` measures the chain and picks the first plan in the background
 (:meth:`LivePlanner.start`); requests go by the safe plan until :attr:`Source.ready` is set. Bad requests never
@@ -41,11 +42,15 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Sequence
+
+import torch
 
 from edgeflow.agent.failover import latency_target_s, stall_after_s
+from edgeflow.agent.residual import Residual
 from edgeflow.config import NodeConfig
 from edgeflow.core.plan import ExitPoint, Plan
+from edgeflow.core.planner.content import content_proxy
 from edgeflow.errors import EdgeflowError
 from edgeflow.transport import Breakdown, LiveState
 
@@ -78,6 +83,11 @@ class Ticket:
         t0: ``time.monotonic()`` value it started at.
         cost: its plan's predicted cost breakdown (None without a prediction).
         wait_s: its predicted wait for the device's compute unit (in ``predicted_s``).
+        proxy: its input's content proxy (None: not taken, e.g. a device-only plan sends nothing).
+        content_s: what its content adds to each exit outcome's path (answering position -> seconds; the
+            expected value is in ``predicted_s``), from its hops' expected bytes.
+        residual_s: the mean time its plan's requests spent beyond every modelled term (in ``predicted_s``; see
+            :mod:`edgeflow.agent.residual`).
     """
 
     plan: Plan
@@ -90,6 +100,9 @@ class Ticket:
     t0: float = 0.0
     cost: CostBreakdown | None = None
     wait_s: float = 0.0
+    proxy: float | None = None
+    content_s: Mapping[int, float] | None = None
+    residual_s: float = 0.0
 
     def predicted_outcome_s(self, exit_position: int) -> float | None:
         """The prediction for the path the request took: answered by the exit at ``exit_position`` (-1: the model
@@ -97,8 +110,10 @@ class Ticket:
         if self.cost is None or not self.cost.outcome_latency_s:
             return None
         paths = self.cost.outcome_latency_s
-        path = paths.get(exit_position) if exit_position >= 0 else paths[max(paths)]
-        return None if path is None else path - self.cost.source_queue_s + self.wait_s
+        x = exit_position if exit_position >= 0 else max(paths)
+        path = paths.get(x)
+        extra = self.content_s.get(x, 0.0) if self.content_s else 0.0
+        return None if path is None else path - self.cost.source_queue_s + self.wait_s + extra + self.residual_s
 
 
 class Source:
@@ -111,9 +126,10 @@ class Source:
     """
 
     def __init__(self, config: NodeConfig, safe_plan: Plan, *, clock: Callable[[], float] = time.monotonic,
-                 idle: Callable[[], bool] = lambda: False):  # fmt: skip
+                 idle: Callable[[], bool] = lambda: False, queued: Callable[[], int] = lambda: 0):  # fmt: skip
         self.config = config
         self.idle = idle  # whether the device's compute unit has nothing running or waiting
+        self.queued = queued  # how many jobs wait for the device's compute unit (not counting the one running)
         self.safe_plan = safe_plan
         self.clock = clock
         self.planner: LivePlanner | None = None
@@ -131,6 +147,7 @@ class Source:
         self._calls: dict[int, tuple[Ticket, str, float]] = {}  # upstream calls out: id -> (ticket, tier, since)
         self._suspected: dict[int, str] = {}  # ticket id -> the tier its overdue call made suspect
         self._busy_until = 0.0  # when the device's compute unit finishes the work ahead (predicted)
+        self.residual = Residual()  # per tier set: the time beyond every modelled term (agent/residual.py)
         self._warm: dict[str, tuple[str, ...]] = {}  # plans answered without a fallback since their tiers last failed
         # (their paths are warm) -> their tiers
         self._closed = False
@@ -138,8 +155,10 @@ class Source:
             self.ready.set()
 
     # ------------------------------------------------------------------------------------ per request
-    def ticket(self, forced: Plan | None = None, t0: float | None = None) -> Ticket:
-        """The plan, prediction, target and stall budget of a request starting at ``t0`` (default: now)."""
+    def ticket(self, forced: Plan | None = None, t0: float | None = None,
+               values: Sequence[torch.Tensor] | None = None) -> Ticket:  # fmt: skip
+        """The plan, prediction, target and stall budget of a request starting at ``t0`` (default: now) whose input
+        is ``values`` (its content refines the prediction of its hops' bytes; None: priced at the profiled bytes)."""
         t0 = self.clock() if t0 is None else t0
         if self._urgent:
             with self._learned:
@@ -152,18 +171,26 @@ class Source:
         if forced is not None:
             cost = planner.predict(forced) if planner is not None else None
             predicted, wait = self._predict(cost, t0)
+            proxy, extra, paths = _content(planner, forced, values, cost)
+            left = self.residual.seconds(forced.tiers) if predicted is not None else 0.0
+            predicted = predicted + extra + left if predicted is not None else None
             return Ticket(forced, predicted, _at(t0, latency_target_s(fallback, None)), None, forced=True,
-                          live=planner is not None, id=n, t0=t0, cost=cost, wait_s=wait)  # fmt: skip
+                          live=planner is not None, id=n, t0=t0, cost=cost, wait_s=wait, proxy=proxy,
+                          content_s=paths, residual_s=left)  # fmt: skip
         if planner is None:
             return Ticket(self.safe_plan, None, _at(t0, latency_target_s(fallback, self.config.planner.slo_ms)),
                           id=n, t0=t0)  # fmt: skip
         plan, cost = planner.current_breakdown()
         predicted, wait = self._predict(cost, t0)
+        proxy, extra, paths = _content(planner, plan, values, cost)
+        left = self.residual.seconds(plan.tiers) if predicted is not None else 0.0
+        predicted = predicted + extra + left if predicted is not None else None
         target = _at(t0, latency_target_s(fallback, planner.settings.slo_ms))
         stall = stall_after_s(fallback, predicted - wait if predicted is not None else None)
         if stall is not None and str(plan) not in self._warm:
             stall = max(stall, _COLD_STALL_S)  # a plan's first request: its path is cold (channels, range builds)
-        return Ticket(plan, predicted, target, stall, live=True, id=n, t0=t0, cost=cost, wait_s=wait)
+        return Ticket(plan, predicted, target, stall, live=True, id=n, t0=t0, cost=cost, wait_s=wait, proxy=proxy,
+                      content_s=paths, residual_s=left)  # fmt: skip
 
     def key_frame(self, ticket: Ticket) -> Ticket:
         """``ticket`` for a stream frame that goes as a key frame on the device's hop: predicted, and given its stall
@@ -193,6 +220,9 @@ class Source:
                 self._busy_until = t0
             wait = max(0.0, self._busy_until - t0) if service > 0 else 0.0
             if service > 0:
+                # the unit overran the work predicted ahead (a job far over its prediction: a pause there counts
+                # 64x on a board-class device) and jobs still wait: each of them takes its turn first
+                wait = max(wait, self.queued() * service)
                 self._busy_until = t0 + wait + service
         return base + wait, wait
 
@@ -273,6 +303,8 @@ class Source:
     def learn(self, ticket: Ticket, breakdown: Breakdown) -> None:
         """Queue a reply for the live planner (no-op without one)."""
         self.answered(ticket, breakdown)
+        if ticket.live:
+            self.residual.observe(ticket.plan.tiers, breakdown)
         if not ticket.live or self.planner is None or self._closed:
             self.release(ticket)
             return
@@ -310,7 +342,7 @@ class Source:
                 ticket, breakdown = item
                 planner = self.planner
                 if planner is not None:
-                    planner.observe(breakdown, ticket.plan, decide=not ticket.forced)
+                    planner.observe(breakdown, ticket.plan, decide=not ticket.forced, proxy=ticket.proxy)
                 self.release(ticket)  # its overdue call, if it was one, taught what it could
             except Exception:  # noqa: BLE001 - a planner bug must not stop learning from the next reply
                 _log.exception("live planner: learning from a reply failed")
@@ -393,6 +425,19 @@ class Source:
         # a builder still measuring is not waited for: it ends once the agent closes its upstream under it
         if self.planner is not None:
             self.planner.close()
+
+
+def _content(planner: LivePlanner | None, plan: Plan, values: Sequence[torch.Tensor] | None,
+             cost: CostBreakdown | None) -> tuple[float | None, float, dict[int, float] | None]:  # fmt: skip
+    """``(proxy, expected extra seconds, extra seconds per exit outcome)`` of an input's content on ``plan``: only
+    for a plan that sends something from the device (a device-only plan's latency does not depend on bytes)."""
+    if planner is None or values is None or cost is None:
+        return None, 0.0, None
+    if len(plan.stages) < 2 and plan.stages[0].tier == planner.model.names[0]:
+        return None, 0.0, None
+    proxy = content_proxy(values)
+    extra, paths = planner.content_s(plan, proxy)
+    return proxy, extra, paths
 
 
 def _at(t0: float, after_s: float | None) -> float | None:

@@ -99,7 +99,7 @@ class _Flipper:
     def predict(self, plan: Plan) -> None:
         return None
 
-    def observe(self, breakdown: Breakdown, plan: str, *, decide: bool = True) -> None:
+    def observe(self, breakdown: Breakdown, plan: str, *, decide: bool = True, proxy: float | None = None) -> None:
         with self._lock:
             self.observed.append(plan)
 
@@ -298,3 +298,85 @@ def test_a_relay_that_does_not_forward_is_not_read_as_an_instant_link() -> None:
 
     with pytest.raises(PeerUnavailable, match="did not forward the probe to cloud:2"):
         RelayedPeer(OldEdge(), "cloud:2").probe(send_nbytes=1000)
+
+
+def test_each_request_is_priced_at_its_own_contents_bytes(chain: ChainFactory, runtime: ModelRuntime) -> None:
+    """Through the device's Source (the path both the in-process client and a device agent process take): replies
+    teach the hop's bytes against the input's content proxy, and a later input's ticket prices its own bytes."""
+    from edgeflow.agent.wiring import start_live_planning
+    from edgeflow.core.data import load_demo_dataset
+    from edgeflow.core.planner.content import content_proxy
+
+    agents = chain("auto", roles=("device", "cloud"))
+    start_live_planning(agents[0], wait=True, settings=PlannerConfig(), profile_repeats=1)
+    source = agents[0].source
+    assert source is not None and source.planner is not None
+    live = source.planner
+    device = DeviceClient(agents[0])
+    images = list(torch.nn.functional.avg_pool2d(load_demo_dataset("test")[0][:40], 4).split(1))  # (1, 3, 16, 16)
+    plan = Plan.parse("device[0:1]|int4 > cloud[1:]")
+    sent = [device.infer(x, plan=plan).breakdown.tiers[0].bytes_out for x in images[:30]]
+    assert source.settle()
+    assert live.content.samples(1, "int4") == pytest.approx(30, abs=3)  # decayed a little
+    # on inputs it has not seen, the fit predicts each hop's bytes better than the profiled (one image's) bytes
+    md = live.model
+    i, k = md.hop_pos.tolist().index(1), md.codecs.index("int4")
+    profiled = float(md.nbytes[0, i, k])
+    fit_err, flat_err = [], []
+    for x in images[30:]:
+        got = device.infer(x, plan=plan).breakdown.tiers[0].bytes_out
+        fit_err.append(abs(live.content.predict(1, "int4", content_proxy([x]), profiled) - got) / got)
+        flat_err.append(abs(profiled - got) / got)
+    assert sum(fit_err) < 0.6 * sum(flat_err)
+    # a ticket adds what its content's bytes cost on the link, to the paths that cross the hop
+    busy = max(images[30:], key=lambda x: content_proxy([x]))
+    t = source.ticket(plan, values=[busy])
+    assert t.proxy == content_proxy([busy]) and t.content_s
+    source.release(t)
+    assert source.ticket(Plan.parse("device[0:]"), values=[busy]).proxy is None  # sends nothing: no proxy taken
+    assert sent and sum(sent) > 0
+
+
+def test_a_message_quicker_than_the_estimate_allows_gets_the_link_probed(chain: ChainFactory) -> None:
+    """A small message cannot time a fast link, but one far quicker than the estimate prices it says the estimate
+    is stale (a link back from an outage): the link is probed at once, not when the estimate expires."""
+    agents = chain("auto", roles=("device", "cloud"))
+    clock = [100.0]
+    peer = _Peer()
+    live = LivePlanner.start(agents[0], PlannerConfig(hold_s=0.0, min_interval_s=0.0, idle_probe_s=3600),
+                             descriptions=[agents[1].describe()], peers=[peer], profile_repeats=1)  # fmt: skip
+    live.clock = lambda: clock[0]
+    try:
+        est = live.replanner.tracker.links[0]
+        est.overhead_s, est.stale_after_s = 0.0, 60.0  # no stale probe meanwhile
+
+        def settle() -> None:
+            if live._probe is not None:
+                live._probe.join(timeout=5.0)
+
+        live.replanner.tracker.observe_rtt(0, 0.02, clock[0])
+        live.observe(*_reply(1_000_000, 4.02))  # a link the current plan does not use is probed once now: let it end
+        settle()
+        for _ in range(4):  # 1 MB in 4 s over a 20 ms round trip: a 2 Mbit/s link
+            clock[0] += 0.05
+            live.replanner.tracker.observe_rtt(0, 0.02, clock[0])
+            live.observe(*_reply(1_000_000, 4.02))
+        settle()
+        assert 1.5e6 < (live.estimate_bps(0) or 0) < 2.5e6
+
+        def probed_after(nbytes: int, network_s: float) -> bool:
+            before = peer.probes
+            clock[0] += 0.3
+            live.observe(*_reply(nbytes, network_s))
+            for _ in range(200):  # the probe runs on a thread of its own
+                if peer.probes > before or (live._probe is not None and not live._probe.is_alive()):
+                    break
+                time.sleep(0.01)
+            settle()
+            return peer.probes > before
+
+        assert not probed_after(5000, 0.04)  # 5 KB in 40 ms: the 2 Mbit/s estimate says 40 ms, as it took
+        assert probed_after(5000, 0.021)  # the same in 21 ms: the link is faster than the estimate says
+        assert (live.estimate_bps(0) or 0) > 1e7  # the probe (1 Gbit/s) moved it
+    finally:
+        live.close()
