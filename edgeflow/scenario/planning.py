@@ -4,7 +4,8 @@ the link conditions a scenario implies.
 The cost model is measured here, in the runner's process, once per scenario (with one torch thread, as the
 agents run): a per-cut profile on a real input, exit-head times, and exit behaviour from the artifact's
 calibration table, read as the device's live planner reads it (exact joint statistics from its per-sample
-data when it keeps them). Each tier's compute is the profile scaled by its node's ``compute.slowdown_factor`` (the agents emulate a slower machine by that factor).
+data when it keeps them). Each tier's compute is the profile scaled by its node's ``compute.slowdown_factor`` (the agents emulate a slower machine by that factor)
+and by a correction measured per tier, with an agent run under that tier's own slowdown (:func:`_compute_factors`).
 """
 
 from __future__ import annotations
