@@ -290,11 +290,12 @@ class ScenarioRunner:
         sc = self.scenario
         traces = [links[n].trace for n in LINK_NAMES]
         delays = [links[n].delay_s for n in LINK_NAMES]
-        cond = link_conditions(traces, delays, compute_factor=planning.compute_factor)
+        cond = link_conditions(traces, delays, compute_factor=planning.compute_factors or planning.compute_factor)
         slo_s = sc.slo_ms / 1000.0 if sc.slo_ms is not None and sc.objective != "throughput" else None
         info: dict[str, Any] = {
             "exit_model": planning.exit_source,
             "compute_factor": round(planning.compute_factor, 3),
+            "compute_factors": {t: round(f, 3) for t, f in (planning.compute_factors or {}).items()},
             "mean_link_mbit": {n: link.bandwidth_bps / 1e6 for n, link in zip(LINK_NAMES, cond.links)},
             "rtt_ms": {n: link.rtt_s * 1e3 for n, link in zip(LINK_NAMES, cond.links)},
             "objective": sc.objective,
@@ -333,7 +334,7 @@ class ScenarioRunner:
                 specs.append(bl.RunSpec("a-priori", static.plan, static.how, static.predicted_latency_s))
         if "best-fixed" in sc.baselines:
             bf = sc.best_fixed
-            conds = [(f, link_conditions(traces, delays, f, compute_factor=planning.compute_factor))
+            conds = [(f, link_conditions(traces, delays, f, compute_factor=planning.compute_factors or planning.compute_factor))
                      for f in [1.0, *bf.bandwidth_factors]]  # fmt: skip
             specs += bl.best_fixed_candidates(
                 planning, conds, sc.objective, slo_s=None, top_k=bf.top_k, exclude=[s.key for s in specs if not s.adaptive],

@@ -203,3 +203,38 @@ def test_run_metrics_invariants() -> None:
     assert m["plan_switches"] == 2  # p -> q -> p
     assert m["deadline_miss_rate"] == pytest.approx(2 / 5)  # one lost, one over the SLO
     assert run_metrics([_rec(0, "lost")], None)["latency_ms"]["p50"] is None
+
+
+def test_link_conditions_take_a_compute_factor_per_tier() -> None:
+    cond = link_conditions([None, None], [0.0, 0.0], compute_factor={"device": 1.1, "edge": 1.2, "cloud": 1.5})
+    assert cond.compute_factor == {"device": 1.1, "edge": 1.2, "cloud": 1.5}
+
+
+def test_compute_factors_measure_each_tier_with_its_own_slowdown(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The emulation multiplies CPU time, so each tier's correction is measured under that tier's slowdown (one
+    calibration per distinct slowdown and thread count), not one wall-clock ratio scaled by every tier's factor."""
+    from types import SimpleNamespace
+
+    import edgeflow.agent.agent as agent_mod
+    from edgeflow.agent.loader import load_runtime
+    from edgeflow.config import NodeConfig
+    from edgeflow.scenario.planning import _compute_factors
+
+    def node(role: str, slowdown: float) -> NodeConfig:
+        return NodeConfig.from_mapping({"role": role, "plan": f"{role}[0:]", "compute": {"slowdown_factor": slowdown}})
+
+    nodes = {"device": node("device", 3.0), "edge": node("edge", 1.0), "cloud": node("cloud", 1.0)}
+    runtime = load_runtime(nodes["device"])
+    built: list[float] = []
+    real = agent_mod.Agent
+
+    def spy(config: NodeConfig, *args: object, **kw: object) -> object:
+        built.append(config.compute.slowdown_factor)
+        return real(config, *args, **kw)
+
+    monkeypatch.setattr(agent_mod, "Agent", spy)
+    prof = SimpleNamespace(num_positions=runtime.num_positions, range_compute_s=lambda a, b: 1e-3)
+    factors = _compute_factors(runtime, nodes, runtime.example_input, prof, repeats=2)
+    assert sorted(built) == [1.0, 3.0]  # the device under its slowdown; edge and cloud (equal nodes) once
+    assert set(factors) == {"device", "edge", "cloud"} and factors["edge"] == factors["cloud"]
+    assert all(0.5 <= f <= 10.0 for f in factors.values())
