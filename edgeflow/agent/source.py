@@ -46,7 +46,6 @@ from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Sequence
 
 import torch
 
-from edgeflow.agent.compute import slowdown_wait_s, thread_cpu_s
 from edgeflow.agent.failover import latency_target_s, stall_after_s
 from edgeflow.agent.residual import Residual
 from edgeflow.config import NodeConfig
@@ -133,8 +132,6 @@ class Source:
         self.queued = queued  # how many jobs wait for the device's compute unit (not counting the one running)
         self.safe_plan = safe_plan
         self.clock = clock
-        self.slowdown = config.compute.slowdown_factor  # emulated: the device's own work outside its compute unit too
-        self.sleep: Callable[[float], None] = time.sleep
         self.planner: LivePlanner | None = None
         self.ready = threading.Event()  # the live planner serves plans (set at once without one)
         self.error = ""  # why the live planner did not start
@@ -174,7 +171,7 @@ class Source:
         if forced is not None:
             cost = planner.predict(forced) if planner is not None else None
             predicted, wait = self._predict(cost, t0)
-            proxy, extra, paths = _content(planner, forced, values, cost, self.slowdown, self.sleep)
+            proxy, extra, paths = _content(planner, forced, values, cost)
             left = self.residual.seconds(forced.tiers) if predicted is not None else 0.0
             predicted = predicted + extra + left if predicted is not None else None
             return Ticket(forced, predicted, _at(t0, latency_target_s(fallback, None)), None, forced=True,
@@ -185,7 +182,7 @@ class Source:
                           id=n, t0=t0)  # fmt: skip
         plan, cost = planner.current_breakdown()
         predicted, wait = self._predict(cost, t0)
-        proxy, extra, paths = _content(planner, plan, values, cost, self.slowdown, self.sleep)
+        proxy, extra, paths = _content(planner, plan, values, cost)
         left = self.residual.seconds(plan.tiers) if predicted is not None else 0.0
         predicted = predicted + extra + left if predicted is not None else None
         target = _at(t0, latency_target_s(fallback, planner.settings.slo_ms))
@@ -431,26 +428,14 @@ class Source:
 
 
 def _content(planner: LivePlanner | None, plan: Plan, values: Sequence[torch.Tensor] | None,
-             cost: CostBreakdown | None, slowdown: float = 1.0,
-             sleep: Callable[[float], None] = time.sleep,
-             ) -> tuple[float | None, float, dict[int, float] | None]:  # fmt: skip
+             cost: CostBreakdown | None) -> tuple[float | None, float, dict[int, float] | None]:  # fmt: skip
     """``(proxy, expected extra seconds, extra seconds per exit outcome)`` of an input's content on ``plan``: only
-    for a plan that sends something from the device (a device-only plan's latency does not depend on bytes).
-
-    The proxy is the device's own CPU work, so under an emulated ``slowdown`` (``compute.slowdown_factor``) it takes
-    ``slowdown`` x its CPU time, as the compute unit's work does (``edgeflow.agent.compute``). At host speed it was
-    nearly free (~0.1 ms) and, reading the input just before the compute unit does, it left the input in the CPU's
-    caches: the compute's CPU time, multiplied x30, was ~3 ms shorter than a device-only plan's on the same input,
-    so a split looked faster than running the same layers locally (issue 13, ``bench_planner_live.py`` at
-    0.1 Mbit/s)."""
+    for a plan that sends something from the device (a device-only plan's latency does not depend on bytes)."""
     if planner is None or values is None or cost is None:
         return None, 0.0, None
     if len(plan.stages) < 2 and plan.stages[0].tier == planner.model.names[0]:
         return None, 0.0, None
-    start, cpu0 = time.monotonic(), thread_cpu_s()
     proxy = content_proxy(values)
-    if slowdown > 1.0:
-        sleep(slowdown_wait_s(slowdown, time.monotonic() - start, thread_cpu_s() - cpu0, True))
     extra, paths = planner.content_s(plan, proxy)
     return proxy, extra, paths
 
