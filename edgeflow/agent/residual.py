@@ -5,7 +5,7 @@ reply's breakdown measures exactly those (``TierTiming``: queue, compute, encode
 tier's *total* time. What is left of the source's total — the entry's own work around them: stamping the ticket,
 the result memory's key, building and checking messages, admitting the reply — is no term of the model. On the
 regime-switch scenario (2 loaded cores) it was 1.4 ms per request through the edge, a systematic 4% under the
-~33 ms those requests took (see ``/work/team/notes-h13p.md``). :class:`Residual` tracks it per tier set a plan uses
+~33 ms those requests took. :class:`Residual` tracks it per tier set a plan uses
 (a device-only plan builds no messages), and the device's :class:`~edgeflow.agent.source.Source` adds it to each
 request's prediction.
 
